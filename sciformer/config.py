@@ -1,0 +1,306 @@
+"""Run configuration: four small dataclasses, YAML/JSON load and save, `--set` overrides.
+
+Each component receives only its own sub-config (torchtitan style): the model sees
+`ModelConfig`, the data pipeline and task see `DataConfig`, the loop sees `TrainConfig`.
+Every field is overridable from the command line as `--set section.field=value`; values are
+parsed as YAML scalars and checked against the field's type, and `validate()` checks ranges,
+so a bad value is a one-line `ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sciformer.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the shared encoder-decoder; everything needed to rebuild the weights."""
+
+    d_model: int = 256  # width of every token vector
+    n_heads: int = 8  # attention heads; d_model must divide evenly
+    n_encoder_layers: int = 4  # encoder depth
+    n_decoder_layers: int = 4  # decoder depth; 0 builds an encoder-only model (masked residues)
+    d_ff: int = 1024  # hidden width of the feed-forward block
+    dropout: float = 0.1  # on attention weights, residual branches and embeddings
+    attention: str = "scaled_dot"  # scaled_dot | dot | additive | linear | local
+    window: int = 128  # local attention: each query sees keys within +-window positions
+    positions: str = "sinusoidal"  # sinusoidal | learned | rotary
+    norm: str = "pre"  # pre-LN is stable without warm-up tricks; post-LN as in Vaswani et al.
+    activation: str = "gelu"  # gelu | relu
+    max_len: int = 1024  # size of the learned position table (learned positions only)
+    vocab_size: int = 33  # discrete input vocabulary; set by the tokenizer
+    input_dim: int = 0  # >0: continuous inputs of this width enter through a linear adapter
+    output_dim: int = 0  # >0: continuous head of this width (forecast patches x quantiles)
+    tie_embeddings: bool = True  # token head shares the input embedding matrix (as ESM-2)
+    final_norm: bool = True  # LayerNorm after the last layer (needed with pre-LN)
+
+    def validate(self) -> None:
+        _check(self.d_model > 0, "model.d_model", "must be positive")
+        _check(self.n_heads > 0, "model.n_heads", "must be positive")
+        _check(
+            self.d_model % self.n_heads == 0,
+            "model.d_model",
+            f"{self.d_model} is not divisible by model.n_heads={self.n_heads}",
+        )
+        _check(self.n_encoder_layers >= 1, "model.n_encoder_layers", "must be at least 1")
+        _check(self.n_decoder_layers >= 0, "model.n_decoder_layers", "must be >= 0")
+        _check(self.d_ff > 0, "model.d_ff", "must be positive")
+        _check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+        _check(self.window >= 1, "model.window", "must be at least 1")
+        _check(self.norm in ("pre", "post"), "model.norm", "must be 'pre' or 'post'")
+        _check(self.activation in ("gelu", "relu"), "model.activation", "must be gelu or relu")
+        _check(self.max_len >= 1, "model.max_len", "must be at least 1")
+        _check(self.vocab_size >= 0, "model.vocab_size", "must be >= 0")
+        _check(self.input_dim >= 0 and self.output_dim >= 0, "model.input_dim", "must be >= 0")
+
+
+@dataclass
+class DataConfig:
+    """How files become training examples, for both tasks."""
+
+    task: str = "auto"  # auto (from the file type) | masked | forecast
+    val_fraction: float = 0.1  # held out by whole sequence / trajectory, seeded
+    val_max: int = 200  # cap on held-out examples so validation stays quick
+    # masked residues (BERT / ESM recipe)
+    crop_length: int = 256  # residues per training crop; longer sequences are randomly cropped
+    mask_rate: float = 0.15  # fraction of residues chosen for the loss
+    mask_token_rate: float = 0.8  # of chosen: replaced by <mask>; 10% random, 10% unchanged
+    random_token_rate: float = 0.1
+    tokens_per_batch: int = 8192  # token budget per batch (length-sorted batches, fair-esm style)
+    # forecasting
+    tokenizer: str = "patch"  # patch | bins
+    context: int = 64  # time steps the encoder reads
+    horizon: int = 16  # time steps the decoder predicts in training
+    patch_len: int = 4  # time steps per patch token
+    n_bins: int = 1024  # bins tokenizer: vocabulary of value bins
+    bin_limit: float = 15.0  # bins tokenizer: scaled values are clipped to +-limit
+    quantiles: list[float] = field(default_factory=lambda: [0.1, 0.5, 0.9])
+    stride: int = 1  # time steps between consecutive training windows
+    num_workers: int = 0  # DataLoader workers for reading trajectory windows
+
+    def validate(self) -> None:
+        _check(self.task in ("auto", "masked", "forecast"), "data.task", "must be auto|masked|forecast")
+        _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
+        _check(self.crop_length >= 3, "data.crop_length", "must be at least 3")
+        _check(0.0 < self.mask_rate < 1.0, "data.mask_rate", f"{self.mask_rate} is not in (0, 1)")
+        _check(
+            0.0 <= self.mask_token_rate and 0.0 <= self.random_token_rate
+            and self.mask_token_rate + self.random_token_rate <= 1.0,
+            "data.mask_token_rate",
+            "mask_token_rate + random_token_rate must be within [0, 1]",
+        )
+        _check(self.tokens_per_batch >= self.crop_length, "data.tokens_per_batch",
+               "must be at least data.crop_length")
+        _check(self.tokenizer in ("patch", "bins"), "data.tokenizer", "must be patch or bins")
+        _check(self.context >= 1 and self.horizon >= 1, "data.context", "context and horizon must be >= 1")
+        _check(self.patch_len >= 1, "data.patch_len", "must be at least 1")
+        _check(self.n_bins >= 2, "data.n_bins", "must be at least 2")
+        _check(self.bin_limit > 0, "data.bin_limit", "must be positive")
+        _check(
+            all(0.0 < q < 1.0 for q in self.quantiles) and 0.5 in self.quantiles,
+            "data.quantiles",
+            "levels must lie in (0, 1) and include 0.5",
+        )
+        _check(self.stride >= 1, "data.stride", "must be at least 1")
+        _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping of one pretraining run."""
+
+    max_steps: int = 1000  # optimizer steps
+    batch_size: int = 32  # examples per step (forecast); masked uses data.tokens_per_batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-3  # peak learning rate (AdamW)
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    warmup_steps: int = 100  # linear warm-up, then cosine decay to lr_min_ratio * lr
+    lr_min_ratio: float = 0.1
+    clip_norm: float = 1.0  # gradient clipping by global norm; 0 disables
+    eval_every: int = 200  # steps between validations
+    log_every: int = 20  # steps between metrics.jsonl lines
+    checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
+    keep_checkpoints: int = 2  # last K step checkpoints kept, plus the best on validation
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    compile: bool = False  # torch.compile the model
+    checkpoint_activations: bool = False  # recompute activations in backward to save memory
+    threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default
+
+    def validate(self) -> None:
+        _check(self.max_steps >= 1, "train.max_steps", "must be at least 1")
+        _check(self.batch_size >= 1, "train.batch_size", "must be at least 1")
+        _check(self.grad_accum >= 1, "train.grad_accum", "must be at least 1")
+        _check(self.lr > 0, "train.lr", "must be positive")
+        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas",
+               "must be two numbers in [0, 1)")
+        _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        _check(0.0 <= self.lr_min_ratio <= 1.0, "train.lr_min_ratio", "must be in [0, 1]")
+        _check(self.clip_norm >= 0, "train.clip_norm", "must be >= 0")
+        for name in ("eval_every", "log_every", "checkpoint_every", "keep_checkpoints"):
+            _check(getattr(self, name) >= 1, f"train.{name}", "must be at least 1")
+        _check(self.precision in ("fp32", "bf16"), "train.precision", "must be fp32 or bf16")
+        _check(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            "train.device",
+            "must be auto, cpu, cuda or cuda:N",
+        )
+        _check(self.threads >= 0, "train.threads", "must be >= 0")
+
+
+@dataclass
+class RunConfig:
+    """Everything `pretrain` needs; saved as config.json in the run directory."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> RunConfig:
+        self.model.validate()
+        self.data.validate()
+        self.train.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> RunConfig:
+        """Build from nested dicts, rejecting unknown sections/keys and wrong types."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+        cfg = cls()
+        for section, values in raw.items():
+            if section not in _SECTIONS:
+                raise ConfigError(f"{source}: unknown section '{section}' (valid: {', '.join(_SECTIONS)})")
+            if not isinstance(values, dict):
+                raise ConfigError(f"{source}: section '{section}' must be a mapping")
+            for key, value in values.items():
+                set_field(cfg, f"{section}.{key}", value, source)
+        return cfg
+
+
+_SECTIONS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def _check(ok: bool, key: str, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"config field '{key}': {why}")
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Check `value` against a simple type hint (int, float, bool, str, list[float])."""
+    origin = typing.get_origin(hint)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
+        (inner,) = typing.get_args(hint)
+        return [_coerce(v, inner, key, source) for v in value]
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(hint):
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if hint is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{source}: '{key}' must be null, got {value!r}")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - only the hints above are used in the dataclasses
+        return value
+    raise ConfigError(f"{source}: '{key}' must be {hint.__name__}, got {value!r}")
+
+
+def set_field(cfg: RunConfig, dotted: str, value: Any, source: str = "--set") -> None:
+    """Set `section.field` on `cfg` after checking that the key exists and the type fits."""
+    section, _, name = dotted.partition(".")
+    if section not in _SECTIONS or not name:
+        raise ConfigError(
+            f"{source}: unknown key '{dotted}' (keys look like model.d_model, data.context, train.lr)"
+        )
+    sub = getattr(cfg, section)
+    hints = typing.get_type_hints(type(sub))
+    if name not in hints:
+        valid = ", ".join(f.name for f in dataclasses.fields(sub))
+        raise ConfigError(f"{source}: unknown key '{dotted}'; valid keys in '{section}': {valid}")
+    setattr(sub, name, _coerce(value, hints[name], dotted, source))
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str] | tuple[str, ...]) -> RunConfig:
+    """Apply `key=value` strings; values are parsed as YAML scalars (1e-3, true, [0.1, 0.9])."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set '{item}': expected key=value")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set '{item}': value is not valid YAML ({exc})") from None
+        set_field(cfg, key.strip(), value, "--set")
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Defaults, then the YAML/JSON file (if any), then `--set` overrides; validated."""
+    cfg = RunConfig()
+    if path is not None:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        cfg = RunConfig.from_dict(raw, source=str(path))
+    return apply_overrides(cfg, overrides).validate()
+
+
+def save_config(cfg: RunConfig, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+    """Write config.json atomically; `extra` holds task/tokenizer state (e.g. channel count)."""
+    from sciformer.io.atomic import write_json_atomic
+
+    payload = cfg.to_dict()
+    if extra:
+        payload.update(extra)
+    write_json_atomic(path, payload)
+
+
+def read_run_config(path: str | Path) -> tuple[RunConfig, dict[str, Any]]:
+    """Read config.json: the RunConfig plus any extra top-level entries (task state)."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found (is this a sciformer run directory?)") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    sections = {k: raw.pop(k) for k in list(raw) if k in _SECTIONS}
+    return RunConfig.from_dict(sections, source=str(path)).validate(), raw
