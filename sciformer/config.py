@@ -42,6 +42,7 @@ class ModelConfig:
     input_dim: int = 0  # >0: continuous inputs of this width enter through a linear adapter
     output_dim: int = 0  # >0: continuous head of this width (forecast patches x quantiles)
     tie_embeddings: bool = True  # token head shares the input embedding matrix (as ESM-2)
+    lm_head: str = "linear"  # linear | roberta (dense + GELU + LayerNorm first, as ESM-2)
     final_norm: bool = True  # LayerNorm after the last layer (needed with pre-LN)
 
     def validate(self) -> None:
@@ -59,6 +60,7 @@ class ModelConfig:
         _check(self.window >= 1, "model.window", "must be at least 1")
         _check(self.norm in ("pre", "post"), "model.norm", "must be 'pre' or 'post'")
         _check(self.activation in ("gelu", "relu"), "model.activation", "must be gelu or relu")
+        _check(self.lm_head in ("linear", "roberta"), "model.lm_head", "must be linear or roberta")
         _check(self.max_len >= 1, "model.max_len", "must be at least 1")
         _check(self.vocab_size >= 0, "model.vocab_size", "must be >= 0")
         _check(self.input_dim >= 0 and self.output_dim >= 0, "model.input_dim", "must be >= 0")
@@ -79,6 +81,7 @@ class DataConfig:
     tokens_per_batch: int = 8192  # token budget per batch (length-sorted batches, fair-esm style)
     # forecasting
     tokenizer: str = "patch"  # patch | bins
+    channels: str = "joint"  # joint: one token holds the whole state | independent: per channel
     context: int = 64  # time steps the encoder reads
     horizon: int = 16  # time steps the decoder predicts in training
     patch_len: int = 4  # time steps per patch token
@@ -102,6 +105,8 @@ class DataConfig:
         _check(self.tokens_per_batch >= self.crop_length, "data.tokens_per_batch",
                "must be at least data.crop_length")
         _check(self.tokenizer in ("patch", "bins"), "data.tokenizer", "must be patch or bins")
+        _check(self.channels in ("joint", "independent"), "data.channels",
+               "must be joint or independent")
         _check(self.context >= 1 and self.horizon >= 1, "data.context", "context and horizon must be >= 1")
         _check(self.patch_len >= 1, "data.patch_len", "must be at least 1")
         _check(self.n_bins >= 2, "data.n_bins", "must be at least 2")
@@ -231,6 +236,11 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif hint is str:
         if isinstance(value, str):
             return value

@@ -1,0 +1,149 @@
+"""The `sciformer` command: a thin Click layer over typed library functions.
+
+Each command parses its options, builds a config and calls one function. Problems with user
+input (`SciformerError`) end as a one-line `Error: ...` message and exit code 1, never a
+traceback. Progress bars appear on a terminal only.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from sciformer.errors import SciformerError
+
+EXISTING = click.Path(exists=True, dir_okay=False, path_type=Path)
+RUN_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+class Group(click.Group):
+    """Turns SciformerError into a one-line message and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SciformerError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"Warning: {message}", err=True)
+
+
+@click.group(cls=Group)
+@click.version_option(package_name="sciformer")
+def main() -> None:
+    """Transformers on scientific sequences: proteins (FASTA) and simulations (HDF5)."""
+    warnings.showwarning = _show_warning
+
+
+def _progress() -> bool:
+    return sys.stderr.isatty()
+
+
+@main.command()
+@click.argument("data", nargs=-1, required=True, type=EXISTING)
+@click.option("--out-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory to create (or continue with --resume).")
+@click.option("--config", "config_file", type=EXISTING, help="YAML run config.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config field, e.g. --set train.lr=3e-4 (repeatable).")
+@click.option("--resume", is_flag=True, help="Continue from the last complete checkpoint.")
+@click.option("--steps", type=click.IntRange(min=1), help="Shortcut for --set train.max_steps=N.")
+@click.option("--seed", type=int, help="Shortcut for --set train.seed=N.")
+@click.option("--device", type=str, help="auto | cpu | cuda | cuda:N (shortcut for train.device).")
+def pretrain(data, out_dir, config_file, overrides, resume, steps, seed, device) -> None:
+    """Pretrain on FASTA (masked residues) or trajectory HDF5 (forecasting) files."""
+    from sciformer.config import load_config
+    from sciformer.train.loop import pretrain as run
+
+    sets = list(overrides)
+    sets += [f"train.max_steps={steps}"] if steps else []
+    sets += [f"train.seed={seed}"] if seed is not None else []
+    sets += [f"train.device={device}"] if device else []
+    cfg = load_config(config_file, sets)
+    val = run(list(data), cfg, out_dir, resume=resume, progress=_progress())
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in val.items())
+    click.echo(f"Pretrained into {out_dir} ({shown})")
+
+
+@main.command()
+@click.argument("run_dir", type=RUN_DIR)
+@click.argument("input_path", type=EXISTING)
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--score", is_flag=True, help="Proteins: per-sequence pseudo-perplexity instead.")
+@click.option("--horizon", type=click.IntRange(min=1), help="Forecast: steps to predict.")
+@click.option("--device", default="auto", show_default=True)
+def predict(run_dir, input_path, out, score, horizon, device) -> None:
+    """Fill <mask> residues (TSV, top-5) or forecast trajectories (HDF5 with quantiles)."""
+    from sciformer.predict import predict as run
+
+    run(run_dir, input_path, out, score=score, horizon=horizon, device=device,
+        progress=_progress())
+    click.echo(f"Wrote {out}")
+
+
+@main.command()
+@click.argument("run_dir", type=RUN_DIR)
+@click.argument("data", type=EXISTING)
+@click.option("--out-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--context", type=click.IntRange(min=1), help="Forecast: context steps.")
+@click.option("--horizon", type=click.IntRange(min=1), help="Forecast: steps to score.")
+@click.option("--device", default="auto", show_default=True)
+def evaluate(run_dir, data, out_dir, context, horizon, device) -> None:
+    """Score the model on held-out data against baselines; write metrics.json and plots."""
+    from sciformer.evaluate.run import evaluate as run
+    from sciformer.evaluate.summary import format_table
+
+    metrics = run(run_dir, data, out_dir, context=context, horizon=horizon, device=device)
+    click.echo(format_table(metrics))
+    click.echo(f"Report in {out_dir}")
+
+
+@main.command()
+@click.argument("system", type=str)
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--n-traj", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--n-steps", default=2000, show_default=True, type=click.IntRange(min=2))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
+              help="System parameter, e.g. --param F=8 (repeatable).")
+def simulate(system, out, n_traj, n_steps, seed, params) -> None:
+    """Write reference simulations (lorenz63, lorenz96, ks, burgers) as trajectory HDF5."""
+    from sciformer.simulate import simulate_to_file
+
+    simulate_to_file(system, out, n_traj, n_steps, seed, _parse_params(params))
+    click.echo(f"Wrote {n_traj} trajectories x {n_steps} steps of {system} to {out}")
+
+
+def _parse_params(items: tuple[str, ...]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise click.BadParameter(f"'{item}' is not NAME=NUMBER", param_hint="--param")
+    return out
+
+
+@main.command("run")
+@click.argument("workflow", type=EXISTING)
+def run_workflow(workflow) -> None:
+    """Run a workflow YAML's stages in order (simulate, pretrain, predict, evaluate)."""
+    from sciformer.workflow import run_workflow as run
+
+    run(workflow, progress=_progress())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,30 @@
+"""`sciformer evaluate`: score a run on held-out data, write metrics.json, plots, summary.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sciformer.io.atomic import write_json_atomic
+from sciformer.train.checkpoint import load_run
+from sciformer.train.loop import pick_device
+
+
+def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path, *,
+             context: int | None = None, horizon: int | None = None,
+             device: str = "auto") -> dict:
+    """Evaluate the model in `run_dir` on `data`; returns the metrics written to metrics.json."""
+    run_dir, data, out_dir = Path(run_dir), Path(data), Path(out_dir)
+    dev = pick_device(device)
+    model, cfg, extra = load_run(run_dir, dev)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if extra.get("task") == "forecast":
+        from sciformer.evaluate.forecast import evaluate_forecast_run
+
+        metrics = evaluate_forecast_run(model, cfg, extra, run_dir, data, out_dir, dev,
+                                        context=context, horizon=horizon)
+    else:
+        from sciformer.evaluate.masked import evaluate_masked_run
+
+        metrics = evaluate_masked_run(model, cfg, extra, run_dir, data, out_dir, dev)
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    return metrics

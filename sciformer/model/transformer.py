@@ -1,0 +1,151 @@
+"""SciFormer: one encoder-decoder Transformer shared by every task.
+
+    inputs ──► adapter (token embedding | linear patch embedding) ──► + positions
+           ──► encoder stack ──► memory
+    targets ─► adapter ─► decoder stack (causal self-attn, cross-attn to memory) ─► heads
+
+The encoder alone serves masked-residue prediction (``n_decoder_layers = 0``). Decoding
+takes a key/value cache (`new_cache`) and then needs only the newest target positions.
+The model knows nothing of tasks, tokenizers, devices or data parallelism.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from sciformer.config import ModelConfig
+from sciformer.model.attention import AttnMask
+from sciformer.model.heads import TokenHead, ValueHead
+from sciformer.model.layers import DecoderLayer, EncoderLayer
+from sciformer.model.positions import Rotary, build_positions
+
+
+class SciFormer(nn.Module):
+    """Encoder-decoder Transformer over discrete tokens and/or continuous vectors."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.embed = nn.Embedding(cfg.vocab_size, d) if cfg.vocab_size > 0 else None
+        self.value_in = nn.Linear(cfg.input_dim, d) if cfg.input_dim > 0 else None
+        self.positions = build_positions(cfg.positions, d, cfg.max_len)
+        self.rotary = Rotary(d // cfg.n_heads) if cfg.positions == "rotary" else None
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
+        final = cfg.final_norm and cfg.norm == "pre"
+        self.enc_norm = nn.LayerNorm(d) if final else nn.Identity()
+        self.dec_norm = nn.LayerNorm(d) if final and cfg.n_decoder_layers else nn.Identity()
+        self.token_head = TokenHead(cfg) if cfg.vocab_size > 0 else None
+        self.value_head = ValueHead(cfg) if cfg.output_dim > 0 else None
+        self.checkpointing = False  # activation checkpointing, switched on by the trainer
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        if self.embed is not None:  # unit-variance inputs after the sqrt(d) scale below
+            nn.init.normal_(self.embed.weight, std=self.cfg.d_model ** -0.5)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- inputs -------------------------------------------------------------------------
+    def embed_inputs(self, x: Tensor, offset: int = 0) -> Tensor:
+        """Token ids (B, T) int or continuous vectors (B, T, input_dim) -> (B, T, D)."""
+        if x.dtype in (torch.int64, torch.int32):
+            if self.embed is None:
+                raise ValueError("this model has no token vocabulary (model.vocab_size = 0)")
+            h = self.embed(x) * math.sqrt(self.cfg.d_model)  # (B, T, D)
+        else:
+            if self.value_in is None:
+                raise ValueError("this model takes no continuous inputs (model.input_dim = 0)")
+            h = self.value_in(x)  # (B, T, D)
+        return self.dropout(self.positions(h, offset))
+
+    def _run(self, layer: nn.Module, *args, **kwargs) -> Tensor:
+        if self.checkpointing and self.training:
+            return checkpoint(layer, *args, use_reentrant=False, **kwargs)
+        return layer(*args, **kwargs)
+
+    # ---- stacks -------------------------------------------------------------------------
+    def encode(self, src: Tensor, src_pad: Tensor | None = None,
+               return_layers: bool = False) -> Tensor | list[Tensor]:
+        """Encoder memory (B, S, D); `src_pad` (B, S) is True at padding positions.
+
+        With `return_layers`, a list of every layer's output (input embedding first, the
+        final normalised output last) is returned, for embeddings and probes.
+        """
+        h = self.embed_inputs(src)
+        mask = AttnMask(key_pad=src_pad)
+        layers = [h]
+        for layer in self.encoder:
+            h = self._run(layer, h, mask, self.rotary)
+            layers.append(h)
+        layers[-1] = self.enc_norm(h)
+        return layers if return_layers else layers[-1]
+
+    def decode(self, tgt: Tensor, memory: Tensor, memory_pad: Tensor | None = None,
+               tgt_pad: Tensor | None = None, cache: dict | None = None) -> Tensor:
+        """Decoder states (B, T, D) for targets `tgt`, attending causally to earlier targets.
+
+        With a `cache` from `new_cache`, `tgt` holds only the new positions; the cache keeps
+        earlier keys/values and the position offset, so results equal uncached decoding;
+        `tgt_pad` then covers the new positions only (the cache keeps the earlier padding).
+        """
+        if not self.decoder:
+            raise ValueError("this model has no decoder (model.n_decoder_layers = 0)")
+        offset = cache["offset"] if cache is not None else 0
+        if cache is not None:
+            tgt_pad = _cached_pad(cache, tgt_pad, tgt.shape[0], tgt.shape[1])
+        h = self.embed_inputs(tgt, offset)
+        self_mask = AttnMask(key_pad=tgt_pad, causal=True, q_offset=offset)
+        cross_mask = AttnMask(key_pad=memory_pad)
+        for i, layer in enumerate(self.decoder):
+            layer_cache = cache["layers"][i] if cache is not None else None
+            if layer_cache is None:
+                h = self._run(layer, h, memory, self_mask, cross_mask, self.rotary)
+            else:
+                h = layer(h, memory, self_mask, cross_mask, self.rotary, layer_cache)
+        if cache is not None:
+            cache["offset"] = offset + tgt.shape[1]
+        return self.dec_norm(h)
+
+    def new_cache(self) -> dict:
+        """An empty key/value cache for incremental decoding."""
+        return {"offset": 0, "layers": [{} for _ in self.decoder]}
+
+    # ---- outputs ------------------------------------------------------------------------
+    def token_logits(self, h: Tensor) -> Tensor:
+        """Logits (B, T, V) from hidden states, through the (tied) token head."""
+        return self.token_head(h, self.embed.weight if self.embed is not None else None)
+
+    def values(self, h: Tensor) -> Tensor:
+        """Continuous outputs (B, T, output_dim) from hidden states."""
+        return self.value_head(h)
+
+    def forward(self, src: Tensor, tgt: Tensor, src_pad: Tensor | None = None,
+                tgt_pad: Tensor | None = None) -> Tensor:
+        """Teacher-forced encoder-decoder pass: decoder states (B, T, D)."""
+        return self.decode(tgt, self.encode(src, src_pad), src_pad, tgt_pad)
+
+
+def _cached_pad(cache: dict, tgt_pad: Tensor | None, batch: int, t_new: int) -> Tensor | None:
+    """Padding of every cached target key plus the new ones, (B, T_past + T_new).
+
+    With a cache the keys span all earlier positions, so the padding of earlier steps is kept
+    in the cache and the new positions' padding (none given = no padding) is appended.
+    """
+    past = cache.get("pad")
+    if past is None and tgt_pad is None:
+        return None
+    if past is None:
+        past = torch.zeros(batch, cache["offset"], dtype=torch.bool, device=tgt_pad.device)
+    if tgt_pad is None:
+        tgt_pad = torch.zeros(batch, t_new, dtype=torch.bool, device=past.device)
+    cache["pad"] = torch.cat([past, tgt_pad], dim=1)  # (B, T_past + T_new)
+    return cache["pad"]

@@ -1,0 +1,87 @@
+"""Tasks turn files into batches and losses: masked residues (FASTA) and forecasting (HDF5).
+
+A task is what the training loop talks to. Its contract:
+
+- ``model_config()``: the ModelConfig completed for this task (vocabulary, adapters, depth);
+- ``state()``: JSON-ready facts saved in config.json so that predict/evaluate can rebuild
+  tokenizers and baselines (training files, channel count, residue counts, ...);
+- ``split()``: the held-out indices (split.json);
+- ``batch(index, rank, world)``: micro-batch number ``index`` of the training stream, a pure
+  function of (seed, index), so a resumed run sees exactly the batches it would have seen;
+- ``loss(model, batch)``: scalar loss and a dict of float statistics;
+- ``validate(model)``: held-out statistics, deterministic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from sciformer.config import ModelConfig, RunConfig
+from sciformer.errors import ConfigError, InputError
+
+FASTA_SUFFIXES = (".fa", ".fasta", ".faa", ".fas", ".fna")
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nc")
+
+
+class Task(Protocol):
+    name: str
+
+    def model_config(self) -> ModelConfig: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+    def split(self) -> dict[str, Any]: ...
+
+    def batch(self, index: int, rank: int = 0, world: int = 1) -> dict[str, torch.Tensor]: ...
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
+             ) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def validate(self, model: torch.nn.Module) -> dict[str, float]: ...
+
+
+def infer_task(paths: list[str | Path]) -> str:
+    """'masked' for FASTA files, 'forecast' for HDF5 trajectories (by suffix, .gz allowed)."""
+    kinds = set()
+    for p in map(Path, paths):
+        suffixes = [s.lower() for s in p.suffixes]
+        if suffixes and suffixes[-1] == ".gz":
+            suffixes = suffixes[:-1]
+        last = suffixes[-1] if suffixes else ""
+        if last in FASTA_SUFFIXES:
+            kinds.add("masked")
+        elif last in HDF5_SUFFIXES:
+            kinds.add("forecast")
+        else:
+            raise InputError(f"{p}: cannot tell the data type from the suffix '{last}' "
+                             f"(FASTA: {' '.join(FASTA_SUFFIXES)}; HDF5: {' '.join(HDF5_SUFFIXES)})")
+    if len(kinds) > 1:
+        raise InputError("cannot pretrain on FASTA and HDF5 files together: "
+                         + ", ".join(map(str, paths)))
+    return kinds.pop()
+
+
+def build_task(cfg: RunConfig, paths: list[str | Path]) -> Task:
+    """The task for these files (or cfg.data.task when set)."""
+    name = infer_task(paths) if cfg.data.task == "auto" else cfg.data.task
+    if name == "masked":
+        from sciformer.tasks.masked import MaskedTask
+
+        return MaskedTask(cfg, [Path(p) for p in paths])
+    if name == "forecast":
+        from sciformer.tasks.forecast import ForecastTask
+
+        return ForecastTask(cfg, [Path(p) for p in paths])
+    raise ConfigError(f"config field 'data.task': unknown task '{name}'")
+
+
+def micro_seed(seed: int, index: int, salt: int = 0) -> int:
+    """A 63-bit seed for micro-batch `index`, independent across indices (SplitMix64 mix)."""
+    z = (seed * 0x9E3779B97F4A7C15 + index * 0xBF58476D1CE4E5B9 + salt * 0x94D049BB133111EB)
+    z &= (1 << 64) - 1
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & ((1 << 64) - 1)
+    return (z ^ (z >> 31)) >> 1

@@ -1,0 +1,1 @@
+"""Tokenizers: protein sequences (ESM-2 alphabet) and continuous time series."""

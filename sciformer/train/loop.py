@@ -1,0 +1,235 @@
+"""The pretraining loop: AdamW, warm-up + cosine schedule, clipping, accumulation, validation,
+metrics.jsonl, checkpoints and exact resume.
+
+The loop sees a `Task` (batches, loss, validation) and a model; it knows nothing of FASTA or
+HDF5. Data order is a pure function of (seed, micro-batch index) — see `sciformer.tasks` —
+so resuming needs only the step counter and the RNG state used by dropout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from sciformer.config import RunConfig, TrainConfig, save_config
+from sciformer.errors import CheckpointError, SciformerError
+from sciformer.io.atomic import write_json_atomic, write_text_atomic
+from sciformer.model import SciFormer
+from sciformer.tasks import Task, build_task
+from sciformer.train import checkpoint as ckpt
+from sciformer.train.distributed import Distributed
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; an unavailable cuda is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SciformerError(f"train.device={name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CPU or GPU when asked for, else a no-op."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (not on biases, norms, embeddings' scale)."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to 1, then cosine decay to `lr_min_ratio` at `max_steps`."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.lr_min_ratio + (1 - cfg.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per line; on resume, lines past the step are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None) -> None:
+        self.path = path
+        if resume_step is not None and path.exists():
+            keep = [ln for ln in path.read_text().splitlines()
+                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+            write_text_atomic(path, "".join(ln + "\n" for ln in keep))
+        elif resume_step is None:
+            write_text_atomic(path, "")
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+@dataclass
+class Trainer:
+    """Holds the pieces of one run; `fit()` runs it to `max_steps`."""
+
+    cfg: RunConfig
+    task: Task
+    model: nn.Module
+    run_dir: Path
+    dist: Distributed
+    device: torch.device
+    progress: bool
+
+    def __post_init__(self) -> None:
+        self.raw_model = self.model.to(self.device)
+        compiled = torch.compile(self.raw_model) if self.cfg.train.compile else self.raw_model
+        self.model = self.dist.wrap(compiled)
+        self.optimizer = build_optimizer(self.model, self.cfg.train)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, self.cfg.train))
+        self.step, self.best = 0, math.inf
+
+    # ---- state ------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {"step": self.step, "best": self.best, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": rng,
+                "rank_rng": self.dist.gather_rng_states(), "world": self.dist.world}
+
+    def restore(self, folder: Path) -> None:
+        ckpt.load_weights(self.raw_model, folder / ckpt.WEIGHTS)
+        state = ckpt.load_state(folder / ckpt.STATE)
+        if state.get("world", 1) != self.dist.world:
+            raise CheckpointError(f"{folder}: saved with {state.get('world')} processes, "
+                                  f"resumed with {self.dist.world}")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.best = int(state["step"]), float(state["best"])
+        self.dist.restore_rng(state)
+
+    # ---- loop -------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        tc = self.cfg.train
+        self.model.train()
+        stats: dict[str, float] = {"loss": 0.0}
+        for micro in range(tc.grad_accum):
+            batch = self.task.batch(self.step * tc.grad_accum + micro, self.dist.rank, self.dist.world)
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            with self.dist.no_sync(self.model, last=micro == tc.grad_accum - 1):
+                with autocast(self.device, tc.precision):
+                    loss, s = self.task.loss(self.model, batch)
+                (loss / tc.grad_accum).backward()
+            stats["loss"] += s["loss"] / tc.grad_accum
+        grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_norm)
+                     if tc.clip_norm > 0 else torch.tensor(float("nan")))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        stats.update(grad_norm=float(grad_norm), lr=self.scheduler.get_last_lr()[0])
+        return self.dist.mean(stats)
+
+    def validate(self) -> dict[str, float]:
+        self.model.eval()
+        with torch.no_grad(), autocast(self.device, self.cfg.train.precision):
+            return self.dist.validate(self.task, self.raw_model)
+
+    def fit(self) -> dict[str, float]:
+        tc = self.cfg.train
+        log = MetricsLog(self.run_dir / "metrics.jsonl", self.step) if self.dist.is_main else None
+        bar = tqdm(total=tc.max_steps, initial=self.step, disable=not self.progress,
+                   desc="pretrain", unit="step", dynamic_ncols=True)
+        last_val: dict[str, float] = {}
+        t0, seen = time.perf_counter(), 0
+        while self.step < tc.max_steps:
+            stats = self.train_step()
+            seen += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.3f}")
+            record: dict[str, Any] = {}
+            if self.step % tc.log_every == 0 or self.step == tc.max_steps:
+                record = {"step": self.step, **stats,
+                          "steps_per_s": seen / (time.perf_counter() - t0)}
+            if self.step % tc.eval_every == 0 or self.step == tc.max_steps:
+                last_val = self.validate()
+                record = {"step": self.step, **stats, **record, **last_val}
+                bar.set_postfix(loss=f"{stats['loss']:.3f}", val=f"{last_val['val_loss']:.3f}")
+            if record and log is not None:
+                log.write(record)
+            if self.step % tc.checkpoint_every == 0 or self.step == tc.max_steps:
+                self.save(last_val)
+        bar.close()
+        return last_val
+
+    def save(self, val: dict[str, float]) -> None:
+        is_best = bool(val) and val["val_loss"] < self.best
+        if is_best:
+            self.best = val["val_loss"]
+        state = self.state()  # collective under DDP: every rank gathers
+        if self.dist.is_main:
+            ckpt.save_checkpoint(self.run_dir, self.raw_model, state, self.step,
+                                 self.cfg.train.keep_checkpoints, best=is_best)
+        self.dist.barrier()
+
+
+def prepare_run_dir(run_dir: Path, resume: bool) -> Path | None:
+    """Check the run directory; return the checkpoint to resume from (or None)."""
+    if resume:
+        latest = ckpt.latest_checkpoint(run_dir)
+        if latest is None:
+            raise CheckpointError(f"{run_dir}: nothing to resume (no complete checkpoint in "
+                                  f"{run_dir / 'checkpoints'})")
+        return latest
+    if (run_dir / ckpt.CONFIG).exists():
+        raise SciformerError(f"{run_dir}: already holds a run; pass --resume to continue it "
+                             "or choose another --out-dir")
+    return None
+
+
+def pretrain(data: list[str | Path], cfg: RunConfig, run_dir: str | Path, *,
+             resume: bool = False, progress: bool | None = None) -> dict[str, float]:
+    """Pretrain on `data` files into `run_dir`; returns the final validation metrics."""
+    run_dir = Path(run_dir)
+    dist = Distributed.from_env(cfg.train)
+    folder = prepare_run_dir(run_dir, resume)
+    if resume:
+        saved, _ = ckpt.read_run_config(run_dir / ckpt.CONFIG)
+        saved.train.max_steps = cfg.train.max_steps  # the only thing a resume may change
+        cfg = saved
+    torch.manual_seed(cfg.train.seed + dist.rank)  # dropout differs per rank
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    task = build_task(cfg, list(data))
+    cfg.model = task.model_config()
+    model = SciFormer(cfg.model)
+    device = dist.device(pick_device(cfg.train.device))
+    model.checkpointing = cfg.train.checkpoint_activations
+    if progress is None:
+        progress = sys.stderr.isatty()
+    trainer = Trainer(cfg, task, model, run_dir, dist, device, progress and dist.is_main)
+    if folder is not None:
+        trainer.restore(folder)
+    elif dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / ckpt.CONFIG, extra=task.state())
+        write_json_atomic(run_dir / "split.json", task.split())
+    dist.barrier()
+    try:
+        return trainer.fit()
+    finally:
+        dist.close()

@@ -1,0 +1,124 @@
+"""The command line end to end on tiny data, as a user runs it (Click's CliRunner)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sciformer.cli import main
+from tests.conftest import TINY_MASKED, write_fasta
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def sets(items: list[str]) -> list[str]:
+    out = []
+    for item in items:
+        out += ["--set", item]
+    return out
+
+
+def test_pretrain_predict_evaluate_masked(tmp_path: Path, fasta: Path):
+    run = tmp_path / "run"
+    res = invoke("pretrain", fasta, "--out-dir", run, *sets(TINY_MASKED))
+    assert res.exit_code == 0, res.output
+    for name in ("config.json", "model.safetensors", "train_state.pt", "metrics.jsonl", "split.json"):
+        assert (run / name).is_file(), name
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [2, 3, 4, 6]
+    assert "val_loss" in logged[1] and "val_loss" in logged[-1]
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["heldout"]) == 6 and not set(split["heldout"]) & set(split["train"])
+
+    query = tmp_path / "query.fa"
+    query.write_text(">q1\nACDE<mask>GHIK<mask>\n>q2\nmkv<MASK>ly\n")
+    out = tmp_path / "pred.tsv"
+    res = invoke("predict", run, query, "--out", out)
+    assert res.exit_code == 0, res.output
+    rows = [line.split("\t") for line in out.read_text().splitlines()]
+    assert rows[0][:4] == ["record", "position", "aa1", "p1"]
+    assert [(r[0], r[1]) for r in rows[1:]] == [("q1", "5"), ("q1", "10"), ("q2", "4")]
+    probs = [float(x) for x in rows[1][3::2]]
+    assert len(probs) == 5 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+
+    scores = tmp_path / "scores.tsv"
+    assert invoke("predict", run, fasta, "--out", scores, "--score").exit_code == 0
+    lines = scores.read_text().splitlines()
+    assert len(lines) == 31 and float(lines[1].split("\t")[2]) > 1.0
+
+    report = tmp_path / "report"
+    res = invoke("evaluate", run, fasta, "--out-dir", report)
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["task"] == "masked"
+    assert metrics["n_examples"] == 6  # only the held-out records of the training file
+    assert "held-out" in metrics["scope"]
+    for block in (metrics["model"], metrics["baselines"]["unigram"]):
+        assert block["perplexity"] > 1 and 0 <= block["accuracy"] <= 1
+    assert (report / "masked_report.png").read_bytes()[:4] == b"\x89PNG"
+    assert "unigram" in (report / "summary.md").read_text()
+    assert "unigram" in res.output
+
+
+def test_evaluate_other_file_uses_every_record(tmp_path: Path, masked_run: Path):
+    other = write_fasta(tmp_path / "other.fa", n=9, seed=5)
+    report = tmp_path / "r"
+    assert invoke("evaluate", masked_run, other, "--out-dir", report).exit_code == 0
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["n_examples"] == 9 and "not used in training" in metrics["scope"]
+
+
+def test_predict_without_masks_is_a_clear_error(tmp_path: Path, masked_run: Path, fasta: Path):
+    out = tmp_path / "p.tsv"
+    res = CliRunner().invoke(main, ["predict", str(masked_run), str(fasta), "--out", str(out)])
+    assert res.exit_code == 1
+    assert "no <mask> tokens" in res.output and str(fasta) in res.output
+    assert not out.exists()  # no half-written output
+
+
+@pytest.mark.parametrize("content, words", [
+    ("", ["no FASTA records"]),
+    ("ACDE\n>x\nAC\n", ["before the first"]),
+    (">a\n\n>b\nAC\n", ["empty record"]),
+    (">a\nAC\n>a\nDE\n", ["duplicate"]),
+])
+def test_bad_fasta_fails_in_one_line(tmp_path: Path, content: str, words: list[str]):
+    bad = tmp_path / "bad.fa"
+    bad.write_text(content)
+    res = CliRunner().invoke(main, ["pretrain", str(bad), "--out-dir", str(tmp_path / "r"),
+                                    *sets(TINY_MASKED)])
+    assert res.exit_code == 1
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "bad.fa" in lines[0]
+    for w in words:
+        assert w in lines[0]
+    assert "Traceback" not in res.output
+
+
+def test_bad_set_and_existing_run(tmp_path: Path, fasta: Path, masked_run: Path):
+    res = CliRunner().invoke(main, ["pretrain", str(fasta), "--out-dir", str(tmp_path / "x"),
+                                    "--set", "data.mask_rate=1.5"])
+    assert res.exit_code == 1 and "data.mask_rate" in res.output
+    res = CliRunner().invoke(main, ["pretrain", str(fasta), "--out-dir", str(masked_run)])
+    assert res.exit_code == 1 and "--resume" in res.output
+
+
+def test_run_workflow_skips_finished_pretraining(tmp_path: Path, fasta: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    overrides = dict(item.split("=") for item in TINY_MASKED)
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(
+        "name: tiny\nstages:\n"
+        f"  - pretrain: {{data: [{fasta}], out_dir: run, set: {json.dumps(overrides)}}}\n"
+        f"  - evaluate: {{run: run, data: {fasta}, out_dir: run/eval}}\n"
+    )
+    res = invoke("run", wf)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "run/eval/metrics.json").exists() and "unigram" in res.output
+    again = invoke("run", wf)
+    assert again.exit_code == 0 and "skipping" in again.output

@@ -1,0 +1,177 @@
+"""Reference simulators: known answers (scipy, Cole-Hopf), conservation, convergence order,
+determinism, stored metadata and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+
+from sciformer.errors import ConfigError
+from sciformer.io.trajectories import TrajectoryFile
+from sciformer.simulate import SYSTEMS, resolve_params, simulate, simulate_to_file
+from sciformer.simulate import odes, pdes
+
+
+def _scipy_endpoint(rhs, x0: np.ndarray, t_end: float) -> np.ndarray:
+    """High-accuracy reference: DOP853 at rtol = atol = 1e-10."""
+    sol = solve_ivp(lambda t, x: rhs(x), (0.0, t_end), x0, method="DOP853", rtol=1e-10, atol=1e-10)
+    return sol.y[:, -1]
+
+
+def test_lorenz63_matches_scipy_over_one_time_unit():
+    res = simulate("lorenz63", 3, 101, seed=0)  # dt = 0.01, so step 100 is t = 1
+    for i in range(3):
+        ref = _scipy_endpoint(lambda x: odes.lorenz63_rhs(x, 10.0, 28.0, 8.0 / 3.0),
+                              res.states[i, 0], 1.0)
+        np.testing.assert_allclose(res.states[i, 100], ref, atol=2e-5)
+
+
+def test_lorenz96_matches_scipy_over_one_time_unit():
+    res = simulate("lorenz96", 2, 21, seed=1)  # dt = 0.05, so step 20 is t = 1
+    assert res.states.shape == (2, 21, 40)
+    for i in range(2):
+        ref = _scipy_endpoint(lambda x: odes.lorenz96_rhs(x, 8.0), res.states[i, 0], 1.0)
+        np.testing.assert_allclose(res.states[i, 20], ref, atol=2e-4)
+
+
+def test_rk4_error_shrinks_at_fourth_order():
+    x0 = np.array([[1.0, 2.0, 20.0]])
+
+    def rhs(x):
+        return odes.lorenz63_rhs(x, 10.0, 28.0, 8.0 / 3.0)
+
+    ref = _scipy_endpoint(lambda x: rhs(x[None])[0], x0[0], 1.0)
+    errs = [np.abs(odes.rk4_trajectory(rhs, x0, 0.1, sub, 11)[0, -1] - ref).max()
+            for sub in (5, 10)]  # h = 0.02, 0.01
+    assert errs[1] < errs[0]
+    assert errs[0] / errs[1] > 12.0  # 2^4 = 16 for a fourth-order method
+
+
+def test_ks_etdrk4_error_shrinks_at_high_order():
+    nx, length = 64, 22.0
+    lin, nonlinear = pdes.ks_operators(nx, length)
+    u0 = pdes.random_fourier(np.random.default_rng(3), 2, pdes.grid(nx, length), length, 4, 1.0)
+
+    def run(h: float) -> np.ndarray:
+        return pdes.integrate_spectral(u0, lin, nonlinear, 5.0, int(round(5.0 / h)), 2)[:, -1]
+
+    ref = run(0.005)
+    errs = [np.abs(run(h) - ref).max() for h in (0.1, 0.05)]
+    assert errs[1] < errs[0] < 1e-2
+    assert errs[0] / errs[1] > 8.0  # observed ~12-16: order well above 3
+
+
+def test_burgers_matches_cole_hopf_exact_solution():
+    # Cole-Hopf: phi = 1 + a exp(-nu t) cos x solves phi_t = nu phi_xx, so
+    # u = -2 nu phi_x / phi is an exact periodic solution of u_t + u u_x = nu u_xx.
+    nu, a, nx = 0.1, 0.5, 64
+    x = pdes.grid(nx, 2.0 * np.pi)
+
+    def exact(t: float) -> np.ndarray:
+        e = a * np.exp(-nu * t)
+        return 2.0 * nu * e * np.sin(x) / (1.0 + e * np.cos(x))
+
+    lin, nonlinear = pdes.burgers_operators(nx, nu)
+    states = pdes.integrate_spectral(exact(0.0)[None], lin, nonlinear, 0.5, 10, 11)
+    for i in range(11):
+        np.testing.assert_allclose(states[0, i], exact(0.5 * i), atol=1e-9)
+
+
+@pytest.mark.parametrize("system", ["ks", "burgers"])
+def test_field_systems_conserve_spatial_mean(system):
+    params = {"burn_in": 0.0} if system == "ks" else {}
+    res = simulate(system, 3, 200, seed=2, params=params)
+    means = res.states[..., 0].mean(axis=-1)  # (n_traj, n_steps)
+    assert np.abs(means - means[:, :1]).max() < 1e-10
+    if system == "burgers":  # a random nonzero mean, so conservation is not trivially 0 = 0
+        assert np.abs(means[:, 0]).min() > 1e-4
+
+
+def test_ks_conserves_a_nonzero_mean():
+    nx, length = 64, 22.0
+    lin, nonlinear = pdes.ks_operators(nx, length)
+    x = pdes.grid(nx, length)
+    u0 = 0.3 + pdes.random_fourier(np.random.default_rng(0), 2, x, length, 4, 1.0)
+    states = pdes.integrate_spectral(u0, lin, nonlinear, 0.25, 5, 200)
+    np.testing.assert_allclose(states.mean(axis=-1), 0.3, atol=1e-10)
+
+
+@pytest.mark.parametrize("system", list(SYSTEMS))
+def test_determinism_by_seed(system):
+    params = {} if system == "burgers" else {"burn_in": 5.0 if system == "ks" else 1.0}
+    a = simulate(system, 2, 30, seed=7, params=params).states
+    b = simulate(system, 2, 30, seed=7, params=params).states
+    c = simulate(system, 2, 30, seed=8, params=params).states
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    assert np.isfinite(a).all()
+
+
+def test_shapes_and_metadata():
+    res = simulate("ks", 2, 10, seed=0, params={"nx": 32, "burn_in": 10.0})
+    assert res.states.shape == (2, 10, 32, 1)
+    assert res.field_names == ["u"] and res.x.shape == (32,) and res.x[1] == pytest.approx(22 / 32)
+    assert res.lyapunov_time == pytest.approx(1 / 0.043)
+    quick = {"burn_in": 0.0}
+    assert simulate("lorenz63", 1, 5, 0, quick).lyapunov_time == pytest.approx(1.104, abs=1e-3)
+    assert simulate("lorenz96", 1, 5, 0, quick).lyapunov_time == pytest.approx(1 / 1.68)
+    assert simulate("lorenz96", 1, 5, 0, {**quick, "F": 5.0}).lyapunov_time is None
+    assert simulate("lorenz63", 1, 5, 0, {**quick, "rho": 35}).lyapunov_time is None
+    assert simulate("burgers", 1, 5, seed=0).lyapunov_time is None
+    l96 = simulate("lorenz96", 1, 5, 0, {**quick, "n": 8})
+    assert l96.states.shape == (1, 5, 8) and l96.field_names == [f"x{i}" for i in range(8)]
+
+
+def test_params_stored_in_file(tmp_path):
+    path = simulate_to_file("lorenz63", tmp_path / "l63.h5", 3, 40, seed=4,
+                            params={"rho": 30.0, "burn_in": 1.0})
+    with TrajectoryFile(path) as tf:
+        m = tf.meta
+        assert (m.n_traj, m.n_time, m.state_shape) == (3, 40, (3,))
+        assert m.system == "lorenz63" and m.dt == pytest.approx(0.01)
+        assert m.field_names == ["x", "y", "z"] and m.lyapunov_time is None
+        assert m.param_names == list(SYSTEMS["lorenz63"].default_params)
+        rho = m.params[:, m.param_names.index("rho")]
+        np.testing.assert_array_equal(rho, [30.0, 30.0, 30.0])
+        expected = simulate("lorenz63", 3, 40, seed=4, params={"rho": 30.0, "burn_in": 1.0})
+        np.testing.assert_allclose(tf.trajectory(2), expected.states[2], rtol=1e-6)
+
+
+def test_field_file_has_grid_and_lyapunov_time(tmp_path):
+    path = simulate_to_file("ks", tmp_path / "ks.h5", 2, 12, seed=0, params={"burn_in": 5.0})
+    with TrajectoryFile(path) as tf:
+        assert tf.meta.state_shape == (64, 1) and tf.meta.field_names == ["u"]
+        assert tf.meta.lyapunov_time == pytest.approx(23.26, abs=0.01)
+        np.testing.assert_allclose(tf.meta.x, pdes.grid(64, 22.0))
+
+
+def test_unknown_system_lists_valid_names():
+    with pytest.raises(ConfigError, match="lorenz63, lorenz96, ks, burgers"):
+        simulate("lorenz84", 1, 10, seed=0)
+
+
+def test_unknown_param_lists_valid_params():
+    with pytest.raises(ConfigError, match=r"'nu'.*valid params: L, nx"):
+        simulate("ks", 1, 10, seed=0, params={"nu": 0.1})
+
+
+@pytest.mark.parametrize("system, params, phrase", [
+    ("ks", {"nx": 63}, "even"),
+    ("burgers", {"nx": 4}, "integer >= 8"),
+    ("lorenz63", {"substeps": 1.5}, "integer"),
+    ("lorenz63", {"dt": -0.01}, "positive"),
+    ("burgers", {"nu": float("nan")}, "finite"),
+    ("lorenz96", {"n": 3}, "integer >= 4"),
+    ("lorenz63", {"burn_in": 0.005}, "whole number"),
+    ("lorenz63", {"sigma": "ten"}, "number"),
+])
+def test_bad_param_values(system, params, phrase):
+    with pytest.raises(ConfigError, match=phrase) as info:
+        resolve_params(system, params)
+    assert system in str(info.value)
+
+
+def test_bad_sizes():
+    with pytest.raises(ConfigError, match="n_traj"):
+        simulate("lorenz63", 0, 10, seed=0)
