@@ -44,6 +44,10 @@ class ModelConfig:
     tie_embeddings: bool = True  # token head shares the input embedding matrix (as ESM-2)
     lm_head: str = "linear"  # linear | roberta (dense + GELU + LayerNorm first, as ESM-2)
     final_norm: bool = True  # LayerNorm after the last layer (needed with pre-LN)
+    embed_scale: bool = True  # multiply token embeddings by sqrt(d_model); ESM-2 does not
+    token_dropout: bool = False  # ESM-2: zero <mask> embeddings, rescale the rest (see model)
+    mask_id: int = 32  # token dropout: the <mask> id (ESM alphabet)
+    layer_norm_eps: float = 1e-5  # epsilon of every LayerNorm (HF ESM configs may say 1e-12)
 
     def validate(self) -> None:
         _check(self.d_model > 0, "model.d_model", "must be positive")
@@ -58,12 +62,23 @@ class ModelConfig:
         _check(self.d_ff > 0, "model.d_ff", "must be positive")
         _check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
         _check(self.window >= 1, "model.window", "must be at least 1")
+        from sciformer.model.attention import KERNELS  # the registries are the source of truth
+        from sciformer.model.positions import POSITIONS
+
+        _check(self.attention in KERNELS, "model.attention",
+               f"unknown kind '{self.attention}' (valid: {', '.join(KERNELS)})")
+        _check(self.positions in POSITIONS, "model.positions",
+               f"unknown kind '{self.positions}' (valid: {', '.join(POSITIONS)})")
         _check(self.norm in ("pre", "post"), "model.norm", "must be 'pre' or 'post'")
         _check(self.activation in ("gelu", "relu"), "model.activation", "must be gelu or relu")
         _check(self.lm_head in ("linear", "roberta"), "model.lm_head", "must be linear or roberta")
         _check(self.max_len >= 1, "model.max_len", "must be at least 1")
         _check(self.vocab_size >= 0, "model.vocab_size", "must be >= 0")
         _check(self.input_dim >= 0 and self.output_dim >= 0, "model.input_dim", "must be >= 0")
+        _check(self.layer_norm_eps > 0, "model.layer_norm_eps", "must be positive")
+        _check(not self.token_dropout or 0 <= self.mask_id < self.vocab_size, "model.mask_id",
+               f"{self.mask_id} is not a token id of the vocabulary (model.vocab_size="
+               f"{self.vocab_size}) needed by model.token_dropout")
 
 
 @dataclass

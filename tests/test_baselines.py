@@ -78,7 +78,7 @@ def test_ridge_recovers_exact_ar2_system():
     model = RidgeAR(lags=2).fit(list(_simulate_ar2(a1, a2, c, 40, 30, rng)))
     test = _simulate_ar2(a1, a2, c, 5, 60, rng)
     pred = model.predict(test[:, :10], 50)
-    assert np.max(np.abs(pred - test[:, 10:])) < 1e-6
+    assert np.max(np.abs(pred - test[:, 10:])) < 1e-5  # values are O(5); alpha=1e-6 bias only
     state_w = model.coef_ + np.vstack([np.zeros((3, 3)), np.eye(3)]) * (
         model.target_ == "increment")  # increments: x_{t+1} = x_t + w^T lags + b
     np.testing.assert_allclose(state_w[3:], a1.T, atol=1e-6)  # newest lag last

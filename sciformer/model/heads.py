@@ -29,7 +29,7 @@ class TokenHead(nn.Module):
         self.transform = None
         if cfg.lm_head == "roberta":
             self.transform = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model), nn.GELU(),
-                                           nn.LayerNorm(cfg.d_model))
+                                           nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps))
 
     def forward(self, h: Tensor, embedding: Tensor | None = None) -> Tensor:
         if self.transform is not None:

@@ -36,7 +36,7 @@ class Residual(nn.Module):
     def __init__(self, cfg: ModelConfig, block: nn.Module) -> None:
         super().__init__()
         self.block = block
-        self.norm = nn.LayerNorm(cfg.d_model)
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
         self.pre = cfg.norm == "pre"
 

@@ -40,8 +40,9 @@ class SciFormer(nn.Module):
         self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers))
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
         final = cfg.final_norm and cfg.norm == "pre"
-        self.enc_norm = nn.LayerNorm(d) if final else nn.Identity()
-        self.dec_norm = nn.LayerNorm(d) if final and cfg.n_decoder_layers else nn.Identity()
+        eps = cfg.layer_norm_eps
+        self.enc_norm = nn.LayerNorm(d, eps=eps) if final else nn.Identity()
+        self.dec_norm = nn.LayerNorm(d, eps=eps) if final and cfg.n_decoder_layers else nn.Identity()
         self.token_head = TokenHead(cfg) if cfg.vocab_size > 0 else None
         self.value_head = ValueHead(cfg) if cfg.output_dim > 0 else None
         self.checkpointing = False  # activation checkpointing, switched on by the trainer
@@ -55,17 +56,38 @@ class SciFormer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     # ---- inputs -------------------------------------------------------------------------
-    def embed_inputs(self, x: Tensor, offset: int = 0) -> Tensor:
-        """Token ids (B, T) int or continuous vectors (B, T, input_dim) -> (B, T, D)."""
+    def embed_inputs(self, x: Tensor, offset: int = 0, pad: Tensor | None = None) -> Tensor:
+        """Token ids (B, T) int or continuous vectors (B, T, input_dim) -> (B, T, D).
+
+        Padded positions (`pad` True) get zero input vectors: they are never attended to, so
+        this changes nothing else, and it makes their outputs equal to ESM-2's.
+        """
         if x.dtype in (torch.int64, torch.int32):
             if self.embed is None:
                 raise ValueError("this model has no token vocabulary (model.vocab_size = 0)")
-            h = self.embed(x) * math.sqrt(self.cfg.d_model)  # (B, T, D)
+            h = self.embed(x)  # (B, T, D)
+            if self.cfg.embed_scale:
+                h = h * math.sqrt(self.cfg.d_model)
+            if self.cfg.token_dropout:
+                h = self._token_dropout(x, h, pad)
+            if pad is not None:
+                h = h.masked_fill(pad[..., None], 0.0)
         else:
             if self.value_in is None:
                 raise ValueError("this model takes no continuous inputs (model.input_dim = 0)")
             h = self.value_in(x)  # (B, T, D)
         return self.dropout(self.positions(h, offset))
+
+    def _token_dropout(self, x: Tensor, h: Tensor, pad: Tensor | None) -> Tensor:
+        """ESM-2 "token dropout" (Lin et al. 2023; fair-esm `ESM2.forward`): <mask> inputs are
+        treated as dropped (zero vector) and the rest rescaled by (1 - 0.15 * 0.8) / (1 - r),
+        r = observed fraction of <mask> among the non-padding tokens of each sequence, the
+        train-time mask ratio over the observed one (as dropout rescales at evaluation)."""
+        is_mask = x == self.cfg.mask_id  # (B, T)
+        h = h.masked_fill(is_mask[..., None], 0.0)
+        lengths = (~pad).sum(-1) if pad is not None else torch.full_like(x[:, 0], x.shape[1])
+        observed = is_mask.sum(-1).to(h.dtype) / lengths.clamp_min(1).to(h.dtype)  # (B,)
+        return h * ((1 - 0.15 * 0.8) / (1 - observed))[:, None, None]
 
     def _run(self, layer: nn.Module, *args, **kwargs) -> Tensor:
         if self.checkpointing and self.training:
@@ -80,7 +102,7 @@ class SciFormer(nn.Module):
         With `return_layers`, a list of every layer's output (input embedding first, the
         final normalised output last) is returned, for embeddings and probes.
         """
-        h = self.embed_inputs(src)
+        h = self.embed_inputs(src, pad=src_pad)
         mask = AttnMask(key_pad=src_pad)
         layers = [h]
         for layer in self.encoder:

@@ -44,6 +44,12 @@ def make_tokenizer(cfg: RunConfig, n_features: int) -> PatchTokenizer | BinToken
                            channels=d.channels)
 
 
+def tokenizer_from_state(extra: dict[str, Any]) -> PatchTokenizer | BinTokenizer:
+    """Rebuild the tokenizer a run was trained with from its config.json task state."""
+    kwargs = {k: v for k, v in extra["tokenizer"].items() if k != "name"}
+    return build_tokenizer(extra["tokenizer"]["name"], **kwargs)
+
+
 class TrajectoryCollection:
     """Several trajectory files with the same state shape, addressed as (file, trajectory)."""
 
@@ -271,8 +277,7 @@ def predict_forecast(model: nn.Module, cfg: RunConfig, extra: dict[str, Any], in
     from sciformer.io.trajectories import write_trajectories
 
     d = cfg.data
-    tok = build_tokenizer(**{k: v for k, v in extra["tokenizer"].items() if k != "name"},
-                          name=extra["tokenizer"]["name"])
+    tok = tokenizer_from_state(extra)
     min_len = tok.patch_len if isinstance(tok, PatchTokenizer) else 1
     f, ctx = load_contexts(input_path, extra["n_features"], extra["state_shape"], d.context, min_len)
     horizon = horizon or d.horizon

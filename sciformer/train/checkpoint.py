@@ -10,9 +10,17 @@ Layout (DESIGN.md contract):
     RUN/checkpoints/step_00000500/{model.safetensors,train_state.pt}   last K kept
     RUN/checkpoints/best/{model.safetensors,train_state.pt}             best on validation
 
-Each checkpoint folder is written under a temporary name and renamed when complete, so a
-crash mid-write never leaves a folder that looks complete. Weights are safetensors only;
-the train state is loaded with ``weights_only=True`` (no pickled code is ever executed).
+Each checkpoint folder is written under a temporary name (``.tmp-step_N``) and renamed when
+complete, so a crash mid-write never leaves a folder that looks complete; old folders are
+renamed to ``.trash-*`` before they are deleted, and `latest_checkpoint` also checks that both
+files are there. Leftovers of a killed write are removed by `clean_partial` when a run
+(re)starts. Weights are safetensors only; the train state is loaded with ``weights_only=True``
+(no pickled code is ever executed). The top-level copies are for `load_run`/`from_pretrained`;
+``--resume`` always reads a complete ``checkpoints/step_N`` folder.
+
+Test hook: when the environment variable ``SCIFORMER_TEST_SLOW_CHECKPOINT`` holds a number of
+seconds, `save_checkpoint` sleeps that long between writing the weights and the train state
+of a checkpoint, so a test can SIGKILL the process in the middle of a checkpoint write.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +42,16 @@ from sciformer.errors import CheckpointError
 from sciformer.io.atomic import atomic_path
 
 WEIGHTS, STATE, CONFIG = "model.safetensors", "train_state.pt", "config.json"
+SLOW_ENV = "SCIFORMER_TEST_SLOW_CHECKPOINT"  # test-only: seconds to pause mid-checkpoint
 
 
-def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def _state_dict(model: nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Contiguous CPU copies of the weights (safetensors refuses shared/strided tensors)."""
-    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tensors = model if isinstance(model, dict) else model.state_dict()
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
 
 
-def save_weights(model: nn.Module, path: Path) -> None:
+def save_weights(model: nn.Module | dict[str, torch.Tensor], path: Path) -> None:
     """Write the model's weights to `path` atomically as safetensors."""
     with atomic_path(path) as tmp:
         save_file(_state_dict(model), str(tmp), metadata={"format": "pt"})
@@ -52,9 +63,12 @@ def save_state(state: dict[str, Any], path: Path) -> None:
         torch.save(state, tmp)
 
 
-def save_checkpoint(run_dir: Path, model: nn.Module, state: dict[str, Any], step: int,
-                    keep: int, best: bool = False) -> Path:
-    """Write checkpoints/step_N atomically, update the top-level copies, prune old steps."""
+def save_checkpoint(run_dir: Path, model: nn.Module | dict[str, torch.Tensor],
+                    state: dict[str, Any], step: int, keep: int, best: bool = False) -> Path:
+    """Write checkpoints/step_N atomically, update the top-level copies, prune old steps.
+
+    `model` is a module or its (full) state dict, e.g. gathered from FSDP shards.
+    """
     ckpt_root = run_dir / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step_{step:08d}"
@@ -62,17 +76,41 @@ def save_checkpoint(run_dir: Path, model: nn.Module, state: dict[str, Any], step
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_weights(model, tmp / WEIGHTS)
+    if os.environ.get(SLOW_ENV):
+        time.sleep(float(os.environ[SLOW_ENV]))  # test-only: a window to kill mid-write
     save_state(state, tmp / STATE)
-    shutil.rmtree(final, ignore_errors=True)
+    _remove_dir(final)
     os.replace(tmp, final)  # the folder appears complete or not at all
     for name in (WEIGHTS, STATE):
         with atomic_path(run_dir / name) as t:
             shutil.copyfile(final / name, t)
     if best:
         _replace_dir(final, ckpt_root / "best")
-    for old in sorted(ckpt_root.glob("step_*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    for old in _complete_steps(run_dir)[:-keep]:
+        _remove_dir(old)
     return final
+
+
+def _remove_dir(path: Path) -> None:
+    """Rename to .trash-NAME, then delete: a half-deleted folder never looks complete."""
+    if path.exists():
+        trash = path.with_name(f".trash-{path.name}")
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def clean_partial(run_dir: Path) -> None:
+    """Remove what a killed checkpoint write left behind (temp folders, temp files, trash)."""
+    root = Path(run_dir) / "checkpoints"
+    for leftover in [*root.glob(".tmp-*"), *root.glob(".trash-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
+    old_best = root / ".old-best"
+    if old_best.exists() and not (root / "best").exists():
+        os.replace(old_best, root / "best")  # killed between the two renames of _replace_dir
+    shutil.rmtree(old_best, ignore_errors=True)
+    for tmp in Path(run_dir).glob(".*.tmp"):  # atomic_path temp files
+        tmp.unlink(missing_ok=True)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
@@ -86,14 +124,25 @@ def _replace_dir(src: Path, dst: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _complete_steps(run_dir: Path) -> list[Path]:
+    """checkpoints/step_N folders holding both files, oldest first."""
+    steps = sorted(Path(run_dir, "checkpoints").glob("step_*"))
+    return [p for p in steps if (p / WEIGHTS).is_file() and (p / STATE).is_file()]
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoints/step_N folder, or None."""
-    steps = sorted((run_dir / "checkpoints").glob("step_*"))
+    steps = _complete_steps(run_dir)
     return steps[-1] if steps else None
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
     """Load safetensors weights into `model`, refusing corrupt files and shape mismatches."""
+    model.load_state_dict(read_weights(model, path))
+
+
+def read_weights(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
+    """The safetensors weights at `path`, checked against `model`'s names and shapes."""
     try:
         tensors = load_file(str(path))
     except FileNotFoundError:
@@ -110,7 +159,7 @@ def load_weights(model: nn.Module, path: Path) -> None:
         if tensor.shape != expected[name].shape:
             raise CheckpointError(f"{path}: '{name}' has shape {tuple(tensor.shape)}, "
                                   f"config.json implies {tuple(expected[name].shape)}")
-    model.load_state_dict(tensors)
+    return tensors
 
 
 def load_state(path: Path) -> dict[str, Any]:
@@ -146,5 +195,5 @@ def read_split(run_dir: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not found (was this run made by sciformer pretrain?)") from None
 
 
-__all__ = ["RunConfig", "save_checkpoint", "latest_checkpoint", "load_weights", "load_state",
-           "load_run", "read_split", "save_weights", "save_state"]
+__all__ = ["RunConfig", "save_checkpoint", "latest_checkpoint", "load_weights", "read_weights",
+           "load_state", "load_run", "read_split", "save_weights", "save_state", "clean_partial"]

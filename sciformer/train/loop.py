@@ -2,8 +2,11 @@
 metrics.jsonl, checkpoints and exact resume.
 
 The loop sees a `Task` (batches, loss, validation) and a model; it knows nothing of FASTA or
-HDF5. Data order is a pure function of (seed, micro-batch index) — see `sciformer.tasks` —
-so resuming needs only the step counter and the RNG state used by dropout.
+HDF5, nor of DDP/FSDP (`sciformer.train.distributed`). Data order is a pure function of
+(seed, micro-batch index) — see `sciformer.tasks` — so the data position is the step counter,
+and an exact resume needs model, optimizer, scheduler, step and every rank's RNG states, all
+of which a checkpoint holds. A run of N steps and a run stopped after k steps and resumed in
+a fresh process give identical weights and loss curves on CPU (tests/test_resume_kill.py).
 """
 
 from __future__ import annotations
@@ -11,12 +14,15 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -25,9 +31,9 @@ from sciformer.config import RunConfig, TrainConfig, save_config
 from sciformer.errors import CheckpointError, SciformerError
 from sciformer.io.atomic import write_json_atomic, write_text_atomic
 from sciformer.model import SciFormer
-from sciformer.tasks import Task, build_task
+from sciformer.tasks import Task, build_task, micro_seed
 from sciformer.train import checkpoint as ckpt
-from sciformer.train.distributed import Distributed
+from sciformer.train.distributed import Distributed, TaskStep
 
 
 def pick_device(name: str) -> torch.device:
@@ -65,13 +71,14 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON object per line; on resume, lines past the step are dropped."""
+    """metrics.jsonl: one JSON object per line; on resume, lines past the step are dropped
+    (and a line cut short by a kill, which is not valid JSON)."""
 
     def __init__(self, path: Path, resume_step: int | None) -> None:
         self.path = path
         if resume_step is not None and path.exists():
             keep = [ln for ln in path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+                    if _step_of(ln) is not None and _step_of(ln) <= resume_step]
             write_text_atomic(path, "".join(ln + "\n" for ln in keep))
         elif resume_step is None:
             write_text_atomic(path, "")
@@ -79,6 +86,21 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
+
+
+def _step_of(line: str) -> int | None:
+    """The step of one metrics.jsonl line, None for a blank or partial line."""
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy's and python's global generators."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 @dataclass
@@ -96,34 +118,39 @@ class Trainer:
     def __post_init__(self) -> None:
         self.raw_model = self.model.to(self.device)
         compiled = torch.compile(self.raw_model) if self.cfg.train.compile else self.raw_model
-        self.model = self.dist.wrap(compiled)
-        self.optimizer = build_optimizer(self.model, self.cfg.train)
+        # DDP/FSDP wrap the whole step (task.loss calls model.encode, not model.forward)
+        self.model = self.dist.wrap(TaskStep(self.task, compiled))
+        self.optimizer = build_optimizer(self.raw_model, self.cfg.train)  # after FSDP sharding
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.cfg.train))
         self.step, self.best = 0, math.inf
 
     # ---- state ------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {"step": self.step, "best": self.best, "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "rng": rng,
-                "rank_rng": self.dist.gather_rng_states(), "world": self.dist.world}
+        """Everything but the weights that a resume needs (collective under DDP/FSDP)."""
+        return {"step": self.step, "best": self.best,
+                "optimizer": self.dist.optimizer_state(self.raw_model, self.optimizer),
+                "scheduler": self.scheduler.state_dict(),
+                "rank_rng": self.dist.gather_rng_states(),  # dropout differs per rank
+                "world": self.dist.world, "fsdp": self.dist.fsdp}
 
     def restore(self, folder: Path) -> None:
-        ckpt.load_weights(self.raw_model, folder / ckpt.WEIGHTS)
+        """Continue from a complete checkpoint folder (every rank reads the same files)."""
+        tensors = ckpt.read_weights(self.raw_model, folder / ckpt.WEIGHTS)
         state = ckpt.load_state(folder / ckpt.STATE)
-        if state.get("world", 1) != self.dist.world:
-            raise CheckpointError(f"{folder}: saved with {state.get('world')} processes, "
-                                  f"resumed with {self.dist.world}")
-        self.optimizer.load_state_dict(state["optimizer"])
+        saved = (state.get("world", 1), bool(state.get("fsdp", False)))
+        if saved != (self.dist.world, self.dist.fsdp):
+            raise CheckpointError(f"{folder}: saved with {saved[0]} processes (fsdp={saved[1]}), "
+                                  f"resumed with {self.dist.world} (fsdp={self.dist.fsdp})")
+        self.dist.load_model_state(self.raw_model, tensors)
+        self.dist.load_optimizer_state(self.raw_model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.best = int(state["step"]), float(state["best"])
         self.dist.restore_rng(state)
 
     # ---- loop -------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
+        """One optimizer step over `grad_accum` micro-batches; statistics averaged over ranks."""
         tc = self.cfg.train
         self.model.train()
         stats: dict[str, float] = {"loss": 0.0}
@@ -132,11 +159,10 @@ class Trainer:
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with self.dist.no_sync(self.model, last=micro == tc.grad_accum - 1):
                 with autocast(self.device, tc.precision):
-                    loss, s = self.task.loss(self.model, batch)
+                    loss, s = self.model(batch)  # TaskStep: task.loss(model, batch)
                 (loss / tc.grad_accum).backward()
             stats["loss"] += s["loss"] / tc.grad_accum
-        grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_norm)
-                     if tc.clip_norm > 0 else torch.tensor(float("nan")))
+        grad_norm = self.dist.clip_grad_norm(self.raw_model, tc.clip_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -145,11 +171,13 @@ class Trainer:
         return self.dist.mean(stats)
 
     def validate(self) -> dict[str, float]:
+        """Held-out statistics (each example counted once, see `Distributed.validate`)."""
         self.model.eval()
         with torch.no_grad(), autocast(self.device, self.cfg.train.precision):
             return self.dist.validate(self.task, self.raw_model)
 
     def fit(self) -> dict[str, float]:
+        """Train to `max_steps`, logging, validating and checkpointing; final validation."""
         tc = self.cfg.train
         log = MetricsLog(self.run_dir / "metrics.jsonl", self.step) if self.dist.is_main else None
         bar = tqdm(total=tc.max_steps, initial=self.step, disable=not self.progress,
@@ -177,23 +205,31 @@ class Trainer:
         return last_val
 
     def save(self, val: dict[str, float]) -> None:
+        """Checkpoint the step (rank 0 writes; every rank takes part in the gathers)."""
         is_best = bool(val) and val["val_loss"] < self.best
         if is_best:
             self.best = val["val_loss"]
-        state = self.state()  # collective under DDP: every rank gathers
+        weights = self.dist.model_state(self.raw_model)  # collective under FSDP
+        state = self.state()  # collective under DDP/FSDP: every rank gathers
         if self.dist.is_main:
-            ckpt.save_checkpoint(self.run_dir, self.raw_model, state, self.step,
+            ckpt.save_checkpoint(self.run_dir, weights, state, self.step,
                                  self.cfg.train.keep_checkpoints, best=is_best)
         self.dist.barrier()
 
 
 def prepare_run_dir(run_dir: Path, resume: bool) -> Path | None:
-    """Check the run directory; return the checkpoint to resume from (or None)."""
+    """Check the run directory; return the checkpoint to resume from (or None).
+
+    A run killed before its first checkpoint resumes from step 0 with its saved config.
+    """
     if resume:
         latest = ckpt.latest_checkpoint(run_dir)
-        if latest is None:
+        if latest is None and not (run_dir / ckpt.CONFIG).exists():
             raise CheckpointError(f"{run_dir}: nothing to resume (no complete checkpoint in "
                                   f"{run_dir / 'checkpoints'})")
+        if latest is None:
+            warnings.warn(f"{run_dir}: no complete checkpoint yet; starting again from step 0",
+                          UserWarning, stacklevel=2)
         return latest
     if (run_dir / ckpt.CONFIG).exists():
         raise SciformerError(f"{run_dir}: already holds a run; pass --resume to continue it "
@@ -201,22 +237,24 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> Path | None:
     return None
 
 
-def pretrain(data: list[str | Path], cfg: RunConfig, run_dir: str | Path, *,
-             resume: bool = False, progress: bool | None = None) -> dict[str, float]:
-    """Pretrain on `data` files into `run_dir`; returns the final validation metrics."""
+def build_trainer(data: list[str | Path], cfg: RunConfig, run_dir: str | Path,
+                  dist: Distributed, *, resume: bool = False,
+                  progress: bool | None = None) -> Trainer:
+    """Everything `pretrain` sets up before `fit()`: task, model, wrapping, restored state."""
     run_dir = Path(run_dir)
-    dist = Distributed.from_env(cfg.train)
     folder = prepare_run_dir(run_dir, resume)
+    dist.barrier()  # every rank has looked at the run directory before rank 0 writes to it
     if resume:
         saved, _ = ckpt.read_run_config(run_dir / ckpt.CONFIG)
         saved.train.max_steps = cfg.train.max_steps  # the only thing a resume may change
         cfg = saved
-    torch.manual_seed(cfg.train.seed + dist.rank)  # dropout differs per rank
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     task = build_task(cfg, list(data))
     cfg.model = task.model_config()
+    seed_everything(cfg.train.seed)  # same initial weights on every rank (FSDP needs it)
     model = SciFormer(cfg.model)
+    seed_everything(micro_seed(cfg.train.seed, dist.rank, salt=7))  # dropout differs per rank
     device = dist.device(pick_device(cfg.train.device))
     model.checkpointing = cfg.train.checkpoint_activations
     if progress is None:
@@ -224,12 +262,24 @@ def pretrain(data: list[str | Path], cfg: RunConfig, run_dir: str | Path, *,
     trainer = Trainer(cfg, task, model, run_dir, dist, device, progress and dist.is_main)
     if folder is not None:
         trainer.restore(folder)
-    elif dist.is_main:
+    if dist.is_main:
+        ckpt.clean_partial(run_dir)
+    if folder is None and dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / ckpt.CONFIG, extra=task.state())
         write_json_atomic(run_dir / "split.json", task.split())
     dist.barrier()
+    return trainer
+
+
+def pretrain(data: list[str | Path], cfg: RunConfig, run_dir: str | Path, *,
+             resume: bool = False, progress: bool | None = None) -> dict[str, float]:
+    """Pretrain on `data` files into `run_dir`; returns the final validation metrics.
+
+    Under ``torchrun`` (WORLD_SIZE > 1) this is one rank of a data-parallel run.
+    """
+    dist = Distributed.from_env(cfg.train)
     try:
-        return trainer.fit()
+        return build_trainer(data, cfg, run_dir, dist, resume=resume, progress=progress).fit()
     finally:
         dist.close()

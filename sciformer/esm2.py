@@ -1,0 +1,292 @@
+"""Import ESM-2 checkpoints (Lin et al. 2023, Science 379:1123) as sciformer run directories.
+
+Two sources are read, neither needs `transformers` or `fair-esm` installed:
+
+- a Hugging Face `EsmForMaskedLM` directory (`config.json` + `model.safetensors` or
+  `pytorch_model.bin`), as `save_pretrained` writes it;
+- a fair-esm state dict (`.pt`, the `ESM2` module's own key names such as
+  `layers.0.self_attn.q_proj.weight`, optionally under a "model" entry with the `encoder.` /
+  `encoder.sentence_encoder.` prefixes of the hub files), loaded with ``weights_only=True``.
+
+ESM-2 is the shared `SciFormer` encoder with the options ESM-2 needs: rotary positions, pre-LN,
+exact (erf) GELU, a final LayerNorm (`emb_layer_norm_after`), the RoBERTa LM head tied to the
+input embedding, no sqrt(d) input scale and token dropout. The token ids are ESM-2's own (the
+sciformer alphabet is ESM-2's), so the weights are copied row for row. Every checkpoint key
+is either mapped or known to be unused (contact head, rotary frequencies, position ids);
+anything else is refused so nothing is dropped silently.
+
+The run directory written has no training data behind it: `config.json` records empty
+`train_files` and zero `residue_counts` (there are none to count), `split.json` has no
+held-out records, and `evaluate` labels its context-free baseline "uniform" accordingly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sciformer.config import DataConfig, ModelConfig, RunConfig, save_config
+from sciformer.errors import CheckpointError
+from sciformer.io.atomic import write_json_atomic
+from sciformer.tokenizers.protein import ALPHABET, ProteinTokenizer
+
+#: Attention heads of the published ESM-2 sizes by width (8M ... 15B), for state dicts that
+#: carry no rotary frequencies to infer it from.
+ESM2_HEADS = {320: 20, 480: 20, 640: 20, 1280: 20, 2560: 40, 5120: 40}
+
+_P = r"\.(?P<p>weight|bias|gamma|beta)"  # parameter suffix; gamma/beta: legacy LayerNorm names
+_LEGACY = {"gamma": "weight", "beta": "bias"}
+_ATT, _FF = "encoder.{i}.self_attn", "encoder.{i}.ff"
+#: Hugging Face key (after the `esm.` prefix is removed) -> sciformer key.
+_HF_LAYER = r"encoder\.layer\.(?P<i>\d+)\."
+HF_RULES = [
+    (r"embeddings\.word_embeddings\.weight", "embed.weight"),
+    (_HF_LAYER + r"attention\.self\.query" + _P, _ATT + ".block.q_proj.{p}"),
+    (_HF_LAYER + r"attention\.self\.key" + _P, _ATT + ".block.k_proj.{p}"),
+    (_HF_LAYER + r"attention\.self\.value" + _P, _ATT + ".block.v_proj.{p}"),
+    (_HF_LAYER + r"attention\.output\.dense" + _P, _ATT + ".block.out_proj.{p}"),
+    (_HF_LAYER + r"attention\.LayerNorm" + _P, _ATT + ".norm.{p}"),
+    (_HF_LAYER + r"intermediate\.dense" + _P, _FF + ".block.up.{p}"),
+    (_HF_LAYER + r"output\.dense" + _P, _FF + ".block.down.{p}"),
+    (_HF_LAYER + r"LayerNorm" + _P, _FF + ".norm.{p}"),
+    (r"encoder\.emb_layer_norm_after" + _P, "enc_norm.{p}"),
+    (r"lm_head\.dense" + _P, "token_head.transform.0.{p}"),
+    (r"lm_head\.layer_norm" + _P, "token_head.transform.2.{p}"),
+    (r"lm_head\.bias", "token_head.bias"),
+    (r"lm_head\.decoder\.weight", "decoder"),
+]
+HF_UNUSED = r"contact_head\..*|.*rotary_embeddings\.inv_freq|embeddings\.position_ids|pooler\..*"
+
+#: fair-esm `ESM2` key -> sciformer key.
+_FAIR_LAYER = r"layers\.(?P<i>\d+)\."
+FAIR_RULES = [
+    (r"embed_tokens\.weight", "embed.weight"),
+    (_FAIR_LAYER + r"self_attn\.(?P<n>[qkv]|out)_proj" + _P, _ATT + ".block.{n}_proj.{p}"),
+    (_FAIR_LAYER + r"self_attn_layer_norm" + _P, _ATT + ".norm.{p}"),
+    (_FAIR_LAYER + r"fc1" + _P, _FF + ".block.up.{p}"),
+    (_FAIR_LAYER + r"fc2" + _P, _FF + ".block.down.{p}"),
+    (_FAIR_LAYER + r"final_layer_norm" + _P, _FF + ".norm.{p}"),
+    (r"emb_layer_norm_after" + _P, "enc_norm.{p}"),
+    (r"lm_head\.dense" + _P, "token_head.transform.0.{p}"),
+    (r"lm_head\.layer_norm" + _P, "token_head.transform.2.{p}"),
+    (r"lm_head\.bias", "token_head.bias"),
+    (r"lm_head\.weight", "decoder"),
+]
+FAIR_UNUSED = r"contact_head\..*|.*rot_emb\.inv_freq"
+
+
+def rename_keys(tensors: dict[str, torch.Tensor], rules: list[tuple[str, str]], unused: str,
+                source: Path) -> dict[str, torch.Tensor]:
+    """Apply the first matching rule to every key; unknown keys are a CheckpointError."""
+    out: dict[str, torch.Tensor] = {}
+    compiled = [(re.compile(p), r) for p, r in rules]
+    for key, value in tensors.items():
+        for pattern, repl in compiled:
+            m = pattern.fullmatch(key)
+            if m:
+                parts = {k: _LEGACY.get(v, v) for k, v in m.groupdict().items()}
+                out[repl.format(**parts)] = value
+                break
+        else:
+            if not re.fullmatch(unused, key):
+                raise CheckpointError(f"{source}: unexpected weight '{key}' (not an ESM-2 key)")
+    return out
+
+
+def _torch_load(path: Path) -> Any:
+    """torch.load with weights_only=True; anything that needs pickled code is refused."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "refuse"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path}: cannot load as a plain state dict ({first[:160]})") from None
+
+
+# ---- Hugging Face directories --------------------------------------------------------------
+def _hf_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The tensors of an HF directory (safetensors preferred), with the `esm.` prefix removed."""
+    if (folder / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(folder / "model.safetensors"))
+    elif (folder / "pytorch_model.bin").is_file():
+        tensors = _torch_load(folder / "pytorch_model.bin")
+    else:
+        raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin")
+    return {k.removeprefix("esm."): v for k, v in tensors.items()}
+
+
+def _hf_model_config(folder: Path) -> tuple[ModelConfig, int]:
+    """ModelConfig from an HF `EsmConfig` json; (config, max_position_embeddings)."""
+    path = folder / "config.json"
+    try:
+        hf = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: cannot read the EsmConfig ({exc})") from None
+    need = {"position_embedding_type": "rotary", "vocab_size": 33, "pad_token_id": 1,
+            "mask_token_id": 32, "emb_layer_norm_before": False, "is_decoder": False}
+    for key, want in need.items():
+        if hf.get(key, want) != want:
+            raise CheckpointError(f"{path}: '{key}' is {hf.get(key)!r}; only ESM-2 checkpoints "
+                                  f"({key}={want!r}) can be imported")
+    if float(hf.get("rope_theta", 10000.0)) != 10000.0:
+        raise CheckpointError(f"{path}: rope_theta {hf['rope_theta']} is not ESM-2's 10000")
+    cfg = esm2_model_config(d_model=hf["hidden_size"], n_heads=hf["num_attention_heads"],
+                            n_layers=hf["num_hidden_layers"], d_ff=hf["intermediate_size"],
+                            token_dropout=bool(hf.get("token_dropout", True)),
+                            eps=float(hf.get("layer_norm_eps") or 1e-12),
+                            dropout=float(hf.get("hidden_dropout_prob", 0.0)))
+    vocab = folder / "vocab.txt"
+    if vocab.is_file() and tuple(vocab.read_text().split()) != ALPHABET:
+        raise CheckpointError(f"{vocab}: token list differs from the ESM-2 alphabet")
+    return cfg, int(hf.get("max_position_embeddings", 1026))
+
+
+# ---- fair-esm state dicts -------------------------------------------------------------------
+def _fair_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The module state dict of a fair-esm `.pt` (plain, or a hub file's "model" entry)."""
+    raw = _torch_load(path)
+    if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
+        raw = raw["model"]
+    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise CheckpointError(f"{path}: not a state dict of tensors")
+    out = {}
+    for key, value in raw.items():
+        out[re.sub(r"^(encoder\.sentence_encoder\.|encoder\.)", "", key)] = value
+    return out
+
+
+def _fair_model_config(sd: dict[str, torch.Tensor], path: Path, heads: int | None) -> ModelConfig:
+    """Shapes give width, depth and FFN width; heads come from the rotary frequencies."""
+    if "embed_tokens.weight" not in sd:
+        raise CheckpointError(f"{path}: no 'embed_tokens.weight'; not a fair-esm ESM-2 state dict")
+    vocab, d = sd["embed_tokens.weight"].shape
+    if vocab != len(ALPHABET):
+        raise CheckpointError(f"{path}: vocabulary of {vocab} tokens; ESM-2 has {len(ALPHABET)}")
+    n_layers = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"layers\.(\d+)\.", k)))
+    inv_freq = sd.get("layers.0.self_attn.rot_emb.inv_freq")
+    if heads is None and inv_freq is not None:
+        heads = d // (2 * inv_freq.numel())
+    heads = heads or ESM2_HEADS.get(d)
+    if heads is None:
+        raise CheckpointError(f"{path}: cannot tell the number of attention heads of width {d}; "
+                              "pass --heads")
+    return esm2_model_config(d_model=d, n_heads=heads, n_layers=n_layers,
+                             d_ff=sd["layers.0.fc1.weight"].shape[0], token_dropout=True,
+                             eps=1e-5, dropout=0.0)  # torch LayerNorm default, as fair-esm
+
+
+def esm2_model_config(*, d_model: int, n_heads: int, n_layers: int, d_ff: int,
+                      token_dropout: bool, eps: float, dropout: float) -> ModelConfig:
+    """The SciFormer options that make it an ESM-2 encoder with the given sizes."""
+    return ModelConfig(d_model=d_model, n_heads=n_heads, n_encoder_layers=n_layers,
+                       n_decoder_layers=0, d_ff=d_ff, dropout=dropout, positions="rotary",
+                       norm="pre", activation="gelu", vocab_size=len(ALPHABET),
+                       tie_embeddings=True, lm_head="roberta", final_norm=True,
+                       embed_scale=False, token_dropout=token_dropout,
+                       mask_id=ProteinTokenizer.mask_id, layer_norm_eps=eps)
+
+
+def _check_rotary(tensors: dict[str, torch.Tensor], cfg: ModelConfig, source: Path) -> None:
+    """Saved rotary frequencies (if any) must be the base-10000 ones the model computes."""
+    d_head = cfg.d_model // cfg.n_heads
+    ours = 1.0 / 10000.0 ** (torch.arange(0, d_head, 2, dtype=torch.float64) / d_head)
+    for key, value in tensors.items():
+        if key.endswith("inv_freq") and (value.shape != ours.shape
+                                         or not torch.allclose(value.double(), ours, rtol=1e-3)):
+            raise CheckpointError(f"{source}: rotary frequencies '{key}' do not match "
+                                  f"{cfg.n_heads} heads of width {d_head} with base 10000")
+
+
+def _tie_or_untie(mapped: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
+    """Tied head unless the checkpoint's output matrix differs from the input embedding."""
+    decoder = mapped.pop("decoder", None)
+    if decoder is not None and not torch.equal(decoder, mapped["embed.weight"]):
+        cfg.tie_embeddings = False
+        mapped["token_head.proj.weight"] = decoder
+
+
+def load_esm2(source: str | Path, heads: int | None = None
+              ) -> tuple[ModelConfig, dict[str, torch.Tensor], int, str]:
+    """(ModelConfig, sciformer state dict, max positions, format) of an ESM-2 checkpoint."""
+    source = Path(source)
+    if source.is_dir():
+        cfg, max_pos = _hf_model_config(source)
+        raw, rules, unused, fmt = _hf_weights(source), HF_RULES, HF_UNUSED, "huggingface"
+    elif source.is_file():
+        raw = _fair_state_dict(source)
+        cfg, max_pos = _fair_model_config(raw, source, heads), 1026
+        rules, unused, fmt = FAIR_RULES, FAIR_UNUSED, "fair-esm"
+    else:
+        raise CheckpointError(f"{source}: no such checkpoint file or directory")
+    _check_rotary(raw, cfg, source)
+    mapped = rename_keys(raw, rules, unused, source)
+    _tie_or_untie(mapped, cfg)
+    return cfg, {k: v.float() for k, v in mapped.items()}, max_pos, fmt
+
+
+def _build_model(cfg: ModelConfig, tensors: dict[str, torch.Tensor], source: Path):
+    """A SciFormer holding exactly the checkpoint's tensors (missing/extra keys refused)."""
+    from sciformer.model import SciFormer
+
+    model = SciFormer(cfg)
+    expected = model.state_dict()
+    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise CheckpointError(f"{source}: weights do not fit an ESM-2 of this size "
+                              f"(missing {missing[:3]}, unexpected {extra[:3]})")
+    for name, value in tensors.items():
+        if value.shape != expected[name].shape:
+            raise CheckpointError(f"{source}: '{name}' has shape {tuple(value.shape)}, "
+                                  f"expected {tuple(expected[name].shape)}")
+    model.load_state_dict(tensors)
+    return model.eval()
+
+
+def import_esm2(source: str | Path, out: str | Path, heads: int | None = None) -> Path:
+    """Convert an ESM-2 checkpoint into the run directory `out` (which must not exist yet).
+
+    The folder is assembled under a temporary name and renamed when complete.
+    """
+    from sciformer.train.checkpoint import save_weights
+
+    source, out = Path(source), Path(out)
+    if out.exists():
+        raise CheckpointError(f"{out}: already exists; choose a new --out for the import")
+    cfg, tensors, max_pos, fmt = load_esm2(source, heads)
+    model = _build_model(cfg, tensors, source)
+    crop = max(max_pos - 4, 1)  # ESM-2: 1026 positions -> crops of 1022 residues + <cls>/<eos>
+    run = RunConfig(model=cfg, data=DataConfig(task="masked", crop_length=crop, val_fraction=0.0,
+                                               tokens_per_batch=max(4096, crop + 2)))
+    tmp = out.with_name(f".tmp-{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    extra = {"task": "masked", "train_files": [], "residue_counts": [0] * len(ALPHABET),
+             "imported_from": {"format": fmt, "path": str(source.resolve())}}
+    save_config(run.validate(), tmp / "config.json", extra=extra)
+    save_weights(model, tmp / "model.safetensors")
+    write_json_atomic(tmp / "split.json", {"unit": "record", "files": [], "n_records": 0,
+                                           "train": [], "heldout": [], "heldout_origin": [],
+                                           "heldout_ids": []})
+    os.replace(tmp, out)
+    return out
+
+
+def relabel_untrained_baseline(metrics: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """For runs with no training residue counts (imported weights), the 'unigram' baseline is
+    add-one smoothing of zero counts, i.e. uniform over the residue letters: name it so."""
+    counts = np.asarray(extra.get("residue_counts") or [0])
+    baselines = metrics.get("baselines", {})
+    if counts.sum() > 0 or "unigram" not in baselines:
+        return metrics
+    baselines["uniform"] = baselines.pop("unigram")
+    metrics["note"] = ("no unigram baseline: this run has no training data to count residues "
+                       "from (imported weights); 'uniform' is equal odds over residue letters")
+    return metrics

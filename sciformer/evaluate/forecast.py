@@ -1,0 +1,212 @@
+"""Evaluate a forecasting run on held-out trajectories against the classic baselines.
+
+What is scored (metrics.json, DESIGN.md contract):
+
+- **Trajectories.** If `data` is one of the run's training files, only its held-out
+  trajectories (split.json `heldout_origin`) are used and `scope` says so; any other file is
+  scored whole, after checking that its state shape matches the checkpoint.
+- **Windows.** Each trajectory gives up to `WINDOWS_PER_TRAJECTORY` evaluation windows of
+  `context + horizon` steps with evenly spaced, deterministic starts. The default context is
+  the trained one; the default horizon is the larger of the trained horizon and three
+  Lyapunov times (`HORIZON_LYAPUNOV_TIMES`) when the Lyapunov time is known, else four
+  trained horizons, so the closed-loop rollout past the trained horizon is always tested.
+- **Predictors.** The model rolls out closed-loop (`sciformer.tasks.forecast.forecast`); the
+  baselines (persistence, climatological mean, ridge AR) are fitted on the TRAINING split of
+  the run's training files only and also roll out closed-loop from the same contexts.
+- **Scale.** nRMSE divides by the climatological standard deviation of the training split,
+  sqrt(mean over features of the per-feature variance), so forecasting the climatological
+  mean scores about 1 whatever the offsets between variables (e.g. Lorenz-63's z ~ 23).
+- **Summary numbers.** Besides `forecast_metrics` (means over the horizon, per-step curves,
+  VPT in Lyapunov times when known), `nrmse_at` samples the nRMSE curve at a few lead times
+  and `nrmse_1lt` is its mean over the first Lyapunov time (when known).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sciformer.config import RunConfig
+from sciformer.errors import InputError
+from sciformer.evaluate.baselines import BASELINES
+from sciformer.evaluate.metrics import forecast_metrics, nrmse_at
+from sciformer.io.trajectories import TrajectoryFile
+from sciformer.tasks.forecast import forecast, tokenizer_from_state
+from sciformer.train.checkpoint import read_split
+
+WINDOWS_PER_TRAJECTORY = 8  # evaluation windows per held-out trajectory (evenly spaced)
+MAX_WINDOWS = 512  # cap on all windows, so evaluation stays quick on large files
+HORIZON_LYAPUNOV_TIMES = 3.0  # default horizon in Lyapunov times (when known)
+HORIZON_TRAINED_MULTIPLE = 4  # default horizon in trained horizons (Lyapunov time unknown)
+MAX_BASELINE_TRAJECTORIES = 256  # training trajectories used to fit baselines and the scale
+N_PLOTTED = 3  # trajectories drawn in forecast.png
+
+
+# ---- what to score --------------------------------------------------------------------------
+def open_checked(data: Path, extra: dict[str, Any]) -> TrajectoryFile:
+    """Open `data` and check that its states have the checkpoint's shape."""
+    f = TrajectoryFile(data)
+    want = tuple(extra["state_shape"])
+    if tuple(f.meta.state_shape) != want:
+        raise InputError(f"{data}: state shape {tuple(f.meta.state_shape)} does not match the "
+                         f"checkpoint's {want} (channel count differs from the trained model)")
+    return f
+
+
+def heldout_trajectories(run_dir: Path, data: Path, extra: dict[str, Any],
+                         n_traj: int) -> tuple[list[int], str]:
+    """Trajectory indices of `data` to score and a phrase saying which ones (for the report)."""
+    train_files = [Path(p).resolve() for p in extra.get("train_files", [])]
+    if data.resolve() not in train_files:
+        return list(range(n_traj)), f"all {n_traj} trajectories of {data.name} (not used in training)"
+    idx = train_files.index(data.resolve())
+    keep = sorted(t for fi, t in read_split(run_dir)["heldout_origin"] if fi == idx)
+    if not keep:
+        raise InputError(f"{data}: is a training file of this run and none of its trajectories "
+                         "was held out (data.val_fraction=0?); evaluate on another file")
+    return keep, (f"held-out trajectories of training file {data.name} ({len(keep)} of "
+                  f"{n_traj}, not used in training)")
+
+
+def default_horizon(trained: int, dt: float, lyapunov_time: float | None) -> int:
+    """Steps to score: max(trained, ~3 Lyapunov times) if known, else 4 trained horizons."""
+    if lyapunov_time:
+        return max(trained, math.ceil(HORIZON_LYAPUNOV_TIMES * lyapunov_time / dt))
+    return HORIZON_TRAINED_MULTIPLE * trained
+
+
+def window_starts(n_time: int, length: int, per_traj: int) -> np.ndarray:
+    """Evenly spaced, deterministic start steps of windows of `length` in `n_time` steps."""
+    return np.unique(np.linspace(0, n_time - length, per_traj).round().astype(int))
+
+
+def load_windows(f: TrajectoryFile, trajs: list[int], length: int
+                 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Windows (N, length, F) from the chosen trajectories and their (trajectory, start)."""
+    per = max(1, min(WINDOWS_PER_TRAJECTORY, MAX_WINDOWS // max(1, len(trajs))))
+    starts = window_starts(f.meta.n_time, length, per)
+    wins, origin = [], []
+    for t in trajs:
+        traj = f.trajectory(t).reshape(f.meta.n_time, -1)  # (T, F)
+        for s in starts:
+            wins.append(traj[s:s + length])
+            origin.append((t, int(s)))
+    return np.stack(wins), origin
+
+
+def training_trajectories(extra: dict[str, Any], run_dir: Path) -> list[np.ndarray]:
+    """The training split's trajectories (T, F) of the run's training files (for baselines)."""
+    files = extra.get("train_files") or []
+    origin = read_split(run_dir).get("train_origin", [])[:MAX_BASELINE_TRAJECTORIES]
+    if not origin:
+        raise InputError(f"{run_dir / 'split.json'}: no training trajectories recorded")
+    opened: dict[int, TrajectoryFile] = {}
+    out = []
+    for fi, t in origin:
+        if fi not in opened:
+            opened[fi] = TrajectoryFile(files[fi], check_finite=False)
+        f = opened[fi]
+        out.append(f.trajectory(t).reshape(f.meta.n_time, -1))
+    return out
+
+
+def climatological_scale(train: list[np.ndarray]) -> float:
+    """sqrt(mean_f Var_f) over all training states: the nRMSE denominator."""
+    n = sum(len(x) for x in train)
+    mean = sum(x.sum(axis=0, dtype=np.float64) for x in train) / n
+    var = sum(((x - mean) ** 2).sum(axis=0, dtype=np.float64) for x in train) / n
+    return float(np.sqrt(var.mean()))
+
+
+# ---- predictions ---------------------------------------------------------------------------
+def model_forecasts(model: torch.nn.Module, cfg: RunConfig, extra: dict[str, Any],
+                    contexts: np.ndarray, horizon: int, device: torch.device
+                    ) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Model median (N, H, F) and quantiles (n_q, N, H, F) with ascending levels."""
+    tok = tokenizer_from_state(extra)
+    levels = list(cfg.data.quantiles)
+    meds, qs = [], []
+    batch = max(cfg.train.batch_size, 64)
+    for part in torch.from_numpy(contexts).split(batch):
+        med, q = forecast(model, tok, part.to(device), horizon, cfg.data.horizon, levels)
+        meds.append(med.cpu().double().numpy())
+        qs.append(q.cpu().double().numpy())
+    order = np.argsort(levels)
+    q = np.concatenate(qs, axis=1)[order]
+    return np.concatenate(meds), q, [levels[i] for i in order]
+
+
+def baseline_forecasts(train: list[np.ndarray], contexts: np.ndarray,
+                       horizon: int) -> dict[str, np.ndarray]:
+    """Closed-loop forecasts (N, H, F) of every baseline, fitted on `train`."""
+    return {name: cls().fit(train).predict(contexts, horizon) for name, cls in BASELINES.items()}
+
+
+def summary_numbers(metrics: dict[str, Any], steps_per_lt: float | None,
+                    trained: int) -> dict[str, Any]:
+    """Add `nrmse_at` (a few lead times) and `nrmse_1lt` (mean over the first Lyapunov time)."""
+    curve = metrics["per_step"]["nrmse"]
+    h = len(curve)
+    leads = {1, min(trained, h), h}
+    if steps_per_lt:
+        leads |= {min(h, max(1, round(k * steps_per_lt))) for k in (0.5, 1, 2)}
+    metrics["nrmse_at"] = nrmse_at(curve, sorted(leads))
+    if steps_per_lt:
+        first = [v for v in curve[: max(1, min(h, round(steps_per_lt)))]]
+        metrics["nrmse_1lt"] = None if None in first else float(np.mean(first))
+    return metrics
+
+
+# ---- the whole evaluation ------------------------------------------------------------------
+def evaluate_forecast_run(model: torch.nn.Module, cfg: RunConfig, extra: dict[str, Any],
+                          run_dir: Path, data: Path, out_dir: Path, device: torch.device, *,
+                          context: int | None = None, horizon: int | None = None) -> dict:
+    """Score the run's model and the baselines on `data`; write the PNGs and summary.md.
+
+    Returns the metrics dict (the caller writes metrics.json). See the module docstring for
+    what is scored and how the defaults of `context` and `horizon` are chosen.
+    """
+    run_dir, data, out_dir = Path(run_dir), Path(data), Path(out_dir)
+    f = open_checked(data, extra)
+    meta = f.meta
+    lyap = meta.lyapunov_time if meta.lyapunov_time else extra.get("lyapunov_time")
+    steps_per_lt = lyap / meta.dt if lyap else None
+    c = context or cfg.data.context
+    h = horizon or default_horizon(cfg.data.horizon, meta.dt, lyap)
+    f.require_length(c + h, f"context {c} + horizon {h} (pass a smaller --context/--horizon)")
+    trajs, scope = heldout_trajectories(run_dir, data, extra, meta.n_traj)
+    wins, origin = load_windows(f, trajs, c + h)
+    ctx, truth = wins[:, :c], wins[:, c:].astype(np.float64)
+    train = training_trajectories(extra, run_dir)
+    scale = climatological_scale(train)
+    med, q, levels = model_forecasts(model, cfg, extra, ctx, h, device)
+    scored = dict(scale=scale, dt_steps_per_lyapunov=steps_per_lt)
+    model_m = forecast_metrics(med, truth, quantiles=q, levels=np.array(levels), **scored)
+    base = baseline_forecasts(train, ctx, h)
+    base_m = {k: summary_numbers(forecast_metrics(p, truth, **scored), steps_per_lt,
+                                 cfg.data.horizon) for k, p in base.items()}
+    metrics = {
+        "task": "forecast", "n_examples": len(wins), "n_trajectories": len(trajs),
+        "context": c, "horizon": h, "trained_horizon": cfg.data.horizon, "dt": meta.dt,
+        "lyapunov_time": lyap, "steps_per_lyapunov_time": steps_per_lt, "scope": scope,
+        "data": str(data), "nrmse_scale": scale,
+        "nrmse_scale_note": "sqrt(mean over features of the per-feature variance) of the "
+                            "training split of the run's training files",
+        "baseline_fit_trajectories": len(train), "quantile_levels": levels,
+        "model": summary_numbers(model_m, steps_per_lt, cfg.data.horizon),
+        "baselines": base_m,
+    }
+    plots = draw_plots(out_dir, meta, truth, ctx, med, q, levels, origin, base, metrics)
+    from sciformer.evaluate.report import write_summary
+
+    write_summary(out_dir / "summary.md", metrics, title=f"Forecasting: {data.name}",
+                  plots=plots)
+    return metrics
+
+
+def draw_plots(out_dir, meta, truth, ctx, med, q, levels, origin, base, metrics) -> list[str]:
+    return []  # TODO
