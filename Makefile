@@ -4,25 +4,36 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo test bench clean
+.PHONY: setup setup-test demo test bench clean
 
-$(BIN)/sciformer: pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	# Install a CPU build of torch first when none is present, so the plain `torch`
-	# requirement does not pull a multi-GB CUDA build. A newer torch already there is kept.
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# Install a CPU build of torch first when none is present, so the plain `torch` requirement
+# does not pull a multi-GB CUDA build. A torch already there (say, a CUDA build) is kept.
+$(VENV)/.torch: | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH_CPU)
+	touch $@
+
+$(VENV)/.run: pyproject.toml $(VENV)/.torch
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.test: pyproject.toml $(VENV)/.torch
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-setup: $(BIN)/sciformer
+setup: $(VENV)/.run
+
+setup-test: $(VENV)/.test
 
 demo: setup
 	$(BIN)/sciformer run workflows/protein-masked.yaml
 
-test: setup
+test: setup-test
 	$(BIN)/python -m pytest
 
-bench: setup
+bench: setup-test
 	$(BIN)/pip install -q -e '.[test,bench]'
 	$(BIN)/python -m benchmarks
 

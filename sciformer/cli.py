@@ -7,6 +7,7 @@ traceback. Progress bars appear on a terminal only.
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -59,7 +60,9 @@ def _progress() -> bool:
 @click.option("--steps", type=click.IntRange(min=1), help="Shortcut for --set train.max_steps=N.")
 @click.option("--seed", type=int, help="Shortcut for --set train.seed=N.")
 @click.option("--device", type=str, help="auto | cpu | cuda | cuda:N (shortcut for train.device).")
-def pretrain(data, out_dir, config_file, overrides, resume, steps, seed, device) -> None:
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Data-parallel processes on this machine (launches torchrun; DDP).")
+def pretrain(data, out_dir, config_file, overrides, resume, steps, seed, device, nproc) -> None:
     """Pretrain on FASTA (masked residues) or trajectory HDF5 (forecasting) files."""
     from sciformer.config import load_config
     from sciformer.train.loop import pretrain as run
@@ -68,10 +71,26 @@ def pretrain(data, out_dir, config_file, overrides, resume, steps, seed, device)
     sets += [f"train.max_steps={steps}"] if steps else []
     sets += [f"train.seed={seed}"] if seed is not None else []
     sets += [f"train.device={device}"] if device else []
-    cfg = load_config(config_file, sets)
-    val = run(list(data), cfg, out_dir, resume=resume, progress=_progress())
-    shown = ", ".join(f"{k} {v:.4g}" for k, v in val.items())
-    click.echo(f"Pretrained into {out_dir} ({shown})")
+    cfg = load_config(config_file, sets)  # a bad config fails here, before any launch
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from sciformer.train.distributed import launch
+
+        args = ["pretrain", *map(str, data), "--out-dir", str(out_dir)]
+        args += ["--config", str(config_file)] if config_file else []
+        args += [a for item in sets for a in ("--set", item)] + (["--resume"] if resume else [])
+        if launch(nproc, args):
+            click.get_current_context().exit(1)
+        return
+    rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
+    try:
+        val = run(list(data), cfg, out_dir, resume=resume, progress=_progress())
+    except SciformerError:
+        if not rank0:
+            click.get_current_context().exit(1)  # every rank fails alike; rank 0 says why
+        raise
+    if rank0:
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in val.items())
+        click.echo(f"Pretrained into {out_dir} ({shown})")
 
 
 @main.command()
@@ -80,13 +99,16 @@ def pretrain(data, out_dir, config_file, overrides, resume, steps, seed, device)
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--score", is_flag=True, help="Proteins: per-sequence pseudo-perplexity instead.")
 @click.option("--horizon", type=click.IntRange(min=1), help="Forecast: steps to predict.")
+@click.option("--variants", type=EXISTING,
+              help="Proteins: CSV with a 'mutant' column (A42G or A42G:R57K) to score against "
+                   "the wild-type FASTA given as INPUT; writes a CSV.")
 @click.option("--device", default="auto", show_default=True)
-def predict(run_dir, input_path, out, score, horizon, device) -> None:
-    """Fill <mask> residues (TSV, top-5) or forecast trajectories (HDF5 with quantiles)."""
+def predict(run_dir, input_path, out, score, horizon, variants, device) -> None:
+    """Fill <mask> residues (TSV, top-5), score variants (CSV) or forecast (HDF5)."""
     from sciformer.predict import predict as run
 
     run(run_dir, input_path, out, score=score, horizon=horizon, device=device,
-        progress=_progress())
+        progress=_progress(), variants=variants)
     click.echo(f"Wrote {out}")
 
 
@@ -96,15 +118,55 @@ def predict(run_dir, input_path, out, score, horizon, device) -> None:
 @click.option("--out-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--context", type=click.IntRange(min=1), help="Forecast: context steps.")
 @click.option("--horizon", type=click.IntRange(min=1), help="Forecast: steps to score.")
+@click.option("--probe", type=click.Choice(["sequence", "residue"]),
+              help="Proteins: fit a linear probe on frozen embeddings to the labels of DATA "
+                   "(CSV id,sequence,label or FASTA with label=... in the headers).")
+@click.option("--label", default="label", show_default=True,
+              help="Probe: the label column (CSV) or header key (FASTA).")
 @click.option("--device", default="auto", show_default=True)
-def evaluate(run_dir, data, out_dir, context, horizon, device) -> None:
+def evaluate(run_dir, data, out_dir, context, horizon, probe, label, device) -> None:
     """Score the model on held-out data against baselines; write metrics.json and plots."""
     from sciformer.evaluate.run import evaluate as run
     from sciformer.evaluate.summary import format_table
 
-    metrics = run(run_dir, data, out_dir, context=context, horizon=horizon, device=device)
+    metrics = run(run_dir, data, out_dir, context=context, horizon=horizon, device=device,
+                  probe=probe, label=label)
     click.echo(format_table(metrics))
     click.echo(f"Report in {out_dir}")
+
+
+@main.command()
+@click.argument("run_dir", type=RUN_DIR)
+@click.argument("fasta", type=EXISTING)
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="HDF5 file to write (re-running resumes / skips what is done).")
+@click.option("--layers", default="-1", show_default=True,
+              help="Comma-separated layers; 0 = input embedding, -1 = last.")
+@click.option("--per-residue", is_flag=True, help="Also store every residue's vectors.")
+@click.option("--pooled", type=click.Choice(["mean", "cls"]), default="mean", show_default=True)
+@click.option("--tokens-per-batch", type=click.IntRange(min=1), help="Token budget per batch.")
+@click.option("--device", default="auto", show_default=True)
+def embed(run_dir, fasta, out, layers, per_residue, pooled, tokens_per_batch, device) -> None:
+    """Embed proteins: pooled (and per-residue) vectors of chosen layers, as HDF5."""
+    from sciformer.embed import embed as run
+
+    res = run(run_dir, fasta, out, layers=layers, per_residue=per_residue, pooled=pooled,
+              device=device, tokens_per_batch=tokens_per_batch, progress=_progress())
+    click.echo(f"Wrote {out}: {res.n_written} records embedded, {res.n_skipped} already done")
+
+
+@main.command("import-esm2")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory to create.")
+@click.option("--heads", type=click.IntRange(min=1),
+              help="fair-esm state dicts without rotary buffers: attention heads.")
+def import_esm2(source, out, heads) -> None:
+    """Convert an ESM-2 checkpoint (HF EsmForMaskedLM folder or fair-esm .pt) into a run."""
+    from sciformer.esm2 import import_esm2 as run
+
+    run(source, out, heads=heads)
+    click.echo(f"Imported {source} into {out}")
 
 
 @main.command()

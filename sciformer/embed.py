@@ -50,7 +50,8 @@ def parse_layers(text: str) -> list[int]:
     try:
         layers = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise ConfigError(f"--layers '{text}': expected comma-separated integers like -1,0") from None
+        raise ConfigError(f"--layers '{text}': expected comma-separated integers like -1,0"
+                          ) from None
     if not layers:
         raise ConfigError("--layers: give at least one layer")
     return layers
@@ -264,7 +265,8 @@ def _index_fasta(path: Path) -> tuple[list[str], list[int]]:
     return ids, lengths
 
 
-def _groups(path: Path, todo: np.ndarray, budget: int) -> Iterator[list[tuple[int, str, np.ndarray]]]:
+def _groups(path: Path, todo: np.ndarray, budget: int
+            ) -> Iterator[list[tuple[int, str, np.ndarray]]]:
     """Records still to do, in groups of about `budget` residues: [(index, id, residue ids)]."""
     group, size = [], 0
     for i, rec in enumerate(read_fasta(path)):
@@ -280,8 +282,8 @@ def _groups(path: Path, todo: np.ndarray, budget: int) -> Iterator[list[tuple[in
         yield group
 
 
-def embed(run_dir: str | Path, fasta: str | Path, out: str | Path, *, layers: str | list[int] = "-1",
-          per_residue: bool = False, pooled: str = "mean", device: str = "auto",
+def embed(run_dir: str | Path, fasta: str | Path, out: str | Path, *,
+          layers: str | list[int] = "-1", per_residue: bool = False, pooled: str = "mean", device: str = "auto",
           tokens_per_batch: int | None = None, progress: bool = False) -> EmbedResult:
     """Embed every record of `fasta` with the model of `run_dir` into the HDF5 file `out`."""
     from sciformer.train.checkpoint import load_run
@@ -300,11 +302,8 @@ def embed(run_dir: str | Path, fasta: str | Path, out: str | Path, *, layers: st
                              resolve_layers(wanted, cfg.model.n_encoder_layers), pooled,
                              per_residue, window, window // 4)
     ids, lengths = _index_fasta(fasta)
-    if out.exists():
-        with h5py.File(out, "r") as f:
-            _check_same(f, out, settings, ids)
-            if bool(f.attrs.get("complete")):
-                return EmbedResult(out, len(ids), 0, len(ids), 0)
+    if out.exists() and _already_done(out, settings, ids):
+        return EmbedResult(out, len(ids), 0, len(ids), 0)
     partial = out.with_name(out.name + ".partial")
     f = _open_partial(partial, settings, ids) or _create(partial, settings, ids, lengths,
                                                          cfg.model.d_model)
@@ -315,6 +314,20 @@ def embed(run_dir: str | Path, fasta: str | Path, out: str | Path, *, layers: st
         f.attrs["complete"] = True
     os.replace(partial, out)
     return EmbedResult(out, len(ids), written, len(ids) - int(todo.sum()), residues)
+
+
+def _already_done(out: Path, settings: EmbedSettings, ids: list[str]) -> bool:
+    """True when `out` is a complete embeddings file of the same records and settings."""
+    try:
+        f = h5py.File(out, "r")
+    except OSError:
+        raise InputError(f"{out}: exists and is not an HDF5 embeddings file; choose another "
+                         "--out") from None
+    with f:
+        if "ids" not in f:
+            raise InputError(f"{out}: exists and is not an embeddings file; choose another --out")
+        _check_same(f, out, settings, ids)
+        return bool(f.attrs.get("complete"))
 
 
 def _run_groups(model: nn.Module, f: h5py.File, fasta: Path, todo: np.ndarray,

@@ -106,7 +106,8 @@ def _torch_load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "refuse"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{path}: cannot load as a plain state dict ({first[:160]})") from None
+        raise CheckpointError(f"{path}: cannot load as a plain state dict ({first[:160]})"
+                              ) from None
 
 
 # ---- Hugging Face directories --------------------------------------------------------------
@@ -279,9 +280,13 @@ def import_esm2(source: str | Path, out: str | Path, heads: int | None = None) -
     return out
 
 
-def relabel_untrained_baseline(metrics: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def relabel_untrained_baseline(metrics: dict[str, Any], extra: dict[str, Any],
+                               out_dir: Path) -> dict[str, Any]:
     """For runs with no training residue counts (imported weights), the 'unigram' baseline is
-    add-one smoothing of zero counts, i.e. uniform over the residue letters: name it so."""
+    add-one smoothing of zero counts, i.e. equal odds over the residue letters: name it
+    'uniform', say why in the metrics, and rewrite summary.md to match."""
+    from sciformer.evaluate.report import write_summary
+
     counts = np.asarray(extra.get("residue_counts") or [0])
     baselines = metrics.get("baselines", {})
     if counts.sum() > 0 or "unigram" not in baselines:
@@ -289,4 +294,7 @@ def relabel_untrained_baseline(metrics: dict[str, Any], extra: dict[str, Any]) -
     baselines["uniform"] = baselines.pop("unigram")
     metrics["note"] = ("no unigram baseline: this run has no training data to count residues "
                        "from (imported weights); 'uniform' is equal odds over residue letters")
+    plots = [p.name for p in Path(out_dir).glob("masked_report.png")]
+    write_summary(Path(out_dir) / "summary.md", metrics,
+                  title=f"Masked residues: {Path(metrics['data']).name}", plots=plots)
     return metrics

@@ -25,8 +25,16 @@ GROUP = 256  # records scored together; bounds memory on large inputs
 
 def predict(run_dir: str | Path, input_path: str | Path, out: str | Path, *,
             score: bool = False, horizon: int | None = None, device: str = "auto",
-            progress: bool = False) -> Path:
-    """Run the model of `run_dir` on `input_path` and write predictions to `out`."""
+            progress: bool = False, variants: str | Path | None = None) -> Path:
+    """Run the model of `run_dir` on `input_path` and write predictions to `out`.
+
+    With `variants` (a CSV of mutations), `input_path` is the wild-type FASTA and `out` a CSV
+    of variant-effect scores (`sciformer.variants`).
+    """
+    if variants is not None:
+        from sciformer.variants import score_variants
+
+        return score_variants(run_dir, input_path, variants, out, device=device)
     dev = pick_device(device)
     model, cfg, extra = load_run(run_dir, dev)
     if extra.get("task") == "forecast":

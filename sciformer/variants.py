@@ -107,7 +107,8 @@ def read_variants(path: Path, wild_types: dict[str, str]) -> tuple[list[str], li
             raise InputError(f"{path} line 1: no 'mutant' column (columns: {', '.join(columns)})")
         clash = [c for c in SCORE_COLUMNS if c in columns]
         if clash:
-            raise InputError(f"{path} line 1: column '{clash[0]}' would be overwritten by the scores")
+            raise InputError(f"{path} line 1: column '{clash[0]}' would be overwritten by "
+                             "the scores")
         rows = [_row(path, reader.line_num, cells, wild_types) for cells in reader]
     if not rows:
         raise InputError(f"{path}: no variants (only a header)")
@@ -133,7 +134,8 @@ def _row(path: Path, line: int, cells: dict, wild_types: dict[str, str]) -> Vari
 
 @torch.no_grad()
 def marginal_tables(model: nn.Module, cfg: RunConfig, wild_type: np.ndarray,
-                    positions: list[int], device: torch.device) -> tuple[dict[int, np.ndarray], np.ndarray]:
+                    positions: list[int], device: torch.device
+                    ) -> tuple[dict[int, np.ndarray], np.ndarray]:
     """Log-probabilities over the vocabulary: ({pos: (V,) with pos masked}, (L, V) unmasked)."""
     copies = []
     for pos in positions:

@@ -34,7 +34,7 @@ from sciformer.config import RunConfig
 from sciformer.errors import InputError
 from sciformer.evaluate.baselines import BASELINES
 from sciformer.evaluate.metrics import forecast_metrics, nrmse_at
-from sciformer.io.trajectories import TrajectoryFile
+from sciformer.io.trajectories import TrajectoryFile, TrajectoryMeta
 from sciformer.tasks.forecast import forecast, tokenizer_from_state
 from sciformer.train.checkpoint import read_split
 
@@ -200,7 +200,7 @@ def evaluate_forecast_run(model: torch.nn.Module, cfg: RunConfig, extra: dict[st
         "model": summary_numbers(model_m, steps_per_lt, cfg.data.horizon),
         "baselines": base_m,
     }
-    plots = draw_plots(out_dir, meta, truth, ctx, med, q, levels, origin, base, metrics)
+    plots = draw_plots(out_dir, meta, truth, ctx, med, q, origin, base, metrics)
     from sciformer.evaluate.report import write_summary
 
     write_summary(out_dir / "summary.md", metrics, title=f"Forecasting: {data.name}",
@@ -208,5 +208,60 @@ def evaluate_forecast_run(model: torch.nn.Module, cfg: RunConfig, extra: dict[st
     return metrics
 
 
-def draw_plots(out_dir, meta, truth, ctx, med, q, levels, origin, base, metrics) -> list[str]:
-    return []  # TODO
+
+# ---- plots ---------------------------------------------------------------------------------
+def _shown_windows(origin: list[tuple[int, int]]) -> list[int]:
+    """Indices of the first window of each of the first N_PLOTTED distinct trajectories."""
+    seen: dict[int, int] = {}
+    for i, (t, _) in enumerate(origin):
+        seen.setdefault(t, i)
+    return list(seen.values())[:N_PLOTTED]
+
+
+def _shown_features(meta: TrajectoryMeta) -> tuple[list[int], list[str]]:
+    """Three features to draw: the first channels, or three grid points of the first field."""
+    if len(meta.state_shape) == 1:
+        names = meta.field_names or [f"x{j}" for j in range(meta.state_shape[0])]
+        idx = list(range(min(3, meta.state_shape[0])))
+        return idx, [names[j] for j in idx]
+    n_x, n_f = meta.state_shape
+    points = sorted({round(k * n_x / 3) for k in range(3)})
+    field = (meta.field_names or ["u"])[0]
+    return [p * n_f for p in points], [f"{field}[x{p}]" for p in points]
+
+
+def draw_plots(out_dir: Path, meta: TrajectoryMeta, truth: np.ndarray, ctx: np.ndarray,
+               med: np.ndarray, q: np.ndarray, origin: list[tuple[int, int]],
+               base: dict[str, np.ndarray], metrics: dict[str, Any]) -> list[str]:
+    """forecast.png, error_vs_horizon.png and (1-D fields) spacetime.png; their file names."""
+    from sciformer.evaluate import report
+
+    c, h = ctx.shape[1], truth.shape[1]
+    lyap, levels = metrics["lyapunov_time"], metrics["quantile_levels"]
+    unit = lyap if lyap else meta.dt
+    label = "time (Lyapunov times)" if lyap else "time"
+    show, (feat, names) = _shown_windows(origin), _shown_features(meta)
+    t_axis = (np.arange(c + h) - (c - 1)) * meta.dt / unit  # 0 at the last context step
+    sel = np.ix_(show, range(c + h), feat)
+    full = np.concatenate([ctx, truth], axis=1)[sel]
+    report.plot_forecasts(out_dir / "forecast.png", t_axis, full[:, :c], full[:, c:],
+                          med[np.ix_(show, range(h), feat)],
+                          q[0][np.ix_(show, range(h), feat)], q[-1][np.ix_(show, range(h), feat)],
+                          feature_names=names, x_label=label,
+                          band_label=f"{levels[0]:g}-{levels[-1]:g} quantile band")
+    curves = {"model": metrics["model"]["per_step"]["nrmse"],
+              **{k: v["per_step"]["nrmse"] for k, v in metrics["baselines"].items()}}
+    lead = np.arange(1, h + 1) * meta.dt / unit
+    report.plot_error_vs_horizon(out_dir / "error_vs_horizon.png", lead, curves,
+                                 x_label=f"lead {label}")
+    plots = ["forecast.png", "error_vs_horizon.png"]
+    if len(meta.state_shape) == 2:
+        n_x, n_f = meta.state_shape
+        w = show[0]
+        grid = (float(meta.x[0]), float(meta.x[-1])) if meta.x is not None else None
+        report.plot_spacetime(out_dir / "spacetime.png", truth[w].reshape(h, n_x, n_f)[..., 0],
+                              med[w].reshape(h, n_x, n_f)[..., 0], dt=meta.dt / unit,
+                              x_extent=grid, time_label=f"lead {label}",
+                              title=f"Held-out trajectory {origin[w][0]}, step {origin[w][1] + c}")
+        plots.append("spacetime.png")
+    return plots

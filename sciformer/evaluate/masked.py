@@ -4,10 +4,15 @@ A fixed-seed 15% of the residues of every held-out sequence are replaced by ``<m
 them: at evaluation nothing is left visible or swapped) and predicted from the rest, the whole
 length of every sequence covered by windows. When the file given is one the model was
 trained on, only its held-out records (split.json) are scored, and the report says so.
+
+Records are streamed in groups of `GROUP` (one random stream for the masked positions runs
+through all groups, so the result does not depend on the grouping); only the compact
+per-position results (8 + 2 bytes per masked residue) are kept for the metrics.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +20,17 @@ import numpy as np
 import torch
 
 from sciformer.config import RunConfig
+from sciformer.errors import InputError
 from sciformer.evaluate.baselines import unigram_baseline
 from sciformer.evaluate.metrics import masked_metrics
 from sciformer.evaluate.report import plot_masked_report, write_summary
-from sciformer.tasks.masked import TOKENIZER, evaluate_masked, load_proteins
+from sciformer.io.fasta import read_fasta
+from sciformer.tasks.masked import TOKENIZER, evaluate_masked
 from sciformer.tokenizers.protein import STANDARD_AMINO_ACIDS
 from sciformer.train.checkpoint import read_split
 
 EVAL_SEED = 20240601  # fixed: every evaluation of every model masks the same positions
+GROUP = 256  # records scored together: memory stays bounded on large files
 
 
 def heldout_selection(run_dir: Path, data: Path, extra: dict[str, Any]) -> tuple[list[int] | None, str]:
@@ -48,14 +56,46 @@ def confusion_matrix(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, li
     return conf, list(STANDARD_AMINO_ACIDS)
 
 
+def _record_groups(data: Path, keep: list[int] | None) -> Iterator[list[np.ndarray]]:
+    """Residue ids of the records to score (all, or the indices in `keep`), GROUP at a time."""
+    wanted = None if keep is None else set(keep)
+    group: list[np.ndarray] = []
+    for r, rec in enumerate(read_fasta(data)):
+        if wanted is not None and r not in wanted:
+            continue
+        ids = TOKENIZER.encode(rec.sequence, add_special=False)
+        if (ids == TOKENIZER.mask_id).any():
+            raise InputError(f"{data} line {rec.line}: record '{rec.id}' contains <mask>; "
+                             "evaluate scores complete sequences (use predict to fill masks)")
+        group.append(ids.astype(np.uint8))
+        if len(group) == GROUP:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def score_records(model: torch.nn.Module, cfg: RunConfig, data: Path, keep: list[int] | None,
+                  device: torch.device) -> tuple[dict[str, np.ndarray], int]:
+    """Masked-position results over the whole file, streamed: (log_prob, pred, true), count."""
+    rng = np.random.default_rng(EVAL_SEED)  # one stream through every group
+    parts: dict[str, list[np.ndarray]] = {"log_prob": [], "pred": [], "true": []}
+    n_records = 0
+    for group in _record_groups(data, keep):
+        res = evaluate_masked(model, group, cfg, device, seed=rng)
+        parts["log_prob"].append(res["log_prob"].astype(np.float64))
+        parts["pred"].append(res["pred"].astype(np.uint8))
+        parts["true"].append(res["true"].astype(np.uint8))
+        n_records += len(group)
+    empty = {"log_prob": np.float64, "pred": np.uint8, "true": np.uint8}
+    return {k: np.concatenate(v) if v else np.zeros(0, empty[k]) for k, v in parts.items()}, n_records
+
+
 def evaluate_masked_run(model: torch.nn.Module, cfg: RunConfig, extra: dict[str, Any],
                         run_dir: Path, data: Path, out_dir: Path, device: torch.device) -> dict:
     """Score `data`, write metrics.json inputs, the PNG and the summary; return metrics."""
-    proteins = load_proteins([data])
     keep, scope = heldout_selection(run_dir, data, extra)
-    if keep is not None:
-        proteins = proteins.subset(keep)
-    res = evaluate_masked(model, proteins.tokens, cfg, device, seed=EVAL_SEED)
+    res, n_records = score_records(model, cfg, data, keep, device)
     counts = np.asarray(extra["residue_counts"], dtype=np.float64)
     conf, letters = confusion_matrix(res["true"], res["pred"])
     per_res = {a: float(conf[i, i] / conf[i].sum()) if conf[i].sum() else float("nan")
@@ -64,7 +104,7 @@ def evaluate_masked_run(model: torch.nn.Module, cfg: RunConfig, extra: dict[str,
                               conf.sum(axis=1))
     metrics = {
         "task": "masked",
-        "n_examples": len(proteins),
+        "n_examples": n_records,
         "n_masked": int(len(res["true"])),
         "data": str(data),
         "scope": scope,

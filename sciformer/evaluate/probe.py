@@ -69,7 +69,8 @@ def read_labelled(path: Path, key: str = "label") -> Labelled:
     is_csv = path.suffix.lower() in (".csv", ".tsv")
     out = _read_csv(path, key) if is_csv else _read_fasta(path, key)
     if len(out.ids) < 2:
-        raise InputError(f"{path}: a probe needs at least 2 labelled proteins, found {len(out.ids)}")
+        raise InputError(f"{path}: a probe needs at least 2 labelled proteins, "
+                         f"found {len(out.ids)}")
     return out
 
 
@@ -157,15 +158,18 @@ def residue_baseline_features(tokens: np.ndarray, half: int = WINDOW_HALF) -> np
 
 
 def model_features(model: torch.nn.Module, cfg: RunConfig, tokens: list[np.ndarray],
-                   device: torch.device) -> list[np.ndarray]:
-    """Final-layer per-residue vectors (L, D) of every protein (windows blended)."""
+                   device: torch.device, mean: bool, chunk: int = 256) -> list[np.ndarray]:
+    """Final-layer vectors of every protein (windows blended): per residue (L, D), or their
+    mean (D,) when `mean`; proteins go through in chunks so memory stays bounded."""
     from sciformer.embed import embed_sequences
 
     last = cfg.model.n_encoder_layers
-    out: list[np.ndarray] = [np.zeros(0)] * len(tokens)
-    for i, per_residue, _ in embed_sequences(model, tokens, [last], cfg.data.crop_length,
-                                             cfg.data.tokens_per_batch, device):
-        out[i] = per_residue[0]
+    out: list[np.ndarray] = []
+    for start in range(0, len(tokens), chunk):
+        for _, per_residue, _ in embed_sequences(model, tokens[start:start + chunk], [last],
+                                                 cfg.data.crop_length,
+                                                 cfg.data.tokens_per_batch, device):
+            out.append(per_residue[0].mean(axis=0) if mean else per_residue[0])
     return out
 
 
@@ -217,7 +221,7 @@ def evaluate_probe(model: torch.nn.Module, cfg: RunConfig, data_path: Path, out_
         check_residue_labels(data, data_path)
     kind = label_kind(data.labels) if probe == "sequence" else "categorical"
     train, test = split(data, kind)
-    feats = model_features(model, cfg, data.tokens, device)
+    feats = model_features(model, cfg, data.tokens, device, mean=probe == "sequence")
     fit = _sequence_sets if probe == "sequence" else _residue_sets
     sets, y_train, y_test = fit(data, feats, train, test, kind)
     if kind == "categorical" and len(np.unique(y_train)) < 2:
@@ -226,7 +230,8 @@ def evaluate_probe(model: torch.nn.Module, cfg: RunConfig, data_path: Path, out_
     metrics: dict[str, Any] = {
         "task": "probe", "probe": probe, "label": label, "label_kind": kind,
         "n_examples": int(len(test)), "n_train": int(len(train)),
-        "n_test_items": int(len(y_test)), "data": str(data_path),
+        "n_train_items": int(len(y_train)), "n_test_items": int(len(y_test)),
+        "data": str(data_path),
         "features": f"layer {cfg.model.n_encoder_layers} (final), "
                     + ("mean over residues" if probe == "sequence" else "per residue"),
         "split_seed": SPLIT_SEED, "test_fraction": TEST_FRACTION,
@@ -249,7 +254,7 @@ def _sequence_sets(data: Labelled, feats: list[np.ndarray], train: np.ndarray,
                    test: np.ndarray, kind: str):
     """(train X, train y, test X, test y) for the model and the composition baseline."""
     y = _targets(data.labels, kind)
-    emb = np.stack([f.mean(axis=0) for f in feats])
+    emb = np.stack(feats)
     comp = np.stack([composition(t) for t in data.tokens])
     sets = {name: (x[train], y[train], x[test], y[test])
             for name, x in (("model", emb), ("composition", comp))}

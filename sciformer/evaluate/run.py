@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sciformer.errors import InputError
 from sciformer.io.atomic import write_json_atomic
 from sciformer.train.checkpoint import load_run
 from sciformer.train.loop import pick_device
@@ -11,13 +12,23 @@ from sciformer.train.loop import pick_device
 
 def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path, *,
              context: int | None = None, horizon: int | None = None,
-             device: str = "auto") -> dict:
-    """Evaluate the model in `run_dir` on `data`; returns the metrics written to metrics.json."""
+             device: str = "auto", probe: str | None = None, label: str = "label") -> dict:
+    """Evaluate the model in `run_dir` on `data`; returns the metrics written to metrics.json.
+
+    With `probe` ("sequence" | "residue"), fit a linear probe on frozen embeddings instead
+    (`sciformer.evaluate.probe`), reading labels from column / header key `label`.
+    """
     run_dir, data, out_dir = Path(run_dir), Path(data), Path(out_dir)
     dev = pick_device(device)
     model, cfg, extra = load_run(run_dir, dev)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if extra.get("task") == "forecast":
+    if probe is not None:
+        from sciformer.evaluate.probe import evaluate_probe
+
+        if extra.get("task") == "forecast":
+            raise InputError(f"{run_dir}: --probe needs a protein (masked-residue) run")
+        metrics = evaluate_probe(model, cfg, data, out_dir, dev, probe, label)
+    elif extra.get("task") == "forecast":
         from sciformer.evaluate.forecast import evaluate_forecast_run
 
         metrics = evaluate_forecast_run(model, cfg, extra, run_dir, data, out_dir, dev,
@@ -26,5 +37,9 @@ def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path, *,
         from sciformer.evaluate.masked import evaluate_masked_run
 
         metrics = evaluate_masked_run(model, cfg, extra, run_dir, data, out_dir, dev)
+        if extra.get("imported_from"):  # no training data: the unigram is really uniform
+            from sciformer.esm2 import relabel_untrained_baseline
+
+            metrics = relabel_untrained_baseline(metrics, extra, out_dir)
     write_json_atomic(out_dir / "metrics.json", metrics)
     return metrics

@@ -40,9 +40,9 @@ class SciFormer(nn.Module):
         self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers))
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
         final = cfg.final_norm and cfg.norm == "pre"
-        eps = cfg.layer_norm_eps
+        eps, has_dec = cfg.layer_norm_eps, cfg.n_decoder_layers > 0
         self.enc_norm = nn.LayerNorm(d, eps=eps) if final else nn.Identity()
-        self.dec_norm = nn.LayerNorm(d, eps=eps) if final and cfg.n_decoder_layers else nn.Identity()
+        self.dec_norm = nn.LayerNorm(d, eps=eps) if final and has_dec else nn.Identity()
         self.token_head = TokenHead(cfg) if cfg.vocab_size > 0 else None
         self.value_head = ValueHead(cfg) if cfg.output_dim > 0 else None
         self.checkpointing = False  # activation checkpointing, switched on by the trainer
@@ -87,7 +87,8 @@ class SciFormer(nn.Module):
         h = h.masked_fill(is_mask[..., None], 0.0)
         lengths = (~pad).sum(-1) if pad is not None else torch.full_like(x[:, 0], x.shape[1])
         observed = is_mask.sum(-1).to(h.dtype) / lengths.clamp_min(1).to(h.dtype)  # (B,)
-        return h * ((1 - 0.15 * 0.8) / (1 - observed))[:, None, None]
+        keep = (1 - observed).clamp_min(1e-6)  # an all-<mask> input is all zeros anyway
+        return h * ((1 - 0.15 * 0.8) / keep)[:, None, None]
 
     def _run(self, layer: nn.Module, *args, **kwargs) -> Tensor:
         if self.checkpointing and self.training:

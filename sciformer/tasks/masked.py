@@ -182,10 +182,14 @@ def window_plan(length: int, window: int) -> list[tuple[int, int, np.ndarray]]:
     spans = iter_windows(length, window, overlap=window // 4) if length else []
     if len(spans) <= 1:
         return [(0, length, np.arange(length))] if length else []
-    pos = np.arange(length)
-    centrality = np.stack([np.minimum(pos - s, e - 1 - pos) for s, e in spans])  # (W, L)
-    owner = centrality.argmax(axis=0)
-    return [(s, e, pos[owner == w]) for w, (s, e) in enumerate(spans)]
+    best = np.full(length, -1, dtype=np.int64)  # centrality of the owner so far
+    owner = np.zeros(length, dtype=np.int64)
+    for w, (s, e) in enumerate(spans):  # O(L) memory: a (W, L) table is GBs for 100k residues
+        centrality = np.minimum(np.arange(e - s), np.arange(e - s)[::-1])
+        better = centrality > best[s:e]  # strict: ties stay with the earlier window
+        best[s:e][better] = centrality[better]
+        owner[s:e][better] = w
+    return [(s, e, s + np.flatnonzero(owner[s:e] == w)) for w, (s, e) in enumerate(spans)]
 
 
 @torch.no_grad()

@@ -79,6 +79,38 @@ class ProteinTokenizer:
             ids = self._cls + ids + self._eos
         return np.frombuffer(ids, dtype=np.uint8).astype(np.int64)
 
+    def encode_concatenated(self, text: bytes, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Ids (uint8, no specials) of many sequences stored back to back, and their offsets.
+
+        `text[offsets[i]:offsets[i + 1]]` is sequence i (ASCII, as `FastaBatch.residues`
+        holds them). One table lookup over the whole buffer; only sequences holding a literal
+        `<mask>` (which shortens them) go through `encode` one by one. Returns (ids, new
+        offsets) with ids of sequence i at ``ids[new[i]:new[i + 1]]``.
+        """
+        ids = np.frombuffer(text.translate(self._table), dtype=np.uint8)
+        offsets = np.asarray(offsets, dtype=np.int64)
+        if b"<" not in text or not _MASK_RE.search(text.decode("ascii", errors="replace")):
+            return ids, offsets
+        lt = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == ord("<"))
+        odd = set((np.searchsorted(offsets, lt, side="right") - 1).tolist())
+        bounds = offsets.tolist()
+        pieces = [self.encode(text[bounds[i]:bounds[i + 1]].decode("ascii", errors="replace"),
+                              add_special=False).astype(np.uint8)
+                  if i in odd else ids[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
+        lengths = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=len(pieces))
+        return np.concatenate(pieces) if pieces else ids[:0], np.concatenate(([0], np.cumsum(lengths)))
+
+    def encode_many(self, sequences: Sequence[str], add_special: bool = True) -> list[np.ndarray]:
+        """`encode` of every sequence, with one table lookup for all of them (bulk path)."""
+        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+        offsets = np.concatenate(([0], np.cumsum(lengths)))
+        text = "".join(sequences).encode("ascii", errors="replace")  # one byte per character
+        ids, offsets = self.encode_concatenated(text, offsets)
+        parts = np.split(ids.astype(np.int64), offsets[1:-1]) if len(sequences) else []
+        if add_special:
+            return [np.concatenate(([self.cls_id], p, [self.eos_id])) for p in parts]
+        return parts
+
     def decode(
         self, ids: Sequence[int] | np.ndarray | torch.Tensor, skip_special: bool = True
     ) -> str:

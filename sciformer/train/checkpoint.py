@@ -18,9 +18,10 @@ files are there. Leftovers of a killed write are removed by `clean_partial` when
 (no pickled code is ever executed). The top-level copies are for `load_run`/`from_pretrained`;
 ``--resume`` always reads a complete ``checkpoints/step_N`` folder.
 
-Test hook: when the environment variable ``SCIFORMER_TEST_SLOW_CHECKPOINT`` holds a number of
-seconds, `save_checkpoint` sleeps that long between writing the weights and the train state
-of a checkpoint, so a test can SIGKILL the process in the middle of a checkpoint write.
+Test hook: when the environment variable ``SCIFORMER_TEST_SLOW_CHECKPOINT`` is ``S`` (seconds)
+or ``S:N``, `save_checkpoint` sleeps S seconds between writing the weights and the train state
+of every checkpoint (or only of step N), so a test can SIGKILL the process in the middle of a
+checkpoint write (tests/test_resume_kill.py). Nothing else reads it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +78,7 @@ def save_checkpoint(run_dir: Path, model: nn.Module | dict[str, torch.Tensor],
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_weights(model, tmp / WEIGHTS)
-    if os.environ.get(SLOW_ENV):
-        time.sleep(float(os.environ[SLOW_ENV]))  # test-only: a window to kill mid-write
+    _test_pause(step)
     save_state(state, tmp / STATE)
     _remove_dir(final)
     os.replace(tmp, final)  # the folder appears complete or not at all
@@ -89,6 +90,13 @@ def save_checkpoint(run_dir: Path, model: nn.Module | dict[str, torch.Tensor],
     for old in _complete_steps(run_dir)[:-keep]:
         _remove_dir(old)
     return final
+
+
+def _test_pause(step: int) -> None:
+    """Test-only: sleep as SCIFORMER_TEST_SLOW_CHECKPOINT says (see the module docstring)."""
+    seconds, _, at = os.environ.get(SLOW_ENV, "").partition(":")
+    if seconds and (not at or int(at) == step):
+        time.sleep(float(seconds))
 
 
 def _remove_dir(path: Path) -> None:
@@ -165,12 +173,20 @@ def read_weights(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
 def load_state(path: Path) -> dict[str, Any]:
     """Load a train state with weights_only=True; anything else is refused with a clear error."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols first
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: train state not found") from None
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "refuse"
+        if "Weights only load failed" in str(exc):
+            raise CheckpointError(f"{path}: refused to load train state: it holds pickled objects "
+                                  "other than tensors, numbers and strings (loading it could run "
+                                  "code; sciformer loads train states with weights_only=True)"
+                                  ) from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: refused to load train state ({first[:200]})") from None
+        raise CheckpointError(f"{path}: refused to load train state, not a readable torch file "
+                              f"({first[:200]})") from None
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):

@@ -66,6 +66,7 @@ class Distributed:
     local_rank: int = 0
     backend: str = ""  # "" (one process) | "gloo" | "nccl"
     fsdp: bool = False
+    _sharded: nn.Module | None = None  # the FSDP root, for gathering its own parameters
 
     @classmethod
     def from_env(cls, cfg: TrainConfig) -> Distributed:
@@ -117,7 +118,8 @@ class Distributed:
         layers = [layer for m in step.modules() if isinstance(m, nn.ModuleList) for layer in m]
         for layer in layers:
             fully_shard(layer, mesh=mesh)
-        return fully_shard(step, mesh=mesh)
+        self._sharded = fully_shard(step, mesh=mesh)
+        return self._sharded
 
     def no_sync(self, step: nn.Module, last: bool) -> contextlib.AbstractContextManager:
         """Skip the gradient all-reduce / reduce-scatter on all but the last micro-batch."""
@@ -149,8 +151,12 @@ class Distributed:
 
     def validate(self, task: Any, model: nn.Module) -> dict[str, float]:
         """Held-out statistics over the whole held-out set, each example counted once."""
-        if self.fsdp and self.world > 1:
-            return task.validate(model)  # collective: every rank gathers every layer
+        if self.fsdp and self.world > 1:  # collective: every rank gathers every layer
+            self._sharded.unshard()  # the root's own parameters (embeddings, norms, heads)
+            try:
+                return task.validate(model)
+            finally:
+                self._sharded.reshard()
         out = [task.validate(model) if self.is_main else None]
         if self.world > 1:
             dist.broadcast_object_list(out, src=0, device=self._comm_device())

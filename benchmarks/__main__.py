@@ -1,0 +1,156 @@
+"""`python -m benchmarks`: every speed comparison, printed as tables and written as JSON.
+
+    python -m benchmarks                 # the full set (several minutes on 2 cores)
+    python -m benchmarks --quick         # a smoke run of about a minute (small shapes)
+    python -m benchmarks --only train decode --threads 1
+
+Sections: training throughput (sciformer vs HF T5 / HF ESM / torch.nn / an SDPA reference,
+fp32 and bf16 autocast, dropout 0 and 0.1, with MFU), cached decoding (vs HF T5 generate),
+scaling of time and memory with sequence length for every attention kind (run in a child
+process), FASTA reading + tokenisation MB/s and padding waste. Torch is pinned to
+`--threads` intra-op threads (2 by default). Results go to benchmarks/results/latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks import fasta_speed, machine, matmul_peak, setup_threads, table
+from benchmarks import decode as decode_bench
+from benchmarks import train_throughput as train_bench
+from sciformer.io.atomic import write_json_atomic
+
+RESULTS = Path(__file__).parent / "results" / "latest.json"
+SECTIONS = ("train", "decode", "scaling", "fasta")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small shapes, one setting each (~1 min)")
+    ap.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed repeats per peer (default 3)")
+    ap.add_argument("--bf16", choices=("auto", "full", "small", "skip"), default="auto",
+                    help="bf16 training size: auto = full size only if this CPU has fast bf16 matmuls")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="JSON results file")
+    return ap.parse_args(argv)
+
+
+def peaks(quick: bool) -> dict[str, float]:
+    """fp32 and bf16 matmul FLOP/s measured now (the MFU denominators)."""
+    n = 512 if quick else 1024
+    return {"fp32": matmul_peak(torch.float32, n), "bf16": matmul_peak(torch.bfloat16, n, repeats=3)}
+
+
+def train_section(args: argparse.Namespace, peak: dict[str, float]) -> dict[str, Any]:
+    shape = train_bench.Shape(batch=4, src_len=128, tgt_len=32) if args.quick else train_bench.Shape()
+    slow_bf16 = peak["bf16"] < 0.5 * peak["fp32"]
+    small = train_bench.Shape(batch=2, src_len=64, tgt_len=16)
+    settings = [("fp32", 0.0)] if args.quick else [("fp32", 0.0), ("fp32", 0.1)]
+    bf16_shape = None
+    if args.bf16 != "skip" and not args.quick:
+        settings += [("bf16", 0.0), ("bf16", 0.1)]
+        if args.bf16 == "small" or (args.bf16 == "auto" and slow_bf16):
+            bf16_shape = small
+    rows = train_bench.run(shape, settings, args.repeats or (1 if args.quick else 3), peak,
+                           bf16_shape=bf16_shape)
+    note = (f"bf16 rows use the small shape {small} because this CPU's bf16 matmul peak "
+            f"({peak['bf16'] / 1e9:.1f} GFLOP/s) is far below fp32's ({peak['fp32'] / 1e9:.1f})"
+            if bf16_shape is not None else "")
+    return {"rows": rows, "summary": train_bench.summary(rows), "note": note}
+
+
+def decode_section(args: argparse.Namespace) -> list[dict[str, Any]]:
+    shape = train_bench.Shape(batch=4, src_len=128) if args.quick else train_bench.Shape()
+    steps = 16 if args.quick else decode_bench.STEPS
+    return decode_bench.run(shape, args.repeats or (1 if args.quick else 3), steps, skip_slow=args.quick)
+
+
+def scaling_section(args: argparse.Namespace) -> dict[str, Any]:
+    """Run benchmarks.scaling in a child process (it changes malloc settings to see memory)."""
+    lengths = ["512", "1024", "2048", "4096"] if args.quick else ["512"] + [str(2**k) for k in range(10, 16)]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "scaling.json"
+        cmd = [sys.executable, "-m", "benchmarks.scaling", "--json", str(out), "--threads",
+               str(args.threads), "--lengths", *lengths, "--repeats", "1" if args.quick else "2",
+               "--time-budget", "3" if args.quick else "20", "--memory-budget", "1.5"]
+        subprocess.run(cmd, check=True, cwd=Path(__file__).parent.parent)
+        return json.loads(out.read_text())
+
+
+def fasta_section(args: argparse.Namespace) -> dict[str, Any]:
+    return fasta_speed.run(8 if args.quick else 64, 2 if args.quick else 3)
+
+
+def print_train(res: dict[str, Any]) -> None:
+    cols = ["family", "precision", "dropout", "batch", "sciformer_tok_s", "sciformer_mfu",
+            "x_hf_t5", "x_hf_esm", "x_torch_nn", "x_sdpa_ref"]
+    print(table(res["summary"], cols, "\nTraining throughput: sciformer tokens/s, MFU, and its speed-up "
+                "(x) over each peer (median of interleaved repeats)"))
+    print(table(res["rows"], ["family", "precision", "dropout", "peer", "step_s", "tokens_per_s", "mfu"],
+                "\nTraining throughput, every peer"))
+    if res["note"]:
+        print("note:", res["note"])
+
+
+def print_scaling(res: dict[str, Any]) -> None:
+    rows = res["rows"]
+    lengths = sorted({r["length"] for r in rows})
+    pivot = []
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+        for mode in ("inference", "train"):
+            cells = {r["length"]: r for r in rows if r["kind"] == kind and r["mode"] == mode}
+            row = {"kind": kind, "mode": mode}
+            for n in lengths:
+                r = cells.get(n)
+                row[str(n)] = ("skip" if r is None or "skipped" in r
+                               else f"{r['seconds']:.2f}s/{r['peak_mb']:.0f}MB")
+            pivot.append(row)
+    print(table(pivot, ["kind", "mode", *map(str, lengths)],
+                "\nScaling (1-layer encoder, batch 1): seconds / peak MB vs sequence length"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    setup_threads(args.threads)
+    started = time.time()
+    peak = peaks(args.quick)
+    results: dict[str, Any] = {"command": "python -m benchmarks " + " ".join(argv or sys.argv[1:]),
+                               "machine": machine(), "matmul_peak_flops": peak}
+    print(f"machine: {results['machine']}")
+    print(f"matmul peak: fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s")
+    if "train" in args.only:
+        results["train"] = train_section(args, peak)
+        print_train(results["train"])
+    if "decode" in args.only:
+        results["decode"] = decode_section(args)
+        print(table(results["decode"], ["peer", "batch", "steps", "seconds", "generated_tokens_per_s",
+                                        "sciformer_cache_speedup"], "\nDecoding (greedy, batch x steps)"))
+    if "scaling" in args.only:
+        results["scaling"] = scaling_section(args)
+        print_scaling(results["scaling"])
+    if "fasta" in args.only:
+        results["fasta"] = fasta_section(args)
+        print(table(results["fasta"]["rows"], ["reader", "mb", "records", "mb_per_s_wall", "mb_per_s_cpu"],
+                    "\nFASTA reading + tokenisation"))
+        print(f"padding waste at {results['fasta']['padding_waste']['budget']} tokens/batch: "
+              f"length-sorted {results['fasta']['padding_waste']['sorted']:.1%}, "
+              f"file order {results['fasta']['padding_waste']['file_order']:.1%}")
+    results["machine_after"] = machine()
+    results["seconds"] = time.time() - started
+    write_json_atomic(args.out, results)
+    print(f"\nwrote {args.out} ({results['seconds']:.0f} s; load average "
+          f"{results['machine']['load_average_1m']} -> {results['machine_after']['load_average_1m']})")
+
+
+if __name__ == "__main__":
+    main()

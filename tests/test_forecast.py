@@ -1,0 +1,216 @@
+"""Forecasting: task batches and split, losses, decoding and rollout, evaluation, predict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from click.testing import CliRunner
+
+from sciformer.cli import main
+from sciformer.config import load_config
+from sciformer.errors import InputError
+from sciformer.evaluate.run import evaluate
+from sciformer.io.trajectories import write_trajectories
+from sciformer.model import SciFormer
+from sciformer.simulate import simulate_to_file
+from sciformer.tasks.forecast import (ForecastTask, _decode_patches, forecast, patch_quantiles,
+                                      teacher_forced_loss)
+from sciformer.train.checkpoint import load_run
+from sciformer.train.loop import pretrain
+
+TINY = ["model.d_model=32", "model.n_heads=4", "model.n_encoder_layers=1",
+        "model.n_decoder_layers=1", "model.d_ff=64", "model.dropout=0.0", "data.context=16",
+        "data.horizon=8", "data.patch_len=4", "train.batch_size=8", "train.max_steps=20",
+        "train.warmup_steps=2", "train.eval_every=10", "train.log_every=10",
+        "train.checkpoint_every=20", "data.val_fraction=0.25"]
+LEVELS = [0.1, 0.5, 0.9]
+
+
+def labelled_file(path: Path, n_traj: int = 8, n_time: int = 40) -> Path:
+    """States whose channel 0 is the trajectory index and channel 1 the time step."""
+    t = np.arange(n_time, dtype=np.float32)
+    states = np.stack([np.stack([np.full(n_time, i, np.float32), t], axis=1)
+                       for i in range(n_traj)])
+    write_trajectories(path, states, dt=0.1)
+    return path
+
+
+def tiny_task(path: Path, *extra: str) -> ForecastTask:
+    return ForecastTask(load_config(None, [*TINY, *extra]), [path])
+
+
+@pytest.fixture(scope="module")
+def l63(tmp_path_factory) -> dict[str, Path]:
+    """A tiny Lorenz-63 training file, a held-out file (other seed) and a 20-step run."""
+    root = tmp_path_factory.mktemp("l63")
+    train = simulate_to_file("lorenz63", root / "train.h5", 8, 420, seed=0)
+    test = simulate_to_file("lorenz63", root / "test.h5", 3, 420, seed=1)
+    run = root / "run"
+    pretrain([train], load_config(None, TINY), run, progress=False)
+    return {"train": train, "test": test, "run": run, "root": root}
+
+
+# ---- task: batches and split ----------------------------------------------------------------
+def test_batches_are_deterministic_and_from_training_trajectories_only(tmp_path):
+    task = tiny_task(labelled_file(tmp_path / "lab.h5"))
+    split = task.split()
+    assert split["unit"] == "trajectory"
+    assert sorted(split["train"] + split["heldout"]) == list(range(8))
+    assert not set(split["train"]) & set(split["heldout"]) and len(split["heldout"]) == 2
+    assert split["heldout_origin"] == [[0, i] for i in split["heldout"]]
+    a, b, c = task.batch(3)["window"], task.batch(3)["window"], task.batch(4)["window"]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == (8, 24, 2)
+    for win in torch.cat([task.batch(i)["window"] for i in range(20)]):
+        assert int(win[0, 0]) in split["train"]  # only training trajectories
+        assert torch.all(win[:, 0] == win[0, 0])  # one trajectory per window (whole-trajectory split)
+        assert torch.equal(win[:, 1] - win[0, 1], torch.arange(24.0))  # consecutive steps
+
+
+def test_teacher_forced_loss_decreases_on_one_batch(l63):
+    torch.manual_seed(0)
+    task = tiny_task(l63["train"])
+    model = SciFormer(task.model_config())
+    batch = task.batch(0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss, _ = task.loss(model, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+# ---- decoding -----------------------------------------------------------------------------
+@pytest.mark.parametrize("tokenizer", ["patch", "bins"])
+def test_forecast_shapes_rollout_and_ordered_quantiles(l63, tokenizer):
+    torch.manual_seed(0)
+    task = tiny_task(l63["train"], f"data.tokenizer={tokenizer}", "data.n_bins=64")
+    model = SciFormer(task.model_config()).eval()
+    ctx = task.batch(0)["window"][:3, :16]
+    for horizon in (5, 8, 21):  # shorter than, equal to and longer than the trained 8 steps
+        med, q = forecast(model, task.tokenizer, ctx, horizon, 8, LEVELS)
+        assert med.shape == (3, horizon, 3) and q.shape == (3, 3, horizon, 3)
+        assert torch.all(q[0] <= q[1]) and torch.all(q[1] <= q[2])
+        assert torch.isfinite(q).all()
+    if tokenizer == "patch":  # deterministic: a rollout starts with the one-chunk forecast
+        short, _ = forecast(model, task.tokenizer, ctx, 8, 8, LEVELS)
+        long, _ = forecast(model, task.tokenizer, ctx, 21, 8, LEVELS)
+        torch.testing.assert_close(long[:, :8], short)
+        assert torch.equal(forecast(model, task.tokenizer, ctx, 5, 8, LEVELS)[0], short[:, :5])
+
+
+def test_cached_decoding_equals_uncached_teacher_forcing(l63):
+    torch.manual_seed(1)
+    task = tiny_task(l63["train"])
+    model, tok = SciFormer(task.model_config()).eval(), task.tokenizer
+    ctx = task.batch(0)["window"][:4, :16]
+    with torch.no_grad():
+        cached = _decode_patches(model, tok, ctx, 8, LEVELS)  # (n_q, B, 8, F)
+        src, state = tok.encode_context(ctx)
+        med = tok.encode(cached[1], state)  # the medians fed back, as tokens (B, 2, P*F)
+        dec_in = torch.cat([src[:, -1:], med[:, :-1]], dim=1)
+        q = patch_quantiles(model, tok, model(src, dec_in), dec_in, 3).sort(dim=-1).values
+        uncached = torch.stack([tok.decode(q[..., i], state) for i in range(3)])
+    torch.testing.assert_close(cached, uncached, rtol=1e-4, atol=1e-4)
+
+
+def test_teacher_forced_loss_is_finite_for_bins(l63):
+    task = tiny_task(l63["train"], "data.tokenizer=bins", "data.n_bins=64")
+    model = SciFormer(task.model_config())
+    w = task.batch(0)["window"]
+    loss = teacher_forced_loss(model, task.tokenizer, w[:, :16], w[:, 16:], LEVELS)
+    assert torch.isfinite(loss) and loss.item() > 0
+
+
+# ---- evaluate ------------------------------------------------------------------------------
+MODEL_KEYS = {"nrmse", "vrmse", "smape", "vpt", "vpt_unit", "crps", "per_step", "nrmse_at",
+              "nrmse_1lt"}
+
+
+def test_evaluate_writes_contract_metrics_and_plots(l63):
+    out = l63["root"] / "eval"
+    m = evaluate(l63["run"], l63["test"], out, device="cpu")
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["model"]["nrmse"] == pytest.approx(m["model"]["nrmse"])
+    for key in ("task", "n_examples", "n_trajectories", "context", "horizon", "dt",
+                "lyapunov_time", "scope", "model", "baselines"):
+        assert key in on_disk, key
+    assert m["task"] == "forecast" and m["context"] == 16 and m["n_trajectories"] == 3
+    steps_per_lt = m["lyapunov_time"] / m["dt"]
+    assert m["horizon"] == int(np.ceil(3 * steps_per_lt))  # default: 3 Lyapunov times
+    assert m["n_examples"] == 3 * 8 and "all 3 trajectories" in m["scope"]
+    assert set(m["baselines"]) == {"persistence", "mean", "ridge_ar"}
+    for row in [m["model"], *m["baselines"].values()]:
+        assert MODEL_KEYS - {"crps"} <= set(row)
+        assert len(row["per_step"]["nrmse"]) == m["horizon"]
+        assert row["vpt_unit"] == "lyapunov_times"
+        first = row["per_step"]["nrmse"][: round(steps_per_lt)]
+        assert row["nrmse_1lt"] == pytest.approx(np.mean(first))
+    assert MODEL_KEYS <= set(m["model"]) and len(m["model"]["per_step"]["crps"]) == m["horizon"]
+    # climatological scale: the mean baseline scores about 1
+    assert 0.6 < m["baselines"]["mean"]["nrmse"] < 1.4
+    assert m["baselines"]["persistence"]["nrmse_at"]["h1"] < 0.2
+    for png in ("forecast.png", "error_vs_horizon.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert "forecast.png" in (out / "summary.md").read_text()
+
+
+def test_evaluate_training_file_scores_only_heldout_trajectories(l63):
+    m = evaluate(l63["run"], l63["train"], l63["root"] / "eval_train", device="cpu",
+                 horizon=12, context=12)
+    held = json.loads((l63["run"] / "split.json").read_text())["heldout"]
+    assert m["n_trajectories"] == len(held) == 2 and "held-out" in m["scope"]
+    assert m["horizon"] == 12 and m["context"] == 12
+    assert len(m["model"]["per_step"]["nrmse"]) == 12
+
+
+def test_evaluate_field_draws_spacetime(tmp_path):
+    x = np.linspace(0, 2 * np.pi, 8, endpoint=False)
+    t = np.arange(120) * 0.1
+    phase = np.arange(6)[:, None, None]
+    states = np.sin(x[None, None, :] - t[None, :, None] + phase)[..., None].astype(np.float32)
+    data = tmp_path / "waves.h5"
+    write_trajectories(data, states, dt=0.1, x=x)
+    run = tmp_path / "run"
+    pretrain([data], load_config(None, [*TINY, "train.max_steps=4"]), run, progress=False)
+    m = evaluate(run, data, tmp_path / "eval", device="cpu")
+    assert m["horizon"] == 4 * 8 and m["lyapunov_time"] is None  # no Lyapunov time: 4 x trained
+    assert m["model"]["vpt_unit"] == "steps" and "nrmse_1lt" not in m["model"]
+    assert (tmp_path / "eval" / "spacetime.png").is_file()
+
+
+def test_evaluate_rejects_other_channel_count(l63, tmp_path):
+    bad = simulate_to_file("lorenz96", tmp_path / "l96.h5", 2, 400, seed=0, params={"n": 5})
+    with pytest.raises(InputError, match="l96.h5.*channel count"):
+        evaluate(l63["run"], bad, tmp_path / "eval", device="cpu")
+
+
+def test_evaluate_rejects_too_short_file(l63, tmp_path):
+    short = simulate_to_file("lorenz63", tmp_path / "short.h5", 2, 100, seed=3)
+    with pytest.raises(InputError, match="short.h5.*fewer than context 16 \\+ horizon"):
+        evaluate(l63["run"], short, tmp_path / "eval", device="cpu")
+
+
+# ---- predict -------------------------------------------------------------------------------
+def test_predict_writes_states_and_quantiles_readable_by_xarray(l63, tmp_path):
+    out = tmp_path / "pred.h5"
+    res = CliRunner().invoke(main, ["predict", str(l63["run"]), str(l63["test"]), "--out",
+                                    str(out), "--horizon", "20", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    with xr.open_dataset(out, engine="h5netcdf") as ds:
+        assert ds["states"].shape == (3, 20, 3)
+        assert ds["quantiles"].shape == (3, 3, 20, 3)
+        assert list(ds["quantiles"].attrs["levels"]) == LEVELS
+        q = ds["quantiles"].values
+        assert np.all(q[0] <= q[1]) and np.all(q[1] <= q[2])
+        np.testing.assert_allclose(ds["states"].values, q[1], rtol=1e-6)
+    model, _, _ = load_run(l63["run"])
+    assert not model.training
