@@ -251,19 +251,14 @@ def masked_peers(s: Shape, dropout: float, precision: str) -> dict[str, Callable
 
 
 # ---- the benchmark --------------------------------------------------------------------------------
-def run(shape: Shape, settings: list[tuple[str, float]], repeats: int,
-        peaks: dict[str, float], families: tuple[str, ...] = ("encdec", "masked"),
-        bf16_shape: Shape | None = None) -> list[dict[str, Any]]:
-    """Rows of (family, precision, dropout, peer, tokens/s, MFU, ratio of sciformer over it).
-
-    `settings` are (precision, dropout) pairs; bf16 settings use `bf16_shape` when given (a
-    smaller problem, for CPUs whose bf16 matmul is far slower than fp32).
-    """
+def run(shape: Shape, settings: list[tuple[str, float]], repeats: int, peaks: dict[str, float],
+        families: tuple[str, ...] = ("encdec", "masked")) -> list[dict[str, Any]]:
+    """Rows of (family, precision, dropout, peer, tokens/s, MFU, sciformer's speed-up over it)
+    for every (precision, dropout) pair in `settings`."""
     rows = []
     for family in families:
         for precision, dropout in settings:
-            s = bf16_shape if precision == "bf16" and bf16_shape is not None else shape
-            rows += _one_setting(family, s, precision, dropout, repeats, peaks[precision])
+            rows += _one_setting(family, shape, precision, dropout, repeats, peaks[precision])
     return rows
 
 

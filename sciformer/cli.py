@@ -71,6 +71,8 @@ def pretrain(data, out_dir, config_file, overrides, resume, steps, seed, device,
     sets += [f"train.max_steps={steps}"] if steps else []
     sets += [f"train.seed={seed}"] if seed is not None else []
     sets += [f"train.device={device}"] if device else []
+    if resume and not any(s.startswith("train.max_steps=") for s in sets):
+        sets.append(f"train.max_steps={_saved_max_steps(out_dir)}")  # keep the run's length
     cfg = load_config(config_file, sets)  # a bad config fails here, before any launch
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         from sciformer.train.distributed import launch
@@ -91,6 +93,13 @@ def pretrain(data, out_dir, config_file, overrides, resume, steps, seed, device,
     if rank0:
         shown = ", ".join(f"{k} {v:.4g}" for k, v in val.items())
         click.echo(f"Pretrained into {out_dir} ({shown})")
+
+
+def _saved_max_steps(run_dir: Path) -> int:
+    """train.max_steps of an existing run (a resume without --steps keeps it)."""
+    from sciformer.config import read_run_config
+
+    return read_run_config(run_dir / "config.json")[0].train.max_steps
 
 
 @main.command()

@@ -98,8 +98,8 @@ class DataConfig:
     tokenizer: str = "patch"  # patch | bins
     channels: str = "joint"  # joint: one token holds the whole state | independent: per channel
     context: int = 64  # time steps the encoder reads
-    horizon: int = 16  # time steps the decoder predicts in training
-    patch_len: int = 4  # time steps per patch token
+    horizon: int = 32  # time steps the decoder predicts in training (longer: fewer rollout chunks)
+    patch_len: int = 8  # time steps per patch token (8 halves the tokens, and the cost, of 4)
     n_bins: int = 1024  # bins tokenizer: vocabulary of value bins
     bin_limit: float = 15.0  # bins tokenizer: scaled values are clipped to +-limit
     quantiles: list[float] = field(default_factory=lambda: [0.1, 0.5, 0.9])

@@ -10,12 +10,16 @@ A property test feeds randomly built HDF5 files to the trajectory reader.
 
 from __future__ import annotations
 
+import json
+import pickle
 import re
+import shutil
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,6 +28,7 @@ from sciformer.cli import main
 from sciformer.config import load_config
 from sciformer.errors import InputError
 from sciformer.io.trajectories import TrajectoryFile, write_trajectories
+from sciformer.train.checkpoint import load_state
 from sciformer.train.loop import pretrain
 from tests.conftest import TINY_MASKED, write_fasta
 
@@ -55,8 +60,9 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
     fa = write_fasta(root / "prot.fa")
     pretrain([fa], load_config(None, TINY_MASKED), root / "masked", progress=False)
-    h5 = write_trajectories(root / "l63.h5", np.random.default_rng(0).normal(
-        size=(4, 60, 3)).astype(np.float32), dt=0.1) or root / "l63.h5"
+    h5 = root / "l63.h5"
+    write_trajectories(h5, np.random.default_rng(0).normal(size=(4, 60, 3)).astype(np.float32),
+                       dt=0.1)
     pretrain([h5], load_config(None, FORECAST), root / "forecast", progress=False)
     return {"fasta": fa, "masked": root / "masked", "forecast": root / "forecast"}
 
@@ -87,6 +93,14 @@ def test_bad_fasta_pretrain(tmp_path: Path, content: bytes, fragment: str):
     out = tmp_path / "run"
     fail_in_one_line(["pretrain", bad, "--out-dir", out, *sets(TINY_MASKED)], str(bad), fragment)
     assert not out.exists()
+
+
+def test_unknown_data_suffix(tmp_path: Path):
+    bad = tmp_path / "x.txt"
+    bad.write_text(">a\nMK\n")
+    fail_in_one_line(["pretrain", bad, "--out-dir", tmp_path / "run"], str(bad),
+                     "cannot tell the data type from the suffix '.txt'")
+    assert not (tmp_path / "run").exists()
 
 
 # ---- HDF5 through pretrain ---------------------------------------------------------------------
@@ -180,13 +194,10 @@ class Planted:
     ("config-mismatch", "config.json implies (32, 128)"),
     ("planted-pickle", "train_state.pt: refused to load train state: it holds pickled objects"),
     ("truncated-state", "train_state.pt: refused to load train state, not a readable torch file"),
+    ("other-world", "step_00000006: saved with 2 processes (fsdp=False), resumed with 1"),
 ])
 def test_broken_or_unsafe_checkpoint_is_refused(tmp_path: Path, runs, case: str, fragment: str,
                                                 capfd):
-    import json
-    import pickle
-    import shutil
-
     run = shutil.copytree(runs["masked"], tmp_path / "run")
     last = run / "checkpoints" / "step_00000006"
     if case == "truncated-weights":
@@ -198,6 +209,9 @@ def test_broken_or_unsafe_checkpoint_is_refused(tmp_path: Path, runs, case: str,
         (run / "config.json").write_text(json.dumps(cfg))
     elif case == "planted-pickle":
         (last / "train_state.pt").write_bytes(pickle.dumps({"step": Planted()}))
+    elif case == "other-world":  # as if saved by a 2-process run
+        state = load_state(last / "train_state.pt")
+        torch.save({**state, "world": 2}, last / "train_state.pt")
     else:
         state = last / "train_state.pt"
         state.write_bytes(state.read_bytes()[:50])

@@ -122,3 +122,13 @@ def test_run_workflow_skips_finished_pretraining(tmp_path: Path, fasta: Path, mo
     assert (tmp_path / "run/eval/metrics.json").exists() and "unigram" in res.output
     again = invoke("run", wf)
     assert again.exit_code == 0 and "skipping" in again.output
+
+
+def test_resume_without_steps_keeps_the_runs_length(tmp_path: Path, fasta: Path, masked_run: Path):
+    import shutil
+
+    shutil.rmtree(masked_run / "checkpoints" / "step_00000006")
+    res = invoke("pretrain", fasta, "--out-dir", masked_run, "--resume")
+    assert res.exit_code == 0, res.output
+    steps = [json.loads(line)["step"] for line in (masked_run / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 6  # not the default train.max_steps

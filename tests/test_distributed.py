@@ -40,7 +40,7 @@ JOBS = [
     ("drop", False, DROPOUT, None),
     ("drop_resumed", False, DROPOUT, "drop"),
 ]
-TOL = 1e-5  # measured max |difference| is ~1e-7 (float summation order only)
+TOL = 1e-4  # a tenth of one AdamW step (lr 1e-3); measured: 0 (bitwise equal) on CPU
 
 
 def _worker(rank: int, port: int, data: str, out: str) -> None:
@@ -124,8 +124,8 @@ def test_ranks_agree_and_match_single_process(runs: Path, name: str):
     dist_log, one_log = _log(runs / name), _log(runs / "single")
     assert [r["step"] for r in dist_log] == [1, 2, 3, 4]  # only rank 0 writes: no duplicates
     for a, b in zip(dist_log, one_log):
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
-        assert a.get("val_loss", 0) == pytest.approx(b.get("val_loss", 0), abs=1e-5)
+        assert a["loss"] == pytest.approx(b["loss"], abs=TOL)
+        assert a.get("val_loss", 0) == pytest.approx(b.get("val_loss", 0), abs=TOL)
 
 
 def test_only_rank0_writes_checkpoints_with_per_rank_rng(runs: Path):

@@ -68,7 +68,7 @@ def test_batches_are_deterministic_and_from_training_trajectories_only(tmp_path)
     assert a.shape == (8, 24, 2)
     for win in torch.cat([task.batch(i)["window"] for i in range(20)]):
         assert int(win[0, 0]) in split["train"]  # only training trajectories
-        assert torch.all(win[:, 0] == win[0, 0])  # one trajectory per window (whole-trajectory split)
+        assert torch.all(win[:, 0] == win[0, 0])  # one whole trajectory per window
         assert torch.equal(win[:, 1] - win[0, 1], torch.arange(24.0))  # consecutive steps
 
 
@@ -163,7 +163,8 @@ def test_evaluate_writes_contract_metrics_and_plots(l63):
     assert "forecast.png" in (out / "summary.md").read_text()
 
 
-def test_evaluate_training_file_scores_only_heldout_trajectories(l63):
+def test_evaluate_training_file_scores_only_heldout_trajectories(l63, monkeypatch):
+    monkeypatch.setattr("sciformer.evaluate.forecast.draw_plots", lambda *a, **k: [])  # speed
     m = evaluate(l63["run"], l63["train"], l63["root"] / "eval_train", device="cpu",
                  horizon=12, context=12)
     held = json.loads((l63["run"] / "split.json").read_text())["heldout"]
@@ -214,3 +215,19 @@ def test_predict_writes_states_and_quantiles_readable_by_xarray(l63, tmp_path):
         np.testing.assert_allclose(ds["states"].values, q[1], rtol=1e-6)
     model, _, _ = load_run(l63["run"])
     assert not model.training
+
+
+# ---- shipped workflows ---------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["lorenz96-forecast", "ks-forecast"])
+def test_forecast_workflows_load(name):
+    from sciformer.workflow import load_workflow, stage_config
+
+    path = Path(__file__).resolve().parents[1] / "workflows" / f"{name}.yaml"
+    wf = load_workflow(path)
+    verbs = [next(iter(s)) for s in wf["stages"]]
+    assert verbs[:3] == ["simulate", "simulate", "pretrain"] and "evaluate" in verbs
+    (args,) = [s["pretrain"] for s in wf["stages"] if "pretrain" in s]
+    cfg = stage_config(args, str(path))
+    assert cfg.data.context % cfg.data.patch_len == 0 and cfg.data.horizon % cfg.data.patch_len == 0
+    sims = [s["simulate"] for s in wf["stages"] if "simulate" in s]
+    assert sims[0]["seed"] != sims[1]["seed"]  # the held-out file is a separate simulation

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from sciformer.config import RunConfig
-from sciformer.errors import InputError
-from sciformer.evaluate.baselines import BASELINES
+from sciformer.errors import ConfigError, InputError
+from sciformer.evaluate.baselines import BASELINES, RidgeAR
 from sciformer.evaluate.metrics import forecast_metrics, nrmse_at
 from sciformer.io.trajectories import TrajectoryFile, TrajectoryMeta
 from sciformer.tasks.forecast import forecast, tokenizer_from_state
@@ -62,7 +62,8 @@ def heldout_trajectories(run_dir: Path, data: Path, extra: dict[str, Any],
     """Trajectory indices of `data` to score and a phrase saying which ones (for the report)."""
     train_files = [Path(p).resolve() for p in extra.get("train_files", [])]
     if data.resolve() not in train_files:
-        return list(range(n_traj)), f"all {n_traj} trajectories of {data.name} (not used in training)"
+        return list(range(n_traj)), (f"all {n_traj} trajectories of {data.name} "
+                                     "(not used in training)")
     idx = train_files.index(data.resolve())
     keep = sorted(t for fi, t in read_split(run_dir)["heldout_origin"] if fi == idx)
     if not keep:
@@ -162,6 +163,25 @@ def summary_numbers(metrics: dict[str, Any], steps_per_lt: float | None,
 
 
 # ---- the whole evaluation ------------------------------------------------------------------
+def score_predictions(truth: np.ndarray, med: np.ndarray, q: np.ndarray, levels: list[float],
+                      base: dict[str, np.ndarray], scale: float, steps_per_lt: float | None,
+                      trained: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """metrics.json entries of the model (with CRPS from its quantiles) and of each baseline."""
+    scored = dict(scale=scale, dt_steps_per_lyapunov=steps_per_lt)
+    model_m = forecast_metrics(med, truth, quantiles=q, levels=np.array(levels), **scored)
+    base_m = {k: summary_numbers(forecast_metrics(p, truth, **scored), steps_per_lt, trained)
+              for k, p in base.items()}
+    return summary_numbers(model_m, steps_per_lt, trained), base_m
+
+
+def check_context(extra: dict[str, Any], context: int) -> None:
+    """The context must hold one patch (patch tokenizer) and the ridge baseline's lags."""
+    need = max(extra["tokenizer"].get("patch_len", 1), RidgeAR().lags)
+    if context < need:
+        raise ConfigError(f"evaluate: context {context} is shorter than the {need} steps the "
+                          "model's patches and the ridge baseline's lags need")
+
+
 def evaluate_forecast_run(model: torch.nn.Module, cfg: RunConfig, extra: dict[str, Any],
                           run_dir: Path, data: Path, out_dir: Path, device: torch.device, *,
                           context: int | None = None, horizon: int | None = None) -> dict:
@@ -170,13 +190,16 @@ def evaluate_forecast_run(model: torch.nn.Module, cfg: RunConfig, extra: dict[st
     Returns the metrics dict (the caller writes metrics.json). See the module docstring for
     what is scored and how the defaults of `context` and `horizon` are chosen.
     """
+    from sciformer.evaluate.report import write_summary
+
     run_dir, data, out_dir = Path(run_dir), Path(data), Path(out_dir)
     f = open_checked(data, extra)
     meta = f.meta
-    lyap = meta.lyapunov_time if meta.lyapunov_time else extra.get("lyapunov_time")
+    lyap = meta.lyapunov_time or extra.get("lyapunov_time")
     steps_per_lt = lyap / meta.dt if lyap else None
     c = context or cfg.data.context
     h = horizon or default_horizon(cfg.data.horizon, meta.dt, lyap)
+    check_context(extra, c)
     f.require_length(c + h, f"context {c} + horizon {h} (pass a smaller --context/--horizon)")
     trajs, scope = heldout_trajectories(run_dir, data, extra, meta.n_traj)
     wins, origin = load_windows(f, trajs, c + h)
@@ -184,29 +207,22 @@ def evaluate_forecast_run(model: torch.nn.Module, cfg: RunConfig, extra: dict[st
     train = training_trajectories(extra, run_dir)
     scale = climatological_scale(train)
     med, q, levels = model_forecasts(model, cfg, extra, ctx, h, device)
-    scored = dict(scale=scale, dt_steps_per_lyapunov=steps_per_lt)
-    model_m = forecast_metrics(med, truth, quantiles=q, levels=np.array(levels), **scored)
-    base = baseline_forecasts(train, ctx, h)
-    base_m = {k: summary_numbers(forecast_metrics(p, truth, **scored), steps_per_lt,
-                                 cfg.data.horizon) for k, p in base.items()}
+    model_m, base_m = score_predictions(truth, med, q, levels, baseline_forecasts(train, ctx, h),
+                                        scale, steps_per_lt, cfg.data.horizon)
     metrics = {
         "task": "forecast", "n_examples": len(wins), "n_trajectories": len(trajs),
         "context": c, "horizon": h, "trained_horizon": cfg.data.horizon, "dt": meta.dt,
         "lyapunov_time": lyap, "steps_per_lyapunov_time": steps_per_lt, "scope": scope,
         "data": str(data), "nrmse_scale": scale,
-        "nrmse_scale_note": "sqrt(mean over features of the per-feature variance) of the "
-                            "training split of the run's training files",
+        "nrmse_scale_is": "climatological std of the training split (sqrt of the mean "
+                          "per-feature variance)",
         "baseline_fit_trajectories": len(train), "quantile_levels": levels,
-        "model": summary_numbers(model_m, steps_per_lt, cfg.data.horizon),
-        "baselines": base_m,
+        "model": model_m, "baselines": base_m,
     }
-    plots = draw_plots(out_dir, meta, truth, ctx, med, q, origin, base, metrics)
-    from sciformer.evaluate.report import write_summary
-
+    plots = draw_plots(out_dir, meta, truth, ctx, med, q, origin, metrics)
     write_summary(out_dir / "summary.md", metrics, title=f"Forecasting: {data.name}",
                   plots=plots)
     return metrics
-
 
 
 # ---- plots ---------------------------------------------------------------------------------
@@ -232,36 +248,42 @@ def _shown_features(meta: TrajectoryMeta) -> tuple[list[int], list[str]]:
 
 def draw_plots(out_dir: Path, meta: TrajectoryMeta, truth: np.ndarray, ctx: np.ndarray,
                med: np.ndarray, q: np.ndarray, origin: list[tuple[int, int]],
-               base: dict[str, np.ndarray], metrics: dict[str, Any]) -> list[str]:
-    """forecast.png, error_vs_horizon.png and (1-D fields) spacetime.png; their file names."""
+               metrics: dict[str, Any]) -> list[str]:
+    """forecast.png, error_vs_horizon.png and (1-D fields) spacetime.png; their file names.
+
+    Time axes are in Lyapunov times when the Lyapunov time is known, else in time units.
+    """
     from sciformer.evaluate import report
 
     c, h = ctx.shape[1], truth.shape[1]
     lyap, levels = metrics["lyapunov_time"], metrics["quantile_levels"]
-    unit = lyap if lyap else meta.dt
-    label = "time (Lyapunov times)" if lyap else "time"
+    unit, label = (lyap, "time (Lyapunov times)") if lyap else (meta.dt, "time")
+    unit = unit / meta.dt  # steps per axis unit
     show, (feat, names) = _shown_windows(origin), _shown_features(meta)
-    t_axis = (np.arange(c + h) - (c - 1)) * meta.dt / unit  # 0 at the last context step
-    sel = np.ix_(show, range(c + h), feat)
-    full = np.concatenate([ctx, truth], axis=1)[sel]
-    report.plot_forecasts(out_dir / "forecast.png", t_axis, full[:, :c], full[:, c:],
-                          med[np.ix_(show, range(h), feat)],
-                          q[0][np.ix_(show, range(h), feat)], q[-1][np.ix_(show, range(h), feat)],
-                          feature_names=names, x_label=label,
+    fut = np.ix_(show, range(h), feat)
+    report.plot_forecasts(out_dir / "forecast.png", (np.arange(c + h) - (c - 1)) / unit,
+                          ctx[np.ix_(show, range(c), feat)], truth[fut], med[fut],
+                          q[0][fut], q[-1][fut], feature_names=names, x_label=label,
                           band_label=f"{levels[0]:g}-{levels[-1]:g} quantile band")
     curves = {"model": metrics["model"]["per_step"]["nrmse"],
               **{k: v["per_step"]["nrmse"] for k, v in metrics["baselines"].items()}}
-    lead = np.arange(1, h + 1) * meta.dt / unit
-    report.plot_error_vs_horizon(out_dir / "error_vs_horizon.png", lead, curves,
-                                 x_label=f"lead {label}")
+    report.plot_error_vs_horizon(out_dir / "error_vs_horizon.png", np.arange(1, h + 1) / unit,
+                                 curves, x_label=f"lead {label}")
     plots = ["forecast.png", "error_vs_horizon.png"]
     if len(meta.state_shape) == 2:
-        n_x, n_f = meta.state_shape
-        w = show[0]
-        grid = (float(meta.x[0]), float(meta.x[-1])) if meta.x is not None else None
-        report.plot_spacetime(out_dir / "spacetime.png", truth[w].reshape(h, n_x, n_f)[..., 0],
-                              med[w].reshape(h, n_x, n_f)[..., 0], dt=meta.dt / unit,
-                              x_extent=grid, time_label=f"lead {label}",
-                              title=f"Held-out trajectory {origin[w][0]}, step {origin[w][1] + c}")
+        _spacetime(out_dir / "spacetime.png", meta, truth, med, origin, show[0], c, unit, label)
         plots.append("spacetime.png")
     return plots
+
+
+def _spacetime(path: Path, meta: TrajectoryMeta, truth: np.ndarray, med: np.ndarray,
+               origin: list[tuple[int, int]], w: int, c: int, unit: float, label: str) -> None:
+    """Truth / forecast / error of window `w`'s first field over x and lead time."""
+    from sciformer.evaluate import report
+
+    h, (n_x, n_f) = truth.shape[1], meta.state_shape
+    grid = (float(meta.x[0]), float(meta.x[-1])) if meta.x is not None else None
+    report.plot_spacetime(path, truth[w].reshape(h, n_x, n_f)[..., 0],
+                          med[w].reshape(h, n_x, n_f)[..., 0], dt=1.0 / unit, t0=0.5 / unit,
+                          x_extent=grid, time_label=f"lead {label}",
+                          title=f"Held-out trajectory {origin[w][0]} from step {origin[w][1] + c}")

@@ -87,8 +87,9 @@ def score_records(model: torch.nn.Module, cfg: RunConfig, data: Path, keep: list
         parts["pred"].append(res["pred"].astype(np.uint8))
         parts["true"].append(res["true"].astype(np.uint8))
         n_records += len(group)
-    empty = {"log_prob": np.float64, "pred": np.uint8, "true": np.uint8}
-    return {k: np.concatenate(v) if v else np.zeros(0, empty[k]) for k, v in parts.items()}, n_records
+    dtypes = {"log_prob": np.float64, "pred": np.uint8, "true": np.uint8}
+    res = {k: np.concatenate(v) if v else np.zeros(0, dtypes[k]) for k, v in parts.items()}
+    return res, n_records
 
 
 def evaluate_masked_run(model: torch.nn.Module, cfg: RunConfig, extra: dict[str, Any],

@@ -26,7 +26,7 @@ from sciformer.io.atomic import atomic_path, write_text_atomic  # noqa: E402
 MODEL_COLOR = "tab:blue"
 BASELINE_COLORS = ("tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:olive")
 #: Metrics where a larger value is better; every other column of the summary is an error.
-HIGHER_IS_BETTER = frozenset({"accuracy", "vpt"})
+HIGHER_IS_BETTER = frozenset({"spearman", "accuracy", "vpt"})
 #: Scalars of a metrics dict that are counts, not scores: left out of the summary table.
 NOT_SCORES = frozenset({"n_masked", "n_examples"})
 DPI = 120

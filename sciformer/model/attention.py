@@ -41,11 +41,12 @@ class AttnMask:
     def dense(self, tq: int, tk: int, device: torch.device) -> Tensor | None:
         """Boolean (B|1, 1, Tq, Tk) mask, True = attend; None when everything is visible."""
         allowed = None
-        if self.causal or self.window is not None:
+        causal = self.causal and tk - 1 > self.q_offset  # else the first query sees every key
+        if causal or self.window is not None:
             qi = torch.arange(tq, device=device)[:, None] + self.q_offset  # (Tq, 1)
             kj = torch.arange(tk, device=device)[None, :]  # (1, Tk)
             allowed = torch.ones(tq, tk, dtype=torch.bool, device=device)
-            if self.causal:
+            if causal:
                 allowed &= kj <= qi
             if self.window is not None:
                 allowed &= (qi - kj).abs() <= self.window
@@ -129,7 +130,9 @@ class LinearKernel(nn.Module):
             k = k.masked_fill(mask.key_pad[:, None, :, None], 0.0)  # padded keys contribute 0
         if mask.causal and (mask.q_offset > 0 or q.shape[2] != k.shape[2]):
             scores = q @ k.transpose(-2, -1)  # cached decoding: few queries, dense form is exact
-            scores = scores.masked_fill(~mask.dense(q.shape[2], k.shape[2], q.device), 0.0)
+            allowed = mask.dense(q.shape[2], k.shape[2], q.device)
+            if allowed is not None:
+                scores = scores.masked_fill(~allowed, 0.0)
             out = (scores @ v) / scores.sum(-1, keepdim=True).clamp_min(1e-6)
         elif mask.causal:
             out = self._causal(q, k, v)
@@ -249,13 +252,42 @@ class MultiHeadAttention(nn.Module):
             if rotary is not None:
                 past = cache["k"].shape[2] if cache is not None and "k" in cache else 0
                 k = rotary(k, offset=past)
-            if cache is not None:
-                if not static_kv and "k" in cache:
-                    k = torch.cat([cache["k"], k], dim=2)  # (B, H, T_past + T, Dh)
-                    v = torch.cat([cache["v"], v], dim=2)
-                cache["k"], cache["v"] = k, v
+            if cache is not None and static_kv:  # stored once, read every step
+                cache["k"], cache["v"] = k, v = k.contiguous(), v.contiguous()
+            elif cache is not None:
+                k, v = _append(cache, k, v)
         if rotary is not None:
             q = rotary(q, offset=mask.q_offset)
         out = self.kernel(q, k, v, mask)  # (B, H, T, Dh)
         b, _, t, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, t, -1))  # (B, T, D)
+
+
+def _append(cache: dict[str, Tensor], k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """Keys/values so far (B, H, T_past + T, Dh) after appending the new ones to `cache`.
+
+    Without autograd the cache keeps buffers with spare room along T (grown by doubling), so
+    a step copies only its new keys instead of re-copying all earlier ones (`torch.cat`);
+    ``cache["k"]``/``cache["v"]`` are views of the filled part. Contiguous storage also keeps
+    one-query attention fast (strided keys make it several times slower on CPU).
+    """
+    if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad):
+        if "k" in cache:
+            k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+        cache["k"], cache["v"] = k, v
+        return k, v
+    past = cache["k"].shape[2] if "k" in cache else 0
+    total = past + k.shape[2]
+    buf = cache.get("k_buf")
+    if buf is None or buf.shape[2] < total or buf.shape[0] != k.shape[0]:
+        size = list(k.shape)
+        size[2] = max(2 * total, 16)
+        grown = [k.new_empty(size), v.new_empty(size)]
+        if past:
+            grown[0][:, :, :past].copy_(cache["k"])
+            grown[1][:, :, :past].copy_(cache["v"])
+        cache["k_buf"], cache["v_buf"] = grown
+    cache["k_buf"][:, :, past:total].copy_(k)
+    cache["v_buf"][:, :, past:total].copy_(v)
+    cache["k"], cache["v"] = cache["k_buf"][:, :, :total], cache["v_buf"][:, :, :total]
+    return cache["k"], cache["v"]

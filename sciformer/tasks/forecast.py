@@ -72,7 +72,8 @@ class DatasetScaledPatchTokenizer(PatchTokenizer):
         return ScaleState(loc, scale, self.n_features, self.channels)
 
 
-def data_statistics(data: TrajectoryCollection, items: list[int]) -> tuple[list[float], list[float]]:
+def data_statistics(data: TrajectoryCollection,
+                    items: list[int]) -> tuple[list[float], list[float]]:
     """Mean and std of the training states per channel (1-D fields: per field, pooled over x),
     repeated to the flattened state's F features.
 
@@ -204,7 +205,8 @@ class ForecastTask:
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         x = batch["window"]
         c = self.cfg.data.context
-        loss = teacher_forced_loss(model, self.tokenizer, x[:, :c], x[:, c:], self.cfg.data.quantiles)
+        loss = teacher_forced_loss(model, self.tokenizer, x[:, :c], x[:, c:],
+                                   self.cfg.data.quantiles)
         return loss, {"loss": loss.item()}
 
     def validation_windows(self) -> Tensor:
@@ -322,7 +324,8 @@ def _sample_bins(model, tok: BinTokenizer, ctx: Tensor, steps: int, levels: list
         token = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)
         ids.append(token)
     ids = torch.cat(ids, dim=1).view(b, N_SAMPLES, -1)  # (B', S, steps*F)
-    samples = torch.stack([tok.decode(ids[:, s], state) for s in range(N_SAMPLES)])  # (S, B, steps, F)
+    samples = torch.stack([tok.decode(ids[:, s], state)
+                           for s in range(N_SAMPLES)])  # (S, B, steps, F)
     lv = torch.tensor(levels, dtype=samples.dtype, device=samples.device)
     return torch.quantile(samples, lv, dim=0)  # (n_q, B, steps, F)
 
@@ -334,7 +337,8 @@ def load_contexts(path: Path, n_features: int, state_shape: list[int], context: 
     f = TrajectoryFile(path)
     if list(f.meta.state_shape) != list(state_shape):
         raise InputError(f"{path}: state shape {tuple(f.meta.state_shape)} does not match the "
-                         f"model's {tuple(state_shape)} (channel count differs from the checkpoint)")
+                         f"model's {tuple(state_shape)} (channel count differs from the "
+                         "checkpoint)")
     f.require_length(min_len, f"the minimum context of {min_len} steps")
     use = min(context, f.meta.n_time)
     ctx = np.stack([f.window(t, f.meta.n_time - use, use).reshape(use, n_features)
@@ -350,7 +354,8 @@ def predict_forecast(model: nn.Module, cfg: RunConfig, extra: dict[str, Any], in
     d = cfg.data
     tok = tokenizer_from_state(extra)
     min_len = tok.patch_len if isinstance(tok, PatchTokenizer) else 1
-    f, ctx = load_contexts(input_path, extra["n_features"], extra["state_shape"], d.context, min_len)
+    f, ctx = load_contexts(input_path, extra["n_features"], extra["state_shape"], d.context,
+                           min_len)
     horizon = horizon or d.horizon
     meds, qs = [], []
     for part in ctx.split(cfg.train.batch_size):

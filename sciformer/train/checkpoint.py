@@ -208,7 +208,8 @@ def read_split(run_dir: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: not found (was this run made by sciformer pretrain?)") from None
+        raise CheckpointError(f"{path}: not found (was this run made by sciformer pretrain?)"
+                              ) from None
 
 
 __all__ = ["RunConfig", "save_checkpoint", "latest_checkpoint", "load_weights", "read_weights",

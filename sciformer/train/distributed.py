@@ -94,7 +94,9 @@ class Distributed:
 
     def _comm_device(self) -> torch.device:
         """Where small tensors for collectives live (nccl needs them on the GPU)."""
-        return torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
+        if self.backend == "nccl":
+            return torch.device("cuda", self.local_rank)
+        return torch.device("cpu")
 
     # ---- wrapping -----------------------------------------------------------------------
     def wrap(self, step: TaskStep) -> nn.Module:
@@ -175,9 +177,10 @@ class Distributed:
     def load_model_state(self, model: nn.Module, tensors: dict[str, Tensor]) -> None:
         """Load full weights (every rank holds them) into a plain, replicated or sharded model."""
         if self.fsdp and self.world > 1:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+            import torch.distributed.checkpoint.state_dict as dsd
 
-            set_model_state_dict(model, tensors, options=StateDictOptions(full_state_dict=True))
+            dsd.set_model_state_dict(model, tensors,
+                                     options=dsd.StateDictOptions(full_state_dict=True))
         else:
             model.load_state_dict(tensors)
 
@@ -185,10 +188,10 @@ class Distributed:
         """The optimizer's state dict; under FSDP the full one, keyed by parameter name."""
         if not (self.fsdp and self.world > 1):
             return optimizer.state_dict()  # replicated: rank 0's copy is everyone's
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+        import torch.distributed.checkpoint.state_dict as dsd
 
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_optimizer_state_dict(model, optimizer, options=opts)
+        opts = dsd.StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return dsd.get_optimizer_state_dict(model, optimizer, options=opts)
 
     def load_optimizer_state(self, model: nn.Module, optimizer: torch.optim.Optimizer,
                              state: dict) -> None:
@@ -196,10 +199,10 @@ class Distributed:
         if not (self.fsdp and self.world > 1):
             optimizer.load_state_dict(state)
             return
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        import torch.distributed.checkpoint.state_dict as dsd
 
-        set_optimizer_state_dict(model, optimizer, state,
-                                 options=StateDictOptions(full_state_dict=True))
+        dsd.set_optimizer_state_dict(model, optimizer, state,
+                                     options=dsd.StateDictOptions(full_state_dict=True))
 
     def gather_rng_states(self) -> list[dict[str, Any]]:
         """Every rank's RNG states (torch, CUDA, numpy, python), gathered on every rank."""

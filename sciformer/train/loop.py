@@ -155,7 +155,8 @@ class Trainer:
         self.model.train()
         stats: dict[str, float] = {"loss": 0.0}
         for micro in range(tc.grad_accum):
-            batch = self.task.batch(self.step * tc.grad_accum + micro, self.dist.rank, self.dist.world)
+            index = self.step * tc.grad_accum + micro  # rank r takes index * world + r
+            batch = self.task.batch(index, self.dist.rank, self.dist.world)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with self.dist.no_sync(self.model, last=micro == tc.grad_accum - 1):
                 with autocast(self.device, tc.precision):
