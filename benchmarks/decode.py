@@ -37,7 +37,8 @@ BOS = 1
 
 def _model_config(s: Shape, **kw: Any) -> ModelConfig:
     return ModelConfig(d_model=s.d_model, n_heads=s.n_heads, n_encoder_layers=s.n_layers,
-                       n_decoder_layers=s.n_layers, d_ff=s.d_ff, dropout=0.0, activation="relu", **kw)
+                       n_decoder_layers=s.n_layers, d_ff=s.d_ff, dropout=0.0, activation="relu",
+                       **kw)
 
 
 @torch.no_grad()
@@ -103,7 +104,8 @@ def peers(s: Shape, steps: int = STEPS) -> dict[str, Callable[[], Any]]:
     }
 
 
-def run(s: Shape, repeats: int, steps: int = STEPS, skip_slow: bool = False) -> list[dict[str, Any]]:
+def run(s: Shape, repeats: int, steps: int = STEPS,
+        skip_slow: bool = False) -> list[dict[str, Any]]:
     """Rows of (peer, generated tokens/s, sciformer_cache's speed-up over it).
 
     `skip_slow` leaves out the cache-less peers (for a quick smoke run).

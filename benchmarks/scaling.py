@@ -46,7 +46,8 @@ def model_for(kind: str, d_model: int = 256, n_heads: int = 8, window: int = 128
                                  attention=kind, window=window, vocab_size=33))
 
 
-def score_bytes(kind: str, length: int, n_heads: int = 8, d_head: int = 32, train: bool = True) -> float:
+def score_bytes(kind: str, length: int, n_heads: int = 8, d_head: int = 32,
+                train: bool = True) -> float:
     """Rough peak bytes of the dense score tensors of `kind` at `length` (0 when not dense).
 
     dot: scores, softmax and their gradients, (H, L, L) float32 each (~4 live in training,

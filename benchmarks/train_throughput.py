@@ -106,7 +106,8 @@ class _RefBlock(nn.Module):
         self.decoder = decoder
         self.attn = _RefAttention(d, s.n_heads, False, dropout)
         self.cross = _RefAttention(d, s.n_heads, True, dropout) if decoder else None
-        self.ff = nn.Sequential(nn.Linear(d, s.d_ff), nn.ReLU(), nn.Dropout(dropout), nn.Linear(s.d_ff, d))
+        self.ff = nn.Sequential(nn.Linear(d, s.d_ff), nn.ReLU(), nn.Dropout(dropout),
+                                nn.Linear(s.d_ff, d))
         self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(3 if decoder else 2))
         self.drop = nn.Dropout(dropout)
 
@@ -168,8 +169,9 @@ class TorchMaskedLM(nn.Module):
         return F.linear(self.core(self.embed(inputs))[chosen], self.embed.weight)
 
 
-# ---- peers ----------------------------------------------------------------------------------------
-def _train_step(model: nn.Module, loss_fn: Callable[[], Tensor], precision: str) -> Callable[[], None]:
+# ---- peers --------------------------------------------------------------------------------
+def _train_step(model: nn.Module, loss_fn: Callable[[], Tensor],
+                precision: str) -> Callable[[], None]:
     """One optimizer step (AdamW, the same for every peer) as a zero-argument callable."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
@@ -213,7 +215,8 @@ def masked_batch(s: Shape) -> dict[str, Tensor]:
     """A (B, L) batch of random residues framed by <cls>/<eos>, BERT-masked (15%)."""
     tok = ProteinTokenizer()
     g = torch.Generator().manual_seed(0)
-    body = torch.as_tensor(tok.standard_ids)[torch.randint(20, (s.batch, s.src_len - 2), generator=g)]
+    pick = torch.randint(20, (s.batch, s.src_len - 2), generator=g)
+    body = torch.as_tensor(tok.standard_ids)[pick]
     tokens = torch.cat([torch.full((s.batch, 1), tok.cls_id), body,
                         torch.full((s.batch, 1), tok.eos_id)], dim=1)  # (B, L)
     inputs, targets = mask_tokens(tokens, 0.15, 0.8, 0.1, g)
@@ -228,9 +231,10 @@ def masked_peers(s: Shape, dropout: float, precision: str) -> dict[str, Callable
     x, y, chosen = batch["inputs"], batch["targets"], batch["chosen"]
     torch.manual_seed(0)
     ours = SciFormer(ModelConfig(  # ESM-2's architecture (as sciformer.esm2 configures it)
-        vocab_size=tok.vocab_size, d_model=s.d_model, n_heads=s.n_heads, n_encoder_layers=s.n_layers,
-        n_decoder_layers=0, d_ff=s.d_ff, dropout=dropout, positions="rotary", lm_head="roberta",
-        embed_scale=False, token_dropout=True, mask_id=tok.mask_id, activation="gelu"))
+        vocab_size=tok.vocab_size, d_model=s.d_model, n_heads=s.n_heads,
+        n_encoder_layers=s.n_layers, n_decoder_layers=0, d_ff=s.d_ff, dropout=dropout,
+        positions="rotary", lm_head="roberta", embed_scale=False, token_dropout=True,
+        mask_id=tok.mask_id, activation="gelu"))
     esm = EsmForMaskedLM(EsmConfig(
         vocab_size=tok.vocab_size, hidden_size=s.d_model, num_hidden_layers=s.n_layers,
         num_attention_heads=s.n_heads, intermediate_size=s.d_ff, hidden_dropout_prob=dropout,
@@ -246,11 +250,12 @@ def masked_peers(s: Shape, dropout: float, precision: str) -> dict[str, Callable
     return {
         "sciformer": _train_step(ours, ours_loss, precision),
         "hf_esm": _train_step(esm, lambda: esm(input_ids=x, labels=y).loss, precision),
-        "torch_nn": _train_step(tnn, lambda: F.cross_entropy(tnn(x, chosen).float(), y[chosen]), precision),
+        "torch_nn": _train_step(tnn, lambda: F.cross_entropy(tnn(x, chosen).float(), y[chosen]),
+                                precision),
     }
 
 
-# ---- the benchmark --------------------------------------------------------------------------------
+# ---- the benchmark ------------------------------------------------------------------------
 def run(shape: Shape, settings: list[tuple[str, float]], repeats: int, peaks: dict[str, float],
         families: tuple[str, ...] = ("encdec", "masked")) -> list[dict[str, Any]]:
     """Rows of (family, precision, dropout, peer, tokens/s, MFU, sciformer's speed-up over it)
@@ -265,15 +270,16 @@ def run(shape: Shape, settings: list[tuple[str, float]], repeats: int, peaks: di
 def _one_setting(family: str, s: Shape, precision: str, dropout: float, repeats: int,
                  peak: float) -> list[dict[str, Any]]:
     if family == "encdec":
-        peers, tokens, flops = encdec_peers(s, dropout, precision), s.batch * (s.src_len + s.tgt_len), encdec_flops(s)
+        peers, tokens = encdec_peers(s, dropout, precision), s.batch * (s.src_len + s.tgt_len)
+        flops = encdec_flops(s)
     else:
-        n_masked = int(masked_batch(s)["chosen"].sum())
-        peers, tokens, flops = masked_peers(s, dropout, precision), s.batch * s.src_len, encoder_flops(s, n_masked)
+        peers, tokens = masked_peers(s, dropout, precision), s.batch * s.src_len
+        flops = encoder_flops(s, int(masked_batch(s)["chosen"].sum()))
     times = {k: median(v) for k, v in interleaved(peers, repeats).items()}
     ours = times["sciformer"]
     return [{"family": family, "precision": precision, "dropout": dropout, "peer": name,
              "batch": s.batch, "tokens": tokens, "step_s": t, "tokens_per_s": tokens / t,
-             "mfu": flops / t / peak, "sciformer_speedup": t / ours,
+             "flops_per_s": flops / t, "mfu": flops / t / peak, "sciformer_speedup": t / ours,
              "shape": asdict(s)} for name, t in times.items()]
 
 

@@ -161,7 +161,8 @@ PIECES = [b">", b"\n>", b"\n>a ", b"\n>b d\r\n", b"\n> x\t y \n", b"MKV", b"acd"
           b"\n", b"\r\n", b" ", b"<mask>", b"<MASK>", b"<", b"-.", b"X", b"#"]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.lists(st.sampled_from(PIECES), max_size=40).map(b"".join),
        chunk=st.sampled_from([1, 3, 7, 1 << 20]))
 def test_batches_equal_records_and_tokens(tmp_path, monkeypatch, data, chunk):
@@ -199,7 +200,8 @@ def test_batches_error_names_file_and_line(tmp_path):
     path = tmp_path / "bad.fa"
     path.write_bytes(b">a\nMK\n>a\nGG\n")
     got = []
-    with pytest.raises(InputError, match=r"bad\.fa line 3: duplicate id 'a' \(first seen at line 1\)"):
+    message = r"bad\.fa line 3: duplicate id 'a' \(first seen at line 1\)"
+    with pytest.raises(InputError, match=message):
         for b in read_fasta_batches(path):
             got += b.ids
     assert got == ["a"]  # records before the bad one still come out

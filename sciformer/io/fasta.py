@@ -300,7 +300,8 @@ class FastaBatch:
     def records(self) -> Iterator[FastaRecord]:
         """The batch as `FastaRecord`s, in file order."""
         text, bounds = self.residues.decode("ascii"), self.offsets.tolist()
-        for i, (rid, desc, line) in enumerate(zip(self.ids, self.descriptions, self.lines.tolist())):
+        fields = zip(self.ids, self.descriptions, self.lines.tolist())
+        for i, (rid, desc, line) in enumerate(fields):
             yield FastaRecord(rid, desc, text[bounds[i] : bounds[i + 1]], line)
 
 

@@ -79,7 +79,8 @@ class ProteinTokenizer:
             ids = self._cls + ids + self._eos
         return np.frombuffer(ids, dtype=np.uint8).astype(np.int64)
 
-    def encode_concatenated(self, text: bytes, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def encode_concatenated(self, text: bytes,
+                            offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Ids (uint8, no specials) of many sequences stored back to back, and their offsets.
 
         `text[offsets[i]:offsets[i + 1]]` is sequence i (ASCII, as `FastaBatch.residues`
@@ -98,7 +99,8 @@ class ProteinTokenizer:
                               add_special=False).astype(np.uint8)
                   if i in odd else ids[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
         lengths = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=len(pieces))
-        return np.concatenate(pieces) if pieces else ids[:0], np.concatenate(([0], np.cumsum(lengths)))
+        new_offsets = np.concatenate(([0], np.cumsum(lengths)))
+        return (np.concatenate(pieces) if pieces else ids[:0]), new_offsets
 
     def encode_many(self, sequences: Sequence[str], add_special: bool = True) -> list[np.ndarray]:
         """`encode` of every sequence, with one table lookup for all of them (bulk path)."""
