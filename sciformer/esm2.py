@@ -34,6 +34,7 @@ import torch
 
 from sciformer.config import DataConfig, ModelConfig, RunConfig, save_config
 from sciformer.errors import CheckpointError
+from sciformer.train.checkpoint import check_weights
 from sciformer.io.atomic import write_json_atomic
 from sciformer.tokenizers.protein import ALPHABET, ProteinTokenizer
 
@@ -238,15 +239,7 @@ def _build_model(cfg: ModelConfig, tensors: dict[str, torch.Tensor], source: Pat
     from sciformer.model import SciFormer
 
     model = SciFormer(cfg)
-    expected = model.state_dict()
-    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing or extra:
-        raise CheckpointError(f"{source}: weights do not fit an ESM-2 of this size "
-                              f"(missing {missing[:3]}, unexpected {extra[:3]})")
-    for name, value in tensors.items():
-        if value.shape != expected[name].shape:
-            raise CheckpointError(f"{source}: '{name}' has shape {tuple(value.shape)}, "
-                                  f"expected {tuple(expected[name].shape)}")
+    check_weights(model, tensors, str(source), "fit an ESM-2 of this size", "expected")
     model.load_state_dict(tensors)
     return model.eval()
 

@@ -157,17 +157,26 @@ def read_weights(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: weights file not found") from None
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    check_weights(model, tensors, str(path), "match config.json", "config.json implies")
+    return tensors
+
+
+def check_weights(model: nn.Module, tensors: dict[str, torch.Tensor], source: str,
+                  fits: str, implies: str) -> None:
+    """CheckpointError unless `tensors` has exactly `model`'s parameter names and shapes.
+
+    `fits` and `implies` word the message ("weights do not {fits}", "{implies} (shape)").
+    """
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not match config.json "
+        raise CheckpointError(f"{source}: weights do not {fits} "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     for name, tensor in tensors.items():
         if tensor.shape != expected[name].shape:
-            raise CheckpointError(f"{path}: '{name}' has shape {tuple(tensor.shape)}, "
-                                  f"config.json implies {tuple(expected[name].shape)}")
-    return tensors
+            raise CheckpointError(f"{source}: '{name}' has shape {tuple(tensor.shape)}, "
+                                  f"{implies} {tuple(expected[name].shape)}")
 
 
 def load_state(path: Path) -> dict[str, Any]:
