@@ -158,6 +158,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     checkpoint_activations: bool = False  # recompute activations in backward to save memory
     threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default
+    fsdp: bool = False  # multi-process runs: shard with FSDP2 instead of replicating with DDP
 
     def validate(self) -> None:
         _check(self.max_steps >= 1, "train.max_steps", "must be at least 1")

@@ -147,10 +147,13 @@ def test_resume_under_ddp_and_fsdp_is_exact(runs: Path, name: str):
     assert [(r["step"], r["loss"]) for r in _log(runs / f"{name}_resumed")] == curve
 
 
-def test_torchrun_smoke_run_from_the_command_line(tmp_path: Path):
-    """`sciformer pretrain --nproc 2` launches torchrun; it finishes with one checkpoint."""
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_torchrun_smoke_run_from_the_command_line(tmp_path: Path, fsdp: bool):
+    """`sciformer pretrain --nproc 2` launches torchrun (DDP, or FSDP2 with train.fsdp=true);
+    it finishes with one checkpoint that records the mode."""
     data = write_fasta(tmp_path / "prot.fa", n=20)
-    sets = [a for item in BASE + ["train.checkpoint_every=100"] for a in ("--set", item)]
+    sets = [a for item in BASE + ["train.checkpoint_every=100", f"train.fsdp={str(fsdp).lower()}"]
+            for a in ("--set", item)]
     cmd = [sys.executable, "-m", "sciformer", "pretrain", str(data), "--out-dir",
            str(tmp_path / "run"), "--nproc", "2", *sets]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -158,4 +161,5 @@ def test_torchrun_smoke_run_from_the_command_line(tmp_path: Path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.count("Pretrained into") == 1  # rank 0 only
     assert [p.name for p in (tmp_path / "run/checkpoints").glob("step_*")] == ["step_00000004"]
-    assert load_state(tmp_path / "run" / "train_state.pt")["world"] == 2
+    state = load_state(tmp_path / "run" / "train_state.pt")
+    assert (state["world"], state["fsdp"]) == (2, fsdp)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -15,7 +16,7 @@ from sciformer.cli import main
 from sciformer.config import load_config
 from sciformer.errors import InputError
 from sciformer.evaluate.run import evaluate
-from sciformer.io.trajectories import write_trajectories
+from sciformer.io.trajectories import TrajectoryFile, write_trajectories
 from sciformer.model import SciFormer
 from sciformer.simulate import simulate_to_file
 from sciformer.tasks.forecast import (ForecastTask, _decode_patches, forecast, patch_quantiles,
@@ -215,6 +216,24 @@ def test_predict_writes_states_and_quantiles_readable_by_xarray(l63, tmp_path):
         np.testing.assert_allclose(ds["states"].values, q[1], rtol=1e-6)
     model, _, _ = load_run(l63["run"])
     assert not model.training
+
+
+def test_predict_streams_blocks_equal_to_one_forecast(l63, tmp_path):
+    """With batch_size 4, 11 trajectories are forecast and written in 3 blocks; the file equals
+    one forecast of all contexts at once, and no block is missing or repeated."""
+    from sciformer.tasks.forecast import predict_forecast, tokenizer_from_state
+
+    data = simulate_to_file("lorenz63", tmp_path / "many.h5", 11, 60, seed=3)
+    model, cfg, extra = load_run(l63["run"])
+    cfg.train.batch_size = 4
+    out = predict_forecast(model, cfg, extra, data, tmp_path / "f.h5", 12, torch.device("cpu"))
+    with TrajectoryFile(data) as f:
+        ctx = torch.from_numpy(f.windows(0, 11, 60 - 16, 16))
+    med, q = forecast(model, tokenizer_from_state(extra), ctx, 12, 8, LEVELS)
+    with h5py.File(out) as f:
+        np.testing.assert_allclose(f["states"][()], med.numpy(), atol=1e-5)
+        np.testing.assert_allclose(f["quantiles"][()], q.numpy(), atol=1e-5)
+        assert f["states"].shape == (11, 12, 3)
 
 
 # ---- shipped workflows ---------------------------------------------------------------------

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sciformer.errors import InputError
-from sciformer.io import trajectories
+from sciformer.io import trajectories, trajectory_writer
 from sciformer.io.trajectories import TrajectoryFile, write_trajectories
 
 RNG = np.random.default_rng(0)
@@ -109,7 +109,7 @@ def test_window_reads_only_the_slice(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tf, "_dataset", lambda: Spy())
     np.testing.assert_array_equal(tf.window(1, 10, 5), states[1, 10:15])
-    assert keys == [(1, slice(10, 15))]
+    assert keys == [(slice(1, 2), slice(10, 15))]
     for bad in [(2, 0, 1), (-1, 0, 1), (0, 46, 5), (0, -1, 2)]:
         with pytest.raises(IndexError, match="w.h5"):
             tf.window(*bad)
@@ -249,13 +249,13 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(trajectories, "_write_root_attrs", boom)
+    monkeypatch.setattr(trajectory_writer, "_write_root_attrs", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         write_trajectories(path, np.zeros((1, 4, 2)), dt=1.0)
     assert list(tmp_path.iterdir()) == []
     monkeypatch.undo()
     write_trajectories(path, np.ones((1, 4, 2)), dt=1.0)  # an old file survives a failed rewrite
-    monkeypatch.setattr(trajectories, "_write_root_attrs", boom)
+    monkeypatch.setattr(trajectory_writer, "_write_root_attrs", boom)
     with pytest.raises(RuntimeError):
         write_trajectories(path, np.zeros((1, 4, 2)), dt=1.0)
     assert [p.name for p in tmp_path.iterdir()] == ["out.h5"]
@@ -301,3 +301,52 @@ def test_truncated_file_raises_input_error(tmp_path, fraction):
     cut = tmp_path / "cut.h5"
     cut.write_bytes(data[: int(len(data) * fraction)])
     _raises(cut, "cut.h5")
+
+
+# ---- block-by-block writing ------------------------------------------------------------------
+def test_writer_in_blocks_equals_one_call(tmp_path):
+    states = RNG.normal(size=(7, 6, 4, 2)).astype(np.float32)
+    q = np.stack([states - 1, states, states + 1])
+    whole, blocks = tmp_path / "whole.h5", tmp_path / "blocks.h5"
+    kwargs = {"dt": 0.5, "system": "demo", "field_names": ["u", "v"], "x": np.arange(4.0)}
+    write_trajectories(whole, states, quantiles=q, quantile_levels=[0.1, 0.5, 0.9], **kwargs)
+    with trajectory_writer.TrajectoryWriter(blocks, states.shape, quantile_levels=[0.1, 0.5, 0.9],
+                                            **kwargs) as w:
+        for i0 in (0, 3, 6):
+            w.write(states[i0:i0 + 3], q[:, i0:i0 + 3])
+    with xr.open_dataset(whole, engine="h5netcdf") as a, \
+            xr.open_dataset(blocks, engine="h5netcdf") as b:
+        xr.testing.assert_identical(a.load(), b.load())
+    np.testing.assert_array_equal(TrajectoryFile(blocks).windows(2, 5, 1, 4), states[2:5, 1:5])
+
+
+def test_writer_incomplete_or_failed_leaves_no_file(tmp_path):
+    path = tmp_path / "part.h5"
+    with pytest.raises(ValueError, match="only 2 of 5 trajectories"):
+        with trajectory_writer.TrajectoryWriter(path, (5, 3, 1), dt=1.0) as w:
+            w.write(np.zeros((2, 3, 1)))
+    with pytest.raises(RuntimeError, match="model crashed"):
+        with trajectory_writer.TrajectoryWriter(path, (5, 3, 1), dt=1.0) as w:
+            w.write(np.zeros((2, 3, 1)))
+            raise RuntimeError("model crashed")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("block, quantiles, match", [
+    (np.zeros((2, 4, 1)), None, r"block of shape \(2, 4, 1\) does not fit"),
+    (np.zeros((6, 3, 1)), None, "does not fit"),
+    (np.zeros((2, 3, 1)), np.zeros((1, 2, 3, 1)), "quantiles must be given exactly"),
+])
+def test_writer_rejects_blocks_that_do_not_fit(tmp_path, block, quantiles, match):
+    with pytest.raises(ValueError, match=match):
+        with trajectory_writer.TrajectoryWriter(tmp_path / "w.h5", (5, 3, 1), dt=1.0) as w:
+            w.write(block, quantiles)
+    assert not (tmp_path / "w.h5").exists()
+
+
+def test_short_trajectories_share_chunks(tmp_path):
+    """Ten thousand 8-step trajectories are stored in a few chunks, not ten thousand."""
+    path = tmp_path / "many.h5"
+    write_trajectories(path, np.zeros((10_000, 8, 3), np.float32), dt=1.0)
+    with h5py.File(path) as f:
+        assert f["states"].chunks[0] == 10_000 and f["states"].id.get_num_chunks() == 1

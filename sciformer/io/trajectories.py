@@ -1,4 +1,4 @@
-"""Trajectory HDF5 files: a lazy, validating reader and an atomic, xarray-friendly writer.
+"""Trajectory HDF5 files: a lazy, validating reader (the writer is `trajectory_writer`).
 
 The contract (DESIGN.md, "Trajectory HDF5"): dataset `states` of shape
 (n_traj, n_time, n_channels) for ODE systems or (n_traj, n_time, n_x, n_fields) for 1-D fields,
@@ -15,23 +15,20 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5netcdf
 import h5py
 import numpy as np
 
 from sciformer.errors import InputError
-from sciformer.io.atomic import atomic_path
+from sciformer.io.trajectory_writer import TrajectoryWriter, write_trajectories
 
 # h5netcdf/netCDF4 mark a dimension that has no coordinate variable with this NAME attribute;
 # such a dataset holds no data (e.g. a `time` dimension without time values).
 _DIM_ONLY = b"This is a netCDF dimension but not a netCDF variable"
-_SCAN_BYTES = 32 * 2**20  # memory bound while scanning states for NaN/Inf
-_CHUNK_BYTES = 2**20  # target size of one stored chunk of `states`
+_SCAN_BYTES = 4 * 2**20  # memory bound while scanning states for NaN/Inf
 _LAYOUTS = "(n_traj, n_time, n_channels) or (n_traj, n_time, n_x, n_fields)"
 _CORRUPT = (OSError, RuntimeError, KeyError, ValueError, TypeError)
 
@@ -247,19 +244,30 @@ class TrajectoryFile:
 
     def window(self, traj: int, start: int, length: int) -> np.ndarray:
         """Steps [start, start + length) of trajectory `traj`: (length, *state_shape) float32."""
+        if not 0 <= traj < self.meta.n_traj:
+            raise IndexError(f"{self.name}: trajectory {traj} out of range "
+                             f"[0, {self.meta.n_traj})")
+        return self.windows(traj, traj + 1, start, length)[0]
+
+    def windows(self, first: int, stop: int, start: int, length: int) -> np.ndarray:
+        """Steps [start, start + length) of trajectories [first, stop) in one read:
+        (stop - first, length, *state_shape) float32."""
         m = self.meta
-        if not 0 <= traj < m.n_traj:
-            raise IndexError(f"{self.name}: trajectory {traj} out of range [0, {m.n_traj})")
+        if not 0 <= first <= stop <= m.n_traj:
+            raise IndexError(f"{self.name}: trajectories [{first}, {stop}) outside "
+                             f"[0, {m.n_traj})")
         if start < 0 or length < 0 or start + length > m.n_time:
             raise IndexError(f"{self.name}: window [{start}, {start + length}) "
                              f"outside [0, {m.n_time})")
         try:
-            arr = self._dataset()[traj, start:start + length]  # h5py reads only this slice
+            arr = self._dataset()[first:stop, start:start + length]  # reads only this slice
         except _CORRUPT as exc:
-            raise InputError(f"{self.name}: trajectory {traj}: unreadable states "
+            where = f"trajectory {first}" if stop - first == 1 else \
+                f"trajectories {first}-{stop - 1}"
+            raise InputError(f"{self.name}: {where}: unreadable states "
                              f"({_first_line(exc)})") from None
         if self._pdebench:
-            arr = arr[..., None]  # (length, X) -> (length, X, 1)
+            arr = arr[..., None]  # (b, length, X) -> (b, length, X, 1)
         return np.asarray(arr, dtype=np.float32)
 
     def trajectory(self, traj: int) -> np.ndarray:
@@ -295,142 +303,4 @@ class TrajectoryFile:
                 f"state_shape={m.state_shape})")
 
 
-def _state_dims(ndim: int) -> tuple[str, ...]:
-    """netCDF dimension names of `states`."""
-    if ndim == 3:
-        return ("trajectory", "time", "field")
-    if ndim == 4:
-        return ("trajectory", "time", "x", "field")
-    raise ValueError(f"states must have shape {_LAYOUTS}, got rank {ndim}")
-
-
-def _time_axis(states: np.ndarray, dt: float | None,
-               time: np.ndarray | None) -> tuple[np.ndarray, float | None]:
-    """Time values for the `time` coordinate and the dt attribute (None if not uniform)."""
-    n_time = states.shape[1]
-    if time is None:
-        if dt is None:
-            raise ValueError("write_trajectories needs dt or time")
-        return np.arange(n_time) * float(dt), float(dt)
-    time = np.asarray(time, dtype=np.float64)
-    if time.shape != (n_time,):
-        raise ValueError(f"time has shape {time.shape}, expected ({n_time},)")
-    if dt is None and n_time > 1 and np.allclose(np.diff(time), time[1] - time[0]):
-        dt = float(time[1] - time[0])
-    return time, dt
-
-
-def _chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
-    """One trajectory by ~_CHUNK_BYTES of time steps, so window() reads few chunks."""
-    step_bytes = itemsize * math.prod(shape[2:])
-    return (1, max(1, min(shape[1], _CHUNK_BYTES // step_bytes)), *shape[2:])
-
-
-def _add_variable(f: h5netcdf.File, key: str, dims: tuple[str, ...], data: np.ndarray,
-                  units: str | None = None, **kwargs: Any) -> Any:
-    """Create one netCDF variable (with CF `units` when given)."""
-    var = f.create_variable(key, dims, data=data, **kwargs)
-    if units is not None:
-        var.attrs["units"] = units
-    return var
-
-
-def _add_strings(f: h5netcdf.File, key: str, values: Sequence[str]) -> None:
-    """A string coordinate along dimension `key` (so xarray can select by name)."""
-    f.create_variable(key, (key,), dtype=h5py.string_dtype(),
-                      data=np.array([str(v) for v in values], dtype=object))
-
-
-def _check_write_args(states: np.ndarray, field_names: list[str] | None, params: np.ndarray | None,
-                      param_names: list[str] | None, x: np.ndarray | None) -> None:
-    """ValueError for arguments that would write a file breaking the contract."""
-    if states.dtype.kind != "f":
-        raise ValueError(f"states must be float32 or float64, got {states.dtype}")
-    if field_names is not None and len(field_names) != states.shape[-1]:
-        raise ValueError(f"{len(field_names)} field_names for {states.shape[-1]} fields")
-    if params is not None and (params.ndim != 2 or params.shape[0] != states.shape[0]):
-        raise ValueError(f"params has shape {params.shape}, expected ({states.shape[0]}, n_params)")
-    if param_names is not None and (params is None or len(param_names) != params.shape[1]):
-        raise ValueError("param_names needs params with one column per name")
-    if x is not None and (states.ndim != 4 or np.shape(x) != (states.shape[2],)):
-        raise ValueError(f"x has shape {np.shape(x)}, states have shape {states.shape}")
-
-
-def _write_quantiles(f: h5netcdf.File, states: np.ndarray, dims: tuple[str, ...],
-                     quantiles: np.ndarray, levels: Sequence[float] | None, units: str) -> None:
-    """`quantiles` (n_levels, n_traj, H, ...) with dim `quantile`, attr and coordinate `levels`."""
-    quantiles = np.asarray(quantiles)
-    levels = np.asarray(levels if levels is not None else [], dtype=np.float64)
-    if quantiles.ndim != states.ndim + 1 or quantiles.shape[0] != len(levels) \
-            or quantiles.shape[1] != states.shape[0] or quantiles.shape[3:] != states.shape[2:]:
-        raise ValueError(f"quantiles shape {quantiles.shape} does not fit {len(levels)} levels and "
-                         f"states {states.shape}")
-    horizon = quantiles.shape[2]
-    tdim = "time" if horizon == states.shape[1] else "horizon"
-    if tdim == "horizon":
-        f.dimensions["horizon"] = horizon
-    f.dimensions["quantile"] = len(levels)
-    _add_variable(f, "quantile", ("quantile",), levels)
-    qdims = ("quantile", dims[0], tdim, *dims[2:])
-    var = _add_variable(f, "quantiles", qdims, quantiles, units, chunks=(1, *_chunks(
-        quantiles.shape[1:], quantiles.dtype.itemsize)))
-    var.attrs["levels"] = levels
-
-
-def write_trajectories(path: str | os.PathLike, states: np.ndarray, *, dt: float | None = None,
-                       time: np.ndarray | None = None, system: str | None = None,
-                       lyapunov_time: float | None = None, field_names: list[str] | None = None,
-                       params: np.ndarray | None = None, param_names: list[str] | None = None,
-                       units: dict[str, str] | None = None, quantiles: np.ndarray | None = None,
-                       quantile_levels: Sequence[float] | None = None, attrs: dict | None = None,
-                       x: np.ndarray | None = None) -> None:
-    """Write states (and metadata) atomically in the trajectory contract, readable by h5py and
-    by `xarray.open_dataset(path, engine="h5netcdf")`.
-
-    Dimensions are (trajectory, time, field) or (trajectory, time, x, field); `time` (and `x`
-    if given) are coordinates; `units` maps variable names (time, x, states, quantiles) to
-    CF unit strings, default "1" (dimensionless). `quantiles` (n_levels, n_traj, H, ...) use
-    dim `time` when H == n_time, else `horizon`. `attrs` are extra root attributes.
-    """
-    states = np.asarray(states)
-    dims = _state_dims(states.ndim)
-    params = None if params is None else np.asarray(params, dtype=np.float64)
-    _check_write_args(states, field_names, params, param_names, x)
-    time, dt = _time_axis(states, dt, time)
-    units = {"time": "1", "x": "1", "states": "1", **(units or {})}
-    with atomic_path(path) as tmp, h5netcdf.File(tmp, "w") as f:
-        f.dimensions = dict(zip(dims, states.shape, strict=True))
-        _add_variable(f, "time", ("time",), time, units["time"])
-        if x is not None:
-            _add_variable(f, "x", ("x",), np.asarray(x, dtype=np.float64), units["x"])
-        if field_names is not None:
-            _add_strings(f, "field", field_names)
-        _add_variable(f, "states", dims, states, units["states"],
-                      chunks=_chunks(states.shape, states.dtype.itemsize))
-        if params is not None:
-            f.dimensions["param"] = params.shape[1]
-            var = _add_variable(f, "params", ("trajectory", "param"), params)
-            if param_names is not None:
-                var.attrs["names"] = [str(n) for n in param_names]
-                _add_strings(f, "param", param_names)
-        if quantiles is not None:
-            _write_quantiles(f, states, dims, quantiles, quantile_levels,
-                             units.get("quantiles", units["states"]))
-        _write_root_attrs(f, dt, system, lyapunov_time, field_names, attrs)
-
-
-def _write_root_attrs(f: h5netcdf.File, dt: float | None, system: str | None,
-                      lyapunov_time: float | None, field_names: list[str] | None,
-                      attrs: dict | None) -> None:
-    """Root attributes of the contract plus any extra ones."""
-    f.attrs["Conventions"] = "CF-1.8"
-    if dt is not None:
-        f.attrs["dt"] = float(dt)
-    if system is not None:
-        f.attrs["system"] = str(system)
-    if lyapunov_time is not None:
-        f.attrs["lyapunov_time"] = float(lyapunov_time)
-    if field_names is not None:
-        f.attrs["field_names"] = [str(n) for n in field_names]
-    for key, value in (attrs or {}).items():
-        f.attrs[key] = value
+__all__ = ["TrajectoryFile", "TrajectoryMeta", "TrajectoryWriter", "write_trajectories"]

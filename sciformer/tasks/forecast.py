@@ -331,43 +331,45 @@ def _sample_bins(model, tok: BinTokenizer, ctx: Tensor, steps: int, levels: list
 
 
 # ---- predict: context file -> forecast file --------------------------------------------------
-def load_contexts(path: Path, n_features: int, state_shape: list[int], context: int,
-                  min_len: int) -> tuple[TrajectoryFile, Tensor]:
-    """The last `context` steps of every trajectory of `path` (fewer if shorter): (N, C', F)."""
+def open_contexts(path: Path, state_shape: list[int], min_len: int) -> TrajectoryFile:
+    """The input of `predict`, checked against the model's state shape and minimum context."""
     f = TrajectoryFile(path)
     if list(f.meta.state_shape) != list(state_shape):
         raise InputError(f"{path}: state shape {tuple(f.meta.state_shape)} does not match the "
                          f"model's {tuple(state_shape)} (channel count differs from the "
                          "checkpoint)")
     f.require_length(min_len, f"the minimum context of {min_len} steps")
-    use = min(context, f.meta.n_time)
-    ctx = np.stack([f.window(t, f.meta.n_time - use, use).reshape(use, n_features)
-                    for t in range(f.meta.n_traj)])
-    return f, torch.from_numpy(ctx)
+    return f
 
 
 def predict_forecast(model: nn.Module, cfg: RunConfig, extra: dict[str, Any], input_path: Path,
                      out: Path, horizon: int | None, device: torch.device) -> Path:
-    """Forecast `horizon` steps after each trajectory of `input_path`; write trajectory HDF5."""
-    from sciformer.io.trajectories import write_trajectories
+    """Forecast `horizon` steps after each trajectory of `input_path`; write trajectory HDF5.
 
-    d = cfg.data
+    Streams: reads the last `data.context` steps of `train.batch_size` trajectories at a time,
+    forecasts them and appends them to the output file, so memory does not grow with the number
+    of trajectories. The output appears only when complete.
+    """
+    from sciformer.io.trajectory_writer import TrajectoryWriter
+
+    d, n_features = cfg.data, extra["n_features"]
     tok = tokenizer_from_state(extra)
-    min_len = tok.patch_len if isinstance(tok, PatchTokenizer) else 1
-    f, ctx = load_contexts(input_path, extra["n_features"], extra["state_shape"], d.context,
-                           min_len)
-    horizon = horizon or d.horizon
-    meds, qs = [], []
-    for part in ctx.split(cfg.train.batch_size):
-        med, q = forecast(model, tok, part.to(device), horizon, d.horizon, d.quantiles)
-        meds.append(med.cpu())
-        qs.append(q.cpu())
-    shape = (len(ctx), horizon, *extra["state_shape"])
-    med = torch.cat(meds).numpy().reshape(shape)
-    q = torch.cat(qs, dim=1).numpy().reshape((len(d.quantiles), *shape))
-    m = f.meta
-    write_trajectories(out, med, dt=m.dt, system=m.system, lyapunov_time=m.lyapunov_time,
-                       field_names=m.field_names, quantiles=q, quantile_levels=d.quantiles,
-                       attrs={"source": str(input_path), "forecast_of": "steps after the last "
-                              "step of each input trajectory"})
+    f = open_contexts(input_path, extra["state_shape"], tok.patch_len
+                      if isinstance(tok, PatchTokenizer) else 1)
+    m, horizon = f.meta, horizon or d.horizon
+    use = min(d.context, m.n_time)
+    with f, TrajectoryWriter(out, (m.n_traj, horizon, *m.state_shape), dt=m.dt,
+                             system=m.system, lyapunov_time=m.lyapunov_time,
+                             field_names=m.field_names, quantile_levels=d.quantiles,
+                             attrs={"source": str(input_path), "forecast_of": "steps after "
+                                    "the last step of each input trajectory"}) as w:
+        for first in range(0, m.n_traj, cfg.train.batch_size):
+            stop = min(first + cfg.train.batch_size, m.n_traj)
+            ctx = f.windows(first, stop, m.n_time - use, use).reshape(stop - first, use,
+                                                                      n_features)
+            med, q = forecast(model, tok, torch.from_numpy(ctx).to(device), horizon,
+                              d.horizon, d.quantiles)
+            shape = (stop - first, horizon, *m.state_shape)
+            w.write(med.cpu().numpy().reshape(shape),
+                    q.cpu().numpy().reshape((len(d.quantiles), *shape)))
     return out

@@ -5,7 +5,7 @@ Modes (torchtitan keeps parallelism in its own module; so do we):
 - one process: every method is a cheap no-op;
 - DDP: under ``torchrun`` (WORLD_SIZE > 1) the group is initialised from the environment (gloo
   on CPU, nccl on GPU) and the training step is wrapped in DistributedDataParallel;
-- FSDP2: with ``SCIFORMER_FSDP=1`` each layer of every ``nn.ModuleList`` and then the whole step
+- FSDP2: with ``train.fsdp: true`` each layer of every ``nn.ModuleList`` and then the whole step
   are sharded with ``torch.distributed.fsdp.fully_shard`` (parameters, gradients and optimizer
   state split across ranks), for models that do not fit on one device.
 
@@ -42,8 +42,6 @@ from torch import Tensor, nn
 
 from sciformer.config import TrainConfig
 
-FSDP_ENV = "SCIFORMER_FSDP"  # "1": shard with FSDP2 instead of replicating with DDP
-
 
 class TaskStep(nn.Module):
     """`forward(batch)` = ``task.loss(model, batch)``: the unit that DDP/FSDP wrap."""
@@ -78,7 +76,7 @@ class Distributed:
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if use_nccl else "gloo")
         return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")),
-                   dist.get_backend(), os.environ.get(FSDP_ENV, "0") == "1")
+                   dist.get_backend(), cfg.fsdp)
 
     @property
     def is_main(self) -> bool:
