@@ -105,9 +105,11 @@ def fasta_section(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_train(res: dict[str, Any]) -> None:
     cols = ["family", "precision", "dropout", "batch", "sciformer_tok_s", "sciformer_mfu",
-            "x_hf_t5", "x_hf_esm", "x_torch_nn", "x_sdpa_ref"]
+            "x_hf_t5", "x_hf_esm", "x_torch_nn", "x_sdpa_ref", "attn_dropout_x_hf_t5",
+            "attn_dropout_x_hf_esm"]
     print(table(res["summary"], cols, "\nTraining throughput: sciformer tokens/s, MFU, and its "
-                "speed-up (x) over each peer (median of interleaved repeats)"))
+                "speed-up (x) over each peer (median of interleaved repeats); attn_dropout_x: "
+                "with attention-weight dropout too, as the peers"))
     cols = ["family", "precision", "dropout", "peer", "step_s", "tokens_per_s", "mfu"]
     print(table(res["rows"], cols, "\nTraining throughput, every peer"))
     if res["note"]:

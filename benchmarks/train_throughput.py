@@ -38,6 +38,9 @@ from sciformer.tokenizers.protein import ProteinTokenizer
 from sciformer.train.loop import autocast
 
 CPU = torch.device("cpu")
+# sciformer with model.attention_dropout = model.dropout, as the peers drop attention weights
+# (sciformer's default keeps attention dropout off, so the fused attention kernel is used)
+ATTN_DROPOUT = "sciformer_attn_dropout"
 
 
 @dataclass
@@ -194,17 +197,25 @@ def encdec_peers(s: Shape, dropout: float, precision: str) -> dict[str, Callable
     tgt = torch.randint(2, s.vocab, (s.batch, s.tgt_len), generator=g)
     tgt_in = torch.cat([torch.ones_like(tgt[:, :1]), tgt[:, :-1]], dim=1)  # <bos> = 1, shifted
     ce = lambda logits: F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten())  # noqa: E731
-    torch.manual_seed(0)
-    ours = SciFormer(ModelConfig(vocab_size=s.vocab, d_model=s.d_model, n_heads=s.n_heads,
-                                 n_encoder_layers=s.n_layers, n_decoder_layers=s.n_layers,
-                                 d_ff=s.d_ff, dropout=dropout, activation="relu"))
+    def ours(attention_dropout: float) -> SciFormer:
+        torch.manual_seed(0)
+        return SciFormer(ModelConfig(
+            vocab_size=s.vocab, d_model=s.d_model, n_heads=s.n_heads, n_encoder_layers=s.n_layers,
+            n_decoder_layers=s.n_layers, d_ff=s.d_ff, dropout=dropout,
+            attention_dropout=attention_dropout, activation="relu"))
+
     t5 = T5ForConditionalGeneration(T5Config(
         vocab_size=s.vocab, d_model=s.d_model, d_kv=s.d_model // s.n_heads, d_ff=s.d_ff,
         num_layers=s.n_layers, num_decoder_layers=s.n_layers, num_heads=s.n_heads,
         dropout_rate=dropout, feed_forward_proj="relu", decoder_start_token_id=1, pad_token_id=0))
     ref, tnn = SdpaEncDec(s, dropout), TorchEncDec(s, dropout)
+    variants = {"sciformer": ours(0.0)}
+    if dropout > 0:  # the peers also drop attention probabilities: show that setting too
+        variants[ATTN_DROPOUT] = ours(dropout)
+    steps = {name: _train_step(m, lambda m=m: ce(m.token_logits(m(src, tgt_in))), precision)
+             for name, m in variants.items()}
     return {
-        "sciformer": _train_step(ours, lambda: ce(ours.token_logits(ours(src, tgt_in))), precision),
+        **steps,
         "hf_t5": _train_step(t5, lambda: t5(input_ids=src, labels=tgt).loss, precision),
         "torch_nn": _train_step(tnn, lambda: ce(tnn(src, tgt_in)), precision),
         "sdpa_ref": _train_step(ref, lambda: ce(ref(src, tgt_in)), precision),
@@ -229,12 +240,14 @@ def masked_peers(s: Shape, dropout: float, precision: str) -> dict[str, Callable
 
     tok, batch = ProteinTokenizer(), masked_batch(s)
     x, y, chosen = batch["inputs"], batch["targets"], batch["chosen"]
-    torch.manual_seed(0)
-    ours = SciFormer(ModelConfig(  # ESM-2's architecture (as sciformer.esm2 configures it)
-        vocab_size=tok.vocab_size, d_model=s.d_model, n_heads=s.n_heads,
-        n_encoder_layers=s.n_layers, n_decoder_layers=0, d_ff=s.d_ff, dropout=dropout,
-        positions="rotary", lm_head="roberta", embed_scale=False, token_dropout=True,
-        mask_id=tok.mask_id, activation="gelu"))
+    def ours(attention_dropout: float) -> SciFormer:
+        torch.manual_seed(0)
+        return SciFormer(ModelConfig(  # ESM-2's architecture (as sciformer.esm2 configures it)
+            vocab_size=tok.vocab_size, d_model=s.d_model, n_heads=s.n_heads,
+            n_encoder_layers=s.n_layers, n_decoder_layers=0, d_ff=s.d_ff, dropout=dropout,
+            attention_dropout=attention_dropout, positions="rotary", lm_head="roberta",
+            embed_scale=False, token_dropout=True, mask_id=tok.mask_id, activation="gelu"))
+
     esm = EsmForMaskedLM(EsmConfig(
         vocab_size=tok.vocab_size, hidden_size=s.d_model, num_hidden_layers=s.n_layers,
         num_attention_heads=s.n_heads, intermediate_size=s.d_ff, hidden_dropout_prob=dropout,
@@ -243,12 +256,15 @@ def masked_peers(s: Shape, dropout: float, precision: str) -> dict[str, Callable
         emb_layer_norm_before=False, layer_norm_eps=1e-5))
     tnn = TorchMaskedLM(s, dropout, tok.vocab_size)
 
-    def ours_loss() -> Tensor:  # exactly MaskedTask.loss: logits only at the chosen positions
-        h = ours.encode(x)
-        return F.cross_entropy(ours.token_logits(h[chosen]).float(), y[chosen])
+    def loss(model: SciFormer) -> Tensor:  # exactly MaskedTask.loss: last layer and logits at
+        h = model.encode(x, select=chosen)  # the chosen positions only ("sparse prediction")
+        return F.cross_entropy(model.token_logits(h).float(), y[chosen])
 
+    variants = {"sciformer": ours(0.0)}
+    if dropout > 0:
+        variants[ATTN_DROPOUT] = ours(dropout)
     return {
-        "sciformer": _train_step(ours, ours_loss, precision),
+        **{name: _train_step(m, lambda m=m: loss(m), precision) for name, m in variants.items()},
         "hf_esm": _train_step(esm, lambda: esm(input_ids=x, labels=y).loss, precision),
         "torch_nn": _train_step(tnn, lambda: F.cross_entropy(tnn(x, chosen).float(), y[chosen]),
                                 precision),
@@ -284,15 +300,22 @@ def _one_setting(family: str, s: Shape, precision: str, dropout: float, repeats:
 
 
 def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (family, precision, dropout): sciformer's speed-up over each peer."""
+    """One row per (family, precision, dropout): sciformer's speed-up over each peer, and,
+    with dropout, that of the variant that also drops attention weights (`ATTN_DROPOUT`)."""
     out: dict[tuple, dict[str, Any]] = {}
+    times: dict[tuple, dict[str, float]] = {}
     for r in rows:
         key = (r["family"], r["precision"], r["dropout"])
         row = out.setdefault(key, {"family": r["family"], "precision": r["precision"],
                                    "dropout": r["dropout"], "batch": r["batch"]})
+        times.setdefault(key, {})[r["peer"]] = r["step_s"]
         if r["peer"] == "sciformer":
             row["sciformer_tok_s"], row["sciformer_mfu"] = r["tokens_per_s"], r["mfu"]
-        else:
+        elif r["peer"] != ATTN_DROPOUT:
             row[f"x_{r['peer']}"] = r["sciformer_speedup"]
+    for key, t in times.items():
+        if ATTN_DROPOUT in t:
+            for peer in ("hf_t5", "hf_esm"):
+                if peer in t:
+                    out[key][f"attn_dropout_x_{peer}"] = t[peer] / t[ATTN_DROPOUT]
     return list(out.values())
-

@@ -31,7 +31,10 @@ class ModelConfig:
     n_encoder_layers: int = 4  # encoder depth
     n_decoder_layers: int = 4  # decoder depth; 0 builds an encoder-only model (masked residues)
     d_ff: int = 1024  # hidden width of the feed-forward block
-    dropout: float = 0.1  # on attention weights, residual branches and embeddings
+    dropout: float = 0.1  # on residual branches, the feed-forward hidden layer and embeddings
+    # on attention probabilities; off by default (as LLaMA / ESM-2 pretraining): any value > 0
+    # makes CPU attention leave the fused kernel for the ~3x slower explicit softmax path
+    attention_dropout: float = 0.0
     attention: str = "scaled_dot"  # scaled_dot | dot | additive | linear | local
     window: int = 128  # local attention: each query sees keys within +-window positions
     positions: str = "sinusoidal"  # sinusoidal | learned | rotary
@@ -61,6 +64,7 @@ class ModelConfig:
         _check(self.n_decoder_layers >= 0, "model.n_decoder_layers", "must be >= 0")
         _check(self.d_ff > 0, "model.d_ff", "must be positive")
         _check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+        _check(0.0 <= self.attention_dropout < 1.0, "model.attention_dropout", "must be in [0, 1)")
         _check(self.window >= 1, "model.window", "must be at least 1")
         from sciformer.model.attention import KERNELS  # the registries are the source of truth
         from sciformer.model.positions import POSITIONS
@@ -104,7 +108,7 @@ class DataConfig:
     bin_limit: float = 15.0  # bins tokenizer: scaled values are clipped to +-limit
     quantiles: list[float] = field(default_factory=lambda: [0.1, 0.5, 0.9])
     stride: int = 1  # time steps between consecutive training windows
-    num_workers: int = 0  # DataLoader workers for reading trajectory windows
+    num_workers: int = 0  # DataLoader worker processes building training batches ahead
 
     def validate(self) -> None:
         _check(self.task in ("auto", "masked", "forecast"), "data.task", "must be auto|masked|forecast")

@@ -144,7 +144,8 @@ def _hf_model_config(folder: Path) -> tuple[ModelConfig, int]:
                             n_layers=hf["num_hidden_layers"], d_ff=hf["intermediate_size"],
                             token_dropout=bool(hf.get("token_dropout", True)),
                             eps=float(hf.get("layer_norm_eps") or 1e-12),
-                            dropout=float(hf.get("hidden_dropout_prob", 0.0)))
+                            dropout=float(hf.get("hidden_dropout_prob", 0.0)),
+                            attention_dropout=float(hf.get("attention_probs_dropout_prob", 0.0)))
     vocab = folder / "vocab.txt"
     if vocab.is_file() and tuple(vocab.read_text().split()) != ALPHABET:
         raise CheckpointError(f"{vocab}: token list differs from the ESM-2 alphabet")
@@ -182,14 +183,16 @@ def _fair_model_config(sd: dict[str, torch.Tensor], path: Path, heads: int | Non
                               "pass --heads")
     return esm2_model_config(d_model=d, n_heads=heads, n_layers=n_layers,
                              d_ff=sd["layers.0.fc1.weight"].shape[0], token_dropout=True,
-                             eps=1e-5, dropout=0.0)  # torch LayerNorm default, as fair-esm
+                             eps=1e-5, dropout=0.0, attention_dropout=0.0)  # eps: fair-esm's
 
 
 def esm2_model_config(*, d_model: int, n_heads: int, n_layers: int, d_ff: int,
-                      token_dropout: bool, eps: float, dropout: float) -> ModelConfig:
+                      token_dropout: bool, eps: float, dropout: float,
+                      attention_dropout: float) -> ModelConfig:
     """The SciFormer options that make it an ESM-2 encoder with the given sizes."""
     return ModelConfig(d_model=d_model, n_heads=n_heads, n_encoder_layers=n_layers,
-                       n_decoder_layers=0, d_ff=d_ff, dropout=dropout, positions="rotary",
+                       n_decoder_layers=0, d_ff=d_ff, dropout=dropout,
+                       attention_dropout=attention_dropout, positions="rotary",
                        norm="pre", activation="gelu", vocab_size=len(ALPHABET),
                        tie_embeddings=True, lm_head="roberta", final_norm=True,
                        embed_scale=False, token_dropout=token_dropout,

@@ -47,6 +47,7 @@ def test_bad_overrides_name_the_key(item, words):
     ("data.mask_rate=1.5", "data.mask_rate"),
     ("model.d_model=100", "model.d_model"),  # not divisible by 8 heads
     ("model.dropout=1.0", "model.dropout"),
+    ("model.attention_dropout=-0.1", "model.attention_dropout"),
     ("train.max_steps=0", "train.max_steps"),
     ("model.attention=flash", "model.attention"),
     ("model.positions=alibi", "model.positions"),

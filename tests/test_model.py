@@ -334,3 +334,55 @@ def test_token_head_is_tied_to_embedding(tmp_path) -> None:
 def test_untied_head_has_its_own_matrix() -> None:
     model = SciFormer(tiny(tie_embeddings=False))
     assert "token_head.proj.weight" in model.state_dict()
+
+
+@pytest.mark.parametrize("kind", ["scaled_dot", "dot", "local"])
+def test_attention_dropout_is_its_own_knob(kind: str) -> None:
+    """model.dropout leaves attention probabilities alone (the fused kernel stays usable);
+    model.attention_dropout alone makes two training passes differ, and not in eval mode."""
+    x = torch.randint(0, VOCAB, (2, 9))
+
+    def two_passes(model: SciFormer) -> tuple[Tensor, Tensor]:
+        return model.encode(x), model.encode(x)
+
+    only_attn = SciFormer(tiny(attention=kind, dropout=0.0, attention_dropout=0.5)).train()
+    a, b = two_passes(only_attn)
+    assert not torch.allclose(a, b)
+    a, b = two_passes(only_attn.eval())
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    residual_only = SciFormer(tiny(attention=kind, dropout=0.5, attention_dropout=0.0))
+    kernels = [m for m in residual_only.modules() if isinstance(m, tuple(KERNELS.values()))]
+    assert kernels and all(getattr(k, "dropout", 0.0) == 0.0 for k in kernels)
+
+
+@pytest.mark.parametrize("kind, positions, norm", [
+    ("scaled_dot", "rotary", "pre"), ("scaled_dot", "sinusoidal", "post"),
+    ("dot", "learned", "pre"), ("additive", "rotary", "post"), ("linear", "rotary", "pre"),
+    ("local", "rotary", "pre")])
+def test_encode_select_equals_full_encode_at_the_selected_positions(kind, positions, norm):
+    """Sparse prediction (the last layer computed only at the selected positions) gives the
+    full encoder's outputs there, with padding, uneven selections and a row with none;
+    gradients agree too."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = SciFormer(tiny(attention=kind, positions=positions, norm=norm, dropout=0.0,
+                               n_decoder_layers=0))
+        x = torch.randint(0, VOCAB, (3, 11))
+        pad = torch.zeros(3, 11, dtype=torch.bool)
+        pad[1, 8:] = True
+        select = torch.zeros(3, 11, dtype=torch.bool)
+        select[0, [0, 4, 5, 10]] = True
+        select[1, [2, 7]] = True  # row 2 selects nothing
+        full = model.encode(x, pad)[select]
+        sparse = model.encode(x, pad, select=select)
+        torch.testing.assert_close(sparse, full, rtol=1e-12, atol=1e-12)
+        g_full = torch.autograd.grad(full.square().sum(), list(model.parameters()),
+                                     allow_unused=True)
+        g_sparse = torch.autograd.grad(model.encode(x, pad, select=select).square().sum(),
+                                       list(model.parameters()), allow_unused=True)
+        for a, b in zip(g_full, g_sparse):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    finally:
+        torch.set_default_dtype(torch.float32)

@@ -236,11 +236,13 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: Tensor, kv: Tensor | None = None, mask: AttnMask | None = None,
                 rotary: nn.Module | None = None, cache: dict[str, Tensor] | None = None,
-                static_kv: bool = False) -> Tensor:
+                static_kv: bool = False, q_positions: Tensor | None = None) -> Tensor:
         """Attend from `x` (B, T, D) to `kv` (B, S, D) (self-attention when kv is None).
 
         With `cache` (a dict owned by the caller), self-attention appends the new keys and
         values to those cached; cross-attention (`static_kv`) computes them once and reuses.
+        `q_positions` (B, T) are the positions of the queries when they are a selection of
+        the key positions (rotary then rotates each query by its own position).
         """
         mask = mask or AttnMask()
         q = self.heads(x, self.q_proj)
@@ -257,7 +259,7 @@ class MultiHeadAttention(nn.Module):
             elif cache is not None:
                 k, v = _append(cache, k, v)
         if rotary is not None:
-            q = rotary(q, offset=mask.q_offset)
+            q = rotary(q, offset=mask.q_offset, positions=q_positions)
         out = self.kernel(q, k, v, mask)  # (B, H, T, Dh)
         b, _, t, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, t, -1))  # (B, T, D)

@@ -45,10 +45,22 @@ class Residual(nn.Module):
             return x + self.dropout(self.block(self.norm(x), **kwargs))
         return self.norm(x + self.dropout(self.block(x, **kwargs)))
 
+    def attend_at(self, x: Tensor, index: Tensor, **kwargs) -> Tensor:
+        """Self-attention sub-block output (B, K, D) at positions `index` (B, K) only: queries
+        there, keys and values from every position of `x` (B, T, D). Equals forward(x) at
+        those positions (LayerNorm and the residual act per position)."""
+        pick = index[..., None].expand(-1, -1, x.shape[-1])
+        xq = x.gather(1, pick)
+        if self.pre:
+            normed = self.norm(x)
+            out = self.block(normed.gather(1, pick), kv=normed, q_positions=index, **kwargs)
+            return xq + self.dropout(out)
+        return self.norm(xq + self.dropout(self.block(xq, kv=x, q_positions=index, **kwargs)))
+
 
 def _attention(cfg: ModelConfig, kind: str | None = None) -> MultiHeadAttention:
-    return MultiHeadAttention(cfg.d_model, cfg.n_heads, kind or cfg.attention, cfg.dropout,
-                              cfg.window)
+    return MultiHeadAttention(cfg.d_model, cfg.n_heads, kind or cfg.attention,
+                              cfg.attention_dropout, cfg.window)
 
 
 class EncoderLayer(nn.Module):
@@ -59,8 +71,13 @@ class EncoderLayer(nn.Module):
         self.self_attn = Residual(cfg, _attention(cfg))
         self.ff = Residual(cfg, FeedForward(cfg))
 
-    def forward(self, x: Tensor, mask: AttnMask, rotary: nn.Module | None = None) -> Tensor:
-        x = self.self_attn(x, mask=mask, rotary=rotary)
+    def forward(self, x: Tensor, mask: AttnMask, rotary: nn.Module | None = None,
+                at: Tensor | None = None) -> Tensor:
+        """Outputs (B, T, D), or (B, K, D) at the positions `at` (B, K) only."""
+        if at is None:
+            x = self.self_attn(x, mask=mask, rotary=rotary)
+        else:
+            x = self.self_attn.attend_at(x, at, mask=mask, rotary=rotary)
         return self.ff(x)
 
 

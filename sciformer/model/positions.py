@@ -78,10 +78,15 @@ class Rotary(nn.Module):
         inv_freq = 1.0 / base ** (torch.arange(0, d_head, 2, dtype=torch.float32) / d_head)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
-        t = torch.arange(offset, offset + x.shape[2], device=x.device, dtype=torch.float32)
-        angles = torch.outer(t, self.inv_freq)  # (T, Dh/2)
-        angles = torch.cat([angles, angles], dim=-1)  # (T, Dh)
+    def forward(self, x: Tensor, offset: int = 0, positions: Tensor | None = None) -> Tensor:
+        """Rotate `x` (B, H, T, Dh) for positions offset..offset+T-1, or for the given
+        per-example `positions` (B, T) (queries gathered from scattered places)."""
+        if positions is None:
+            t = torch.arange(offset, offset + x.shape[2], device=x.device, dtype=torch.float32)
+            angles = torch.outer(t, self.inv_freq)  # (T, Dh/2)
+        else:
+            angles = positions[:, None, :, None].float() * self.inv_freq  # (B, 1, T, Dh/2)
+        angles = torch.cat([angles, angles], dim=-1)  # (..., T, Dh)
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         half = x.shape[-1] // 2
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)

@@ -96,21 +96,32 @@ class SciFormer(nn.Module):
         return layer(*args, **kwargs)
 
     # ---- stacks -------------------------------------------------------------------------
-    def encode(self, src: Tensor, src_pad: Tensor | None = None,
-               return_layers: bool = False) -> Tensor | list[Tensor]:
+    def encode(self, src: Tensor, src_pad: Tensor | None = None, return_layers: bool = False,
+               select: Tensor | None = None) -> Tensor | list[Tensor]:
         """Encoder memory (B, S, D); `src_pad` (B, S) is True at padding positions.
 
         With `return_layers`, a list of every layer's output (input embedding first, the
-        final normalised output last) is returned, for embeddings and probes.
+        final normalised output last) is returned, for embeddings and probes. With `select`
+        (B, S) bool, only the final outputs at the selected positions are returned, (N, D) in
+        the order of ``out[select]``: the last layer then computes queries, feed-forward and
+        norm only there ("sparse prediction": the same values, most of one layer's work saved
+        when, as in masked-residue training, a few positions are scored). Sliding-window
+        attention (`local`) computes the full last layer and then selects.
         """
         h = self.embed_inputs(src, pad=src_pad)
         mask = AttnMask(key_pad=src_pad)
+        sparse = select is not None and not return_layers and self.cfg.attention != "local"
         layers = [h]
-        for layer in self.encoder:
+        for layer in self.encoder[:-1] if sparse else self.encoder:
             h = self._run(layer, h, mask, self.rotary)
             layers.append(h)
+        if sparse:
+            at, valid = _selected_index(select)
+            return self.enc_norm(self._run(self.encoder[-1], h, mask, self.rotary, at=at)[valid])
         layers[-1] = self.enc_norm(h)
-        return layers if return_layers else layers[-1]
+        if return_layers:
+            return layers
+        return layers[-1] if select is None else layers[-1][select]
 
     def decode(self, tgt: Tensor, memory: Tensor, memory_pad: Tensor | None = None,
                tgt_pad: Tensor | None = None, cache: dict | None = None) -> Tensor:
@@ -155,6 +166,17 @@ class SciFormer(nn.Module):
                 tgt_pad: Tensor | None = None) -> Tensor:
         """Teacher-forced encoder-decoder pass: decoder states (B, T, D)."""
         return self.decode(tgt, self.encode(src, src_pad), src_pad, tgt_pad)
+
+
+def _selected_index(select: Tensor) -> tuple[Tensor, Tensor]:
+    """Positions of the True entries of `select` (B, S), per row in ascending order and padded
+    to the longest row: (B, K) indices (padding slots point at position 0) and (B, K) validity,
+    so ``rows[valid]`` lists the selected positions in the order of ``x[select]``."""
+    counts = select.sum(dim=1)
+    k = int(counts.max()) if select.numel() else 0
+    order = torch.argsort((~select).to(torch.int8), dim=1, stable=True)[:, :k]
+    valid = torch.arange(k, device=select.device)[None, :] < counts[:, None]
+    return order.masked_fill(~valid, 0), valid
 
 
 def _cached_pad(cache: dict, tgt_pad: Tensor | None, batch: int, t_new: int) -> Tensor | None:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from sciformer.config import ModelConfig, RunConfig
 from sciformer.errors import InputError
-from sciformer.io.fasta import read_fasta
+from sciformer.io.fasta import read_fasta_batches
 from sciformer.tasks import micro_seed
 from sciformer.tokenizers.protein import ProteinTokenizer, iter_windows, token_budget_batches
 
@@ -49,17 +49,25 @@ class ProteinSet:
 
 
 def load_proteins(paths: list[Path]) -> ProteinSet:
-    """Read and tokenise every record of the FASTA files (duplicate ids across files: error)."""
+    """Read and tokenise every record of the FASTA files (duplicate ids across files: error).
+
+    Uses the bulk path (`read_fasta_batches` + one table lookup per read chunk), so no Python
+    work is done per residue.
+    """
     out, seen = ProteinSet(), {}
     for f, path in enumerate(paths):
-        for r, rec in enumerate(read_fasta(path)):
-            if rec.id in seen:
-                raise InputError(f"{path} line {rec.line}: duplicate id '{rec.id}' "
-                                 f"(also in {seen[rec.id]})")
-            seen[rec.id] = path
-            out.ids.append(rec.id)
-            out.tokens.append(TOKENIZER.encode(rec.sequence, add_special=False).astype(np.uint8))
-            out.origin.append((f, r))
+        r = 0
+        for batch in read_fasta_batches(path):
+            ids, offsets = TOKENIZER.encode_concatenated(batch.residues, batch.offsets)
+            for i, rid in enumerate(batch.ids):
+                if rid in seen:
+                    raise InputError(f"{path} line {batch.lines[i]}: duplicate id '{rid}' "
+                                     f"(also in {seen[rid]})")
+                seen[rid] = path
+                out.tokens.append(ids[offsets[i]:offsets[i + 1]])
+                out.origin.append((f, r))
+                r += 1
+            out.ids.extend(batch.ids)
     return out
 
 
@@ -162,9 +170,9 @@ class MaskedTask:
         return {"inputs": inputs, "targets": targets, "pad": tokens == TOKENIZER.pad_id}
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        h = model.encode(batch["inputs"], batch["pad"])  # (B, L, D)
         chosen = batch["targets"] != -100
-        logits = model.token_logits(h[chosen])  # (N, V): only the chosen positions
+        h = model.encode(batch["inputs"], batch["pad"], select=chosen)  # (N, D): chosen only
+        logits = model.token_logits(h)  # (N, V)
         loss = F.cross_entropy(logits.float(), batch["targets"][chosen])
         return loss, {"loss": loss.item(), "n_masked": int(chosen.sum())}
 
@@ -210,10 +218,14 @@ def masked_log_probs(model: nn.Module, inputs: list[np.ndarray], queries: list[n
     results: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {i: [] for i in range(len(inputs))}
     for members in token_budget_batches([len(p[1]) for p in pieces], tokens_per_batch, shuffle=False):
         tokens = TOKENIZER.pad_batch([pieces[m][1] for m in members]).to(device)
-        h = model.encode(tokens, tokens == TOKENIZER.pad_id)
+        select = torch.zeros(tokens.shape, dtype=torch.bool)
         for row, m in enumerate(members):
-            logp = torch.log_softmax(model.token_logits(h[row, pieces[m][2]]).float(), dim=-1)
-            results[pieces[m][0]].append((pieces[m][3], logp.cpu().numpy()))
+            select[row, pieces[m][2]] = True
+        h = model.encode(tokens, tokens == TOKENIZER.pad_id, select=select.to(device))  # (N, D)
+        logp = torch.log_softmax(model.token_logits(h).float(), dim=-1).cpu().numpy()
+        bounds = np.cumsum([0] + [len(pieces[m][2]) for m in members])  # rows in select order
+        for row, m in enumerate(members):
+            results[pieces[m][0]].append((pieces[m][3], logp[bounds[row]:bounds[row + 1]]))
     for i, q in enumerate(queries):
         got = results.pop(i)
         pos = np.concatenate([g[0] for g in got]) if got else np.zeros(0, np.int64)

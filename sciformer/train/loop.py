@@ -33,6 +33,7 @@ from sciformer.io.atomic import write_json_atomic, write_text_atomic
 from sciformer.model import SciFormer
 from sciformer.tasks import Task, build_task, micro_seed
 from sciformer.train import checkpoint as ckpt
+from sciformer.train.data import BatchSource
 from sciformer.train.distributed import Distributed, TaskStep
 
 
@@ -124,6 +125,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.cfg.train))
         self.step, self.best = 0, math.inf
+        tc = self.cfg.train
+        self.batches = BatchSource(self.task, self.dist.rank, self.dist.world,
+                                   self.cfg.data.num_workers, tc.max_steps * tc.grad_accum)
 
     # ---- state ------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -156,7 +160,7 @@ class Trainer:
         stats: dict[str, float] = {"loss": 0.0}
         for micro in range(tc.grad_accum):
             index = self.step * tc.grad_accum + micro  # rank r takes index * world + r
-            batch = self.task.batch(index, self.dist.rank, self.dist.world)
+            batch = self.batches.get(index)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with self.dist.no_sync(self.model, last=micro == tc.grad_accum - 1):
                 with autocast(self.device, tc.precision):
@@ -202,6 +206,7 @@ class Trainer:
                 log.write(record)
             if self.step % tc.checkpoint_every == 0 or self.step == tc.max_steps:
                 self.save(last_val)
+        self.batches.close()
         bar.close()
         return last_val
 
