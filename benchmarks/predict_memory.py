@@ -14,6 +14,9 @@ table shows what the call itself added, free of what earlier calls left behind.
   records are streamed in groups, 10 bytes per masked residue are kept for the metrics.
 - ``predict hdf5``: forecasts of Lorenz-63 trajectories (for comparison: this path holds every
   context and forecast in memory before writing).
+- ``evaluate hdf5``: the same trajectory files scored by the forecasting run against the
+  baselines (one window per trajectory at these sizes, horizon three Lyapunov times);
+  trajectories are read, forecast and scored `EVAL_BLOCK_TRAJECTORIES` at a time.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ FORECAST = ["model.d_model=32", "model.n_heads=4", "model.n_encoder_layers=1",
             "model.n_decoder_layers=1", "model.d_ff=64", "data.context=16", "data.horizon=8",
             "train.batch_size=64", "train.max_steps=4", "train.eval_every=4",
             "data.val_fraction=0.25"]
+# Steps per simulated trajectory: evaluate's default horizon on Lorenz-63 is three Lyapunov
+# times, ceil(3 * 1.104 / 0.01) = 332 steps, plus the context of 16.
+TRAJ_STEPS = 400
 
 CHILD = """
 import json, re, sys, time
@@ -105,9 +111,12 @@ def cases(root: Path, runs: dict[str, Path], args: argparse.Namespace):
     for n in args.sizes if args.evaluate else []:
         e = write_fasta(root / f"e{n}.fa", n, args.length, mask=False)
         yield "evaluate fasta", n, e, runs["masked"], root / f"report{n}"
-    for n in args.trajectories:
-        h = simulate_to_file("lorenz63", root / f"t{n}.h5", n, 64, seed=1)
+    files = {n: simulate_to_file("lorenz63", root / f"t{n}.h5", n, TRAJ_STEPS, seed=1)
+             for n in args.trajectories}
+    for n, h in files.items():
         yield "predict hdf5", n, h, runs["forecast"], root / f"f{n}.h5"
+    for n, h in files.items() if args.evaluate else []:
+        yield "evaluate hdf5", n, h, runs["forecast"], root / f"freport{n}"
 
 
 def main(argv: list[str] | None = None) -> None:

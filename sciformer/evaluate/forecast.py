@@ -6,7 +6,8 @@ What is scored (metrics.json, DESIGN.md contract):
   trajectories (split.json `heldout_origin`) are used and `scope` says so; any other file is
   scored whole, after checking that its state shape matches the checkpoint.
 - **Windows.** Each trajectory gives up to `WINDOWS_PER_TRAJECTORY` evaluation windows of
-  `context + horizon` steps with evenly spaced, deterministic starts. The default context is
+  `context + horizon` steps with evenly spaced, deterministic starts (fewer per trajectory on
+  large files, never under one: `windows_per_trajectory`). The default context is
   the trained one; the default horizon is the larger of the trained horizon and three
   Lyapunov times (`HORIZON_LYAPUNOV_TIMES`) when the Lyapunov time is known, else four
   trained horizons, so the closed-loop rollout past the trained horizon is always tested.
@@ -16,6 +17,10 @@ What is scored (metrics.json, DESIGN.md contract):
 - **Scale.** nRMSE divides by the climatological standard deviation of the training split,
   sqrt(mean over features of the per-feature variance), so forecasting the climatological
   mean scores about 1 whatever the offsets between variables (e.g. Lorenz-63's z ~ 23).
+- **Streaming.** Trajectories are read, forecast and scored a block at a time
+  (`EVAL_BLOCK_TRAJECTORIES`, rounded up to whole model batches so the model sees the same
+  batches as an all-at-once evaluation) into running sums (`ForecastScore`), so memory does not
+  grow with the number of held-out trajectories; only the plotted windows are kept.
 - **Summary numbers.** Besides `forecast_metrics` (means over the horizon, per-step curves,
   VPT in Lyapunov times when known), `nrmse_at` samples the nRMSE curve at a few lead times
   and `nrmse_1lt` is its mean over the first Lyapunov time (when known).
@@ -24,6 +29,7 @@ What is scored (metrics.json, DESIGN.md contract):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +39,7 @@ import torch
 from sciformer.config import RunConfig
 from sciformer.errors import ConfigError, InputError
 from sciformer.evaluate.baselines import BASELINES, RidgeAR
-from sciformer.evaluate.metrics import forecast_metrics, nrmse_at
+from sciformer.evaluate.metrics import ForecastScore, nrmse_at
 from sciformer.io.trajectories import TrajectoryFile, TrajectoryMeta
 from sciformer.tasks.forecast import forecast, tokenizer_from_state
 from sciformer.train.checkpoint import read_split
@@ -44,6 +50,8 @@ HORIZON_LYAPUNOV_TIMES = 3.0  # default horizon in Lyapunov times (when known)
 HORIZON_TRAINED_MULTIPLE = 4  # default horizon in trained horizons (Lyapunov time unknown)
 MAX_BASELINE_TRAJECTORIES = 256  # training trajectories used to fit baselines and the scale
 N_PLOTTED = 3  # trajectories drawn in forecast.png
+EVAL_BLOCK_TRAJECTORIES = 64  # trajectories read, forecast and scored at a time (>= N_PLOTTED)
+MIN_MODEL_BATCH = 64  # windows per model forward pass: max(train.batch_size, this)
 
 
 # ---- what to score --------------------------------------------------------------------------
@@ -85,18 +93,44 @@ def window_starts(n_time: int, length: int, per_traj: int) -> np.ndarray:
     return np.unique(np.linspace(0, n_time - length, per_traj).round().astype(int))
 
 
-def load_windows(f: TrajectoryFile, trajs: list[int], length: int
-                 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """Windows (N, length, F) from the chosen trajectories and their (trajectory, start)."""
-    per = max(1, min(WINDOWS_PER_TRAJECTORY, MAX_WINDOWS // max(1, len(trajs))))
-    starts = window_starts(f.meta.n_time, length, per)
-    wins, origin = [], []
+def windows_per_trajectory(n_traj: int) -> int:
+    """WINDOWS_PER_TRAJECTORY, fewer so all windows fit MAX_WINDOWS, but never under one."""
+    return max(1, min(WINDOWS_PER_TRAJECTORY, MAX_WINDOWS // max(1, n_traj)))
+
+
+def block_trajectories(per_traj: int, batch: int) -> int:
+    """Trajectories per block: EVAL_BLOCK_TRAJECTORIES (at least N_PLOTTED), rounded up so a
+    block of `per_traj` windows each is a whole number of model batches of `batch` windows.
+
+    Whole batches make the model see exactly the batches of an all-at-once evaluation, so
+    its forecasts (and the seeded draws of a bins tokenizer) do not depend on the blocking.
+    """
+    unit = batch // math.gcd(batch, per_traj)
+    want = max(EVAL_BLOCK_TRAJECTORIES, N_PLOTTED)
+    return unit * -(-want // unit)
+
+
+def _runs(trajs: list[int]) -> list[tuple[int, int]]:
+    """[first, stop) ranges of consecutive indices in the ascending list `trajs`."""
+    runs: list[list[int]] = []
     for t in trajs:
-        traj = f.trajectory(t).reshape(f.meta.n_time, -1)  # (T, F)
-        for s in starts:
-            wins.append(traj[s:s + length])
-            origin.append((t, int(s)))
-    return np.stack(wins), origin
+        if runs and runs[-1][1] == t:
+            runs[-1][1] = t + 1
+        else:
+            runs.append([t, t + 1])
+    return [(a, b) for a, b in runs]
+
+
+def read_windows(f: TrajectoryFile, trajs: list[int], starts: np.ndarray, length: int
+                 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Windows (len(trajs) * len(starts), length, F) in (trajectory, start) order, and their
+    (trajectory, start); one HDF5 read per start and run of consecutive trajectories."""
+    parts = []
+    for first, stop in _runs(trajs):
+        per_start = [f.windows(first, stop, int(s), length) for s in starts]
+        parts.append(np.stack(per_start, axis=1))  # (b, n_starts, length, *state_shape)
+    wins = np.concatenate(parts).reshape(len(trajs) * len(starts), length, -1)
+    return wins, [(t, int(s)) for t in trajs for s in starts]
 
 
 def training_trajectories(extra: dict[str, Any], run_dir: Path) -> list[np.ndarray]:
@@ -131,20 +165,35 @@ def model_forecasts(model: torch.nn.Module, cfg: RunConfig, extra: dict[str, Any
     tok = tokenizer_from_state(extra)
     levels = list(cfg.data.quantiles)
     meds, qs = [], []
-    batch = max(cfg.train.batch_size, 64)
-    for part in torch.from_numpy(contexts).split(batch):
+    for part in torch.from_numpy(contexts).split(model_batch(cfg)):
         med, q = forecast(model, tok, part.to(device), horizon, cfg.data.horizon, levels)
         meds.append(med.cpu().double().numpy())
         qs.append(q.cpu().double().numpy())
     order = np.argsort(levels)
     q = np.concatenate(qs, axis=1)[order]
-    return np.concatenate(meds), q, [levels[i] for i in order]
+    return np.concatenate(meds), q, sorted_levels(cfg)
 
 
-def baseline_forecasts(train: list[np.ndarray], contexts: np.ndarray,
+def model_batch(cfg: RunConfig) -> int:
+    """Windows per forward pass of the model during evaluation."""
+    return max(cfg.train.batch_size, MIN_MODEL_BATCH)
+
+
+def sorted_levels(cfg: RunConfig) -> list[float]:
+    """The run's quantile levels in ascending order (as the model's quantiles are returned)."""
+    levels = list(cfg.data.quantiles)
+    return [levels[i] for i in np.argsort(levels)]
+
+
+def fit_baselines(train: list[np.ndarray]) -> dict[str, Any]:
+    """Every baseline of `BASELINES`, fitted once on the training trajectories `train`."""
+    return {name: cls().fit(train) for name, cls in BASELINES.items()}
+
+
+def baseline_forecasts(fitted: dict[str, Any], contexts: np.ndarray,
                        horizon: int) -> dict[str, np.ndarray]:
-    """Closed-loop forecasts (N, H, F) of every baseline, fitted on `train`."""
-    return {name: cls().fit(train).predict(contexts, horizon) for name, cls in BASELINES.items()}
+    """Closed-loop forecasts (N, H, F) of every fitted baseline from `contexts`."""
+    return {name: b.predict(contexts, horizon) for name, b in fitted.items()}
 
 
 def summary_numbers(metrics: dict[str, Any], steps_per_lt: float | None,
@@ -163,15 +212,55 @@ def summary_numbers(metrics: dict[str, Any], steps_per_lt: float | None,
 
 
 # ---- the whole evaluation ------------------------------------------------------------------
-def score_predictions(truth: np.ndarray, med: np.ndarray, q: np.ndarray, levels: list[float],
-                      base: dict[str, np.ndarray], scale: float, steps_per_lt: float | None,
-                      trained: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """metrics.json entries of the model (with CRPS from its quantiles) and of each baseline."""
-    scored = dict(scale=scale, dt_steps_per_lyapunov=steps_per_lt)
-    model_m = forecast_metrics(med, truth, quantiles=q, levels=np.array(levels), **scored)
-    base_m = {k: summary_numbers(forecast_metrics(p, truth, **scored), steps_per_lt, trained)
-              for k, p in base.items()}
-    return summary_numbers(model_m, steps_per_lt, trained), base_m
+@dataclass
+class PlotWindows:
+    """The windows drawn in the plots: context (n, c, F), truth and median (n, H, F), quantiles
+    (n_q, n, H, F), and each window's (trajectory, start)."""
+
+    ctx: np.ndarray
+    truth: np.ndarray
+    med: np.ndarray
+    q: np.ndarray
+    origin: list[tuple[int, int]]
+
+
+@dataclass
+class Scores:
+    """Running scores of the model and the baselines, and the windows kept for the plots."""
+
+    model: ForecastScore
+    baselines: dict[str, ForecastScore]
+    shown: PlotWindows | None = None
+
+    def add(self, ctx: np.ndarray, truth: np.ndarray, med: np.ndarray, q: np.ndarray,
+            base: dict[str, np.ndarray], origin: list[tuple[int, int]]) -> None:
+        """Score one block; keep its plotted windows if it is the first block."""
+        self.model.add(med, truth, quantiles=q)
+        for name, pred in base.items():
+            self.baselines[name].add(pred, truth)
+        if self.shown is None:
+            k = _shown_windows(origin)
+            self.shown = PlotWindows(ctx[k], truth[k], med[k], q[:, k], [origin[i] for i in k])
+
+
+def stream_scores(model: torch.nn.Module, cfg: RunConfig, extra: dict[str, Any],
+                  f: TrajectoryFile, trajs: list[int], c: int, h: int, fitted: dict[str, Any],
+                  scored: dict[str, Any], device: torch.device) -> Scores:
+    """Read, forecast and score the windows of `trajs` a block of trajectories at a time.
+
+    `per` windows per trajectory come from the TOTAL number of trajectories, so the windows
+    are those of an all-at-once evaluation; `scored` holds ForecastScore's scale arguments.
+    """
+    starts = window_starts(f.meta.n_time, c + h, windows_per_trajectory(len(trajs)))
+    step = block_trajectories(len(starts), model_batch(cfg))
+    scores = Scores(ForecastScore(**scored, levels=sorted_levels(cfg)),
+                    {name: ForecastScore(**scored) for name in fitted})
+    for i in range(0, len(trajs), step):
+        wins, origin = read_windows(f, trajs[i:i + step], starts, c + h)
+        ctx, truth = wins[:, :c], wins[:, c:].astype(np.float64)
+        med, q, _ = model_forecasts(model, cfg, extra, ctx, h, device)
+        scores.add(ctx, truth, med, q, baseline_forecasts(fitted, ctx, h), origin)
+    return scores
 
 
 def check_context(extra: dict[str, Any], context: int) -> None:
@@ -202,24 +291,24 @@ def evaluate_forecast_run(model: torch.nn.Module, cfg: RunConfig, extra: dict[st
     check_context(extra, c)
     f.require_length(c + h, f"context {c} + horizon {h} (pass a smaller --context/--horizon)")
     trajs, scope = heldout_trajectories(run_dir, data, extra, meta.n_traj)
-    wins, origin = load_windows(f, trajs, c + h)
-    ctx, truth = wins[:, :c], wins[:, c:].astype(np.float64)
     train = training_trajectories(extra, run_dir)
     scale = climatological_scale(train)
-    med, q, levels = model_forecasts(model, cfg, extra, ctx, h, device)
-    model_m, base_m = score_predictions(truth, med, q, levels, baseline_forecasts(train, ctx, h),
-                                        scale, steps_per_lt, cfg.data.horizon)
+    scores = stream_scores(model, cfg, extra, f, trajs, c, h, fit_baselines(train),
+                           dict(scale=scale, dt_steps_per_lyapunov=steps_per_lt), device)
+    model_m = summary_numbers(scores.model.result(), steps_per_lt, cfg.data.horizon)
+    base_m = {k: summary_numbers(v.result(), steps_per_lt, cfg.data.horizon)
+              for k, v in scores.baselines.items()}
     metrics = {
-        "task": "forecast", "n_examples": len(wins), "n_trajectories": len(trajs),
+        "task": "forecast", "n_examples": scores.model.n_windows, "n_trajectories": len(trajs),
         "context": c, "horizon": h, "trained_horizon": cfg.data.horizon, "dt": meta.dt,
         "lyapunov_time": lyap, "steps_per_lyapunov_time": steps_per_lt, "scope": scope,
         "data": str(data), "nrmse_scale": scale,
         "nrmse_scale_is": "climatological std of the training split (sqrt of the mean "
                           "per-feature variance)",
-        "baseline_fit_trajectories": len(train), "quantile_levels": levels,
+        "baseline_fit_trajectories": len(train), "quantile_levels": sorted_levels(cfg),
         "model": model_m, "baselines": base_m,
     }
-    plots = draw_plots(out_dir, meta, truth, ctx, med, q, origin, metrics)
+    plots = draw_plots(out_dir, meta, scores.shown, metrics)
     write_summary(out_dir / "summary.md", metrics, title=f"Forecasting: {data.name}",
                   plots=plots)
     return metrics
@@ -246,24 +335,24 @@ def _shown_features(meta: TrajectoryMeta) -> tuple[list[int], list[str]]:
     return [p * n_f for p in points], [f"{field}[x{p}]" for p in points]
 
 
-def draw_plots(out_dir: Path, meta: TrajectoryMeta, truth: np.ndarray, ctx: np.ndarray,
-               med: np.ndarray, q: np.ndarray, origin: list[tuple[int, int]],
+def draw_plots(out_dir: Path, meta: TrajectoryMeta, shown: PlotWindows,
                metrics: dict[str, Any]) -> list[str]:
-    """forecast.png, error_vs_horizon.png and (1-D fields) spacetime.png; their file names.
+    """forecast.png (every window of `shown`), error_vs_horizon.png and (1-D fields)
+    spacetime.png (the first window of `shown`); their file names.
 
     Time axes are in Lyapunov times when the Lyapunov time is known, else in time units.
     """
     from sciformer.evaluate import report
 
-    c, h = ctx.shape[1], truth.shape[1]
+    c, h = shown.ctx.shape[1], shown.truth.shape[1]
     lyap, levels = metrics["lyapunov_time"], metrics["quantile_levels"]
     unit, label = (lyap, "time (Lyapunov times)") if lyap else (meta.dt, "time")
     unit = unit / meta.dt  # steps per axis unit
-    show, (feat, names) = _shown_windows(origin), _shown_features(meta)
-    fut = np.ix_(show, range(h), feat)
+    feat, names = _shown_features(meta)
     report.plot_forecasts(out_dir / "forecast.png", (np.arange(c + h) - (c - 1)) / unit,
-                          ctx[np.ix_(show, range(c), feat)], truth[fut], med[fut],
-                          q[0][fut], q[-1][fut], feature_names=names, x_label=label,
+                          shown.ctx[..., feat], shown.truth[..., feat], shown.med[..., feat],
+                          shown.q[0][..., feat], shown.q[-1][..., feat], feature_names=names,
+                          x_label=label,
                           band_label=f"{levels[0]:g}-{levels[-1]:g} quantile band")
     curves = {"model": metrics["model"]["per_step"]["nrmse"],
               **{k: v["per_step"]["nrmse"] for k, v in metrics["baselines"].items()}}
@@ -271,19 +360,20 @@ def draw_plots(out_dir: Path, meta: TrajectoryMeta, truth: np.ndarray, ctx: np.n
                                  curves, x_label=f"lead {label}")
     plots = ["forecast.png", "error_vs_horizon.png"]
     if len(meta.state_shape) == 2:
-        _spacetime(out_dir / "spacetime.png", meta, truth, med, origin, show[0], c, unit, label)
+        _spacetime(out_dir / "spacetime.png", meta, shown, c, unit, label)
         plots.append("spacetime.png")
     return plots
 
 
-def _spacetime(path: Path, meta: TrajectoryMeta, truth: np.ndarray, med: np.ndarray,
-               origin: list[tuple[int, int]], w: int, c: int, unit: float, label: str) -> None:
-    """Truth / forecast / error of window `w`'s first field over x and lead time."""
+def _spacetime(path: Path, meta: TrajectoryMeta, shown: PlotWindows, c: int, unit: float,
+               label: str) -> None:
+    """Truth / forecast / error of the first shown window's first field over x and lead."""
     from sciformer.evaluate import report
 
-    h, (n_x, n_f) = truth.shape[1], meta.state_shape
+    h, (n_x, n_f) = shown.truth.shape[1], meta.state_shape
     grid = (float(meta.x[0]), float(meta.x[-1])) if meta.x is not None else None
-    report.plot_spacetime(path, truth[w].reshape(h, n_x, n_f)[..., 0],
-                          med[w].reshape(h, n_x, n_f)[..., 0], dt=1.0 / unit, t0=0.5 / unit,
+    traj, start = shown.origin[0]
+    report.plot_spacetime(path, shown.truth[0].reshape(h, n_x, n_f)[..., 0],
+                          shown.med[0].reshape(h, n_x, n_f)[..., 0], dt=1.0 / unit, t0=0.5 / unit,
                           x_extent=grid, time_label=f"lead {label}",
-                          title=f"Held-out trajectory {origin[w][0]} from step {origin[w][1] + c}")
+                          title=f"Held-out trajectory {traj} from step {start + c}")
