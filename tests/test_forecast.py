@@ -45,15 +45,21 @@ def tiny_task(path: Path, *extra: str) -> ForecastTask:
     return ForecastTask(load_config(None, [*TINY, *extra]), [path])
 
 
-@pytest.fixture(scope="module")
-def l63(tmp_path_factory) -> dict[str, Path]:
-    """A tiny Lorenz-63 training file, a held-out file (other seed) and a 20-step run."""
-    root = tmp_path_factory.mktemp("l63")
-    train = simulate_to_file("lorenz63", root / "train.h5", 8, 420, seed=0)
-    test = simulate_to_file("lorenz63", root / "test.h5", 3, 420, seed=1)
+def l63_run(root: Path, train_shape: tuple[int, int], test_shape: tuple[int, int]
+            ) -> dict[str, Path]:
+    """A Lorenz-63 training file and a held-out file of (trajectories, steps) from another
+    seed, and a 20-step TINY run on the training file."""
+    train = simulate_to_file("lorenz63", root / "train.h5", *train_shape, seed=0)
+    test = simulate_to_file("lorenz63", root / "test.h5", *test_shape, seed=1)
     run = root / "run"
     pretrain([train], load_config(None, TINY), run, progress=False)
     return {"train": train, "test": test, "run": run, "root": root}
+
+
+@pytest.fixture(scope="module")
+def l63(tmp_path_factory) -> dict[str, Path]:
+    """8 training and 3 held-out trajectories of 420 steps, and a 20-step run."""
+    return l63_run(tmp_path_factory.mktemp("l63"), (8, 420), (3, 420))
 
 
 # ---- task: batches and split ----------------------------------------------------------------

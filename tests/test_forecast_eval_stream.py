@@ -10,13 +10,10 @@ import numpy as np
 import pytest
 
 import sciformer.evaluate.forecast as fc
-from sciformer.config import load_config
 from sciformer.evaluate.metrics import ForecastScore, forecast_metrics
 from sciformer.evaluate.run import evaluate
 from sciformer.io.trajectories import TrajectoryFile
-from sciformer.simulate import simulate_to_file
-from sciformer.train.loop import pretrain
-from tests.test_forecast import TINY, labelled_file
+from tests.test_forecast import l63_run, labelled_file
 
 LEVELS = np.array([0.1, 0.5, 0.9])
 READ_WINDOWS, DRAW_PLOTS = fc.read_windows, fc.draw_plots  # unpatched, for the spies
@@ -129,12 +126,7 @@ def test_block_size_is_whole_model_batches(monkeypatch):
 def small(tmp_path_factory) -> dict[str, Path]:
     """A 20-step run on a tiny Lorenz-63 file (4 of 16 trajectories held out) and a separate
     20-trajectory file."""
-    root = tmp_path_factory.mktemp("stream")
-    train = simulate_to_file("lorenz63", root / "train.h5", 16, 120, seed=0)
-    test = simulate_to_file("lorenz63", root / "test.h5", 20, 80, seed=1)
-    run = root / "run"
-    pretrain([train], load_config(None, TINY), run, progress=False)
-    return {"train": train, "test": test, "run": run, "root": root}
+    return l63_run(tmp_path_factory.mktemp("stream"), (16, 120), (20, 80))
 
 
 def _evaluate_in_blocks(small, monkeypatch, block: int, name: str, data: str = "test",
