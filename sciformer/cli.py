@@ -139,7 +139,7 @@ def evaluate(run_dir, data, out_dir, context, horizon, probe, label, device) -> 
     from sciformer.evaluate.summary import format_table
 
     metrics = run(run_dir, data, out_dir, context=context, horizon=horizon, device=device,
-                  probe=probe, label=label)
+                  probe=probe, label=label, progress=_progress())
     click.echo(format_table(metrics))
     click.echo(f"Report in {out_dir}")
 

@@ -334,9 +334,9 @@ def _run_groups(model: nn.Module, f: h5py.File, fasta: Path, todo: np.ndarray,
                 settings: EmbedSettings, budget: int, device: torch.device,
                 progress: bool) -> tuple[int, int]:
     """Embed and write the records still to do; flush after each group. (records, residues)"""
-    from tqdm import tqdm
+    from sciformer.progress import progress_bar
 
-    bar = tqdm(total=int(todo.sum()), unit="seq", disable=not progress, desc="embed")
+    bar = progress_bar(int(todo.sum()), "embed", "seq", progress)
     written = residues = 0
     for group in _groups(fasta, todo, 4 * budget):
         seqs = [g[2] for g in group]

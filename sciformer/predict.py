@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from sciformer.errors import InputError
 from sciformer.io.atomic import atomic_path
-from sciformer.io.fasta import FastaRecord, read_fasta
+from sciformer.io.fasta import FastaRecord, count_records, read_fasta
+from sciformer.progress import progress_bar
 from sciformer.tasks.masked import TOKENIZER, masked_log_probs
 from sciformer.train.checkpoint import load_run
 from sciformer.train.loop import pick_device
@@ -40,10 +42,13 @@ def predict(run_dir: str | Path, input_path: str | Path, out: str | Path, *,
     if extra.get("task") == "forecast":
         from sciformer.tasks.forecast import predict_forecast
 
-        return predict_forecast(model, cfg, extra, Path(input_path), Path(out), horizon, dev)
+        return predict_forecast(model, cfg, extra, Path(input_path), Path(out), horizon, dev,
+                                progress)
     writer = _score_rows if score else _mask_rows
-    with atomic_path(out) as tmp, open(tmp, "w") as fh:
-        for line in writer(model, cfg, Path(input_path), dev):
+    total = count_records(input_path) if progress else None
+    with atomic_path(out) as tmp, open(tmp, "w") as fh, \
+            progress_bar(total, "predict", "seq", progress) as bar:
+        for line in writer(model, cfg, Path(input_path), dev, bar):
             fh.write(line + "\n")
     return Path(out)
 
@@ -59,7 +64,7 @@ def _groups(path: Path) -> Iterator[list[FastaRecord]]:
         yield group
 
 
-def _mask_rows(model, cfg, path: Path, device: torch.device) -> Iterator[str]:
+def _mask_rows(model, cfg, path: Path, device: torch.device, bar: tqdm) -> Iterator[str]:
     """One TSV row per <mask>: record, 1-based position, top-5 residues with probabilities."""
     header = ["record", "position"] + [f"{k}{i}" for i in range(1, TOP_K + 1) for k in ("aa", "p")]
     yield "\t".join(header)
@@ -77,12 +82,13 @@ def _mask_rows(model, cfg, path: Path, device: torch.device) -> Iterator[str]:
                 cells = [f"{TOKENIZER.alphabet[residue_ids[b]]}\t{p[b]:.4f}" for b in best]
                 yield "\t".join([group[i].id, str(pos + 1), *cells])
             n_masks += len(queries[i])
+        bar.update(len(group))
     if n_masks == 0:
         raise InputError(f"{path}: no <mask> tokens found; write <mask> where residues should be "
                          "predicted, or pass --score for pseudo-perplexity")
 
 
-def _score_rows(model, cfg, path: Path, device: torch.device) -> Iterator[str]:
+def _score_rows(model, cfg, path: Path, device: torch.device, bar: tqdm) -> Iterator[str]:
     """Pseudo-perplexity per record: mask each residue in turn (Salazar et al. 2020)."""
     yield "record\tlength\tpseudo_perplexity\tmean_log_prob"
     for group in _groups(path):
@@ -91,6 +97,7 @@ def _score_rows(model, cfg, path: Path, device: torch.device) -> Iterator[str]:
             logp = _one_at_a_time(model, cfg, seq, device)
             mean = float(logp.mean())
             yield f"{rec.id}\t{len(seq)}\t{np.exp(-mean):.4f}\t{mean:.4f}"
+            bar.update(1)
 
 
 def _one_at_a_time(model, cfg, seq: np.ndarray, device: torch.device) -> np.ndarray:

@@ -106,11 +106,11 @@ def run_workflow(path: str | Path, progress: bool = False) -> list[dict[str, Any
         elif verb == "predict":
             click.echo(f"[predict] {a['input']} -> {a['out']}")
             predict(a["run"], a["input"], a["out"], horizon=a.get("horizon"),
-                    score=a.get("score", False))
+                    score=a.get("score", False), progress=progress)
         else:
             click.echo(f"[evaluate] {a['data']} -> {a['out_dir']}")
             reports.append(evaluate(a["run"], a["data"], a["out_dir"], context=a.get("context"),
-                                    horizon=a.get("horizon")))
+                                    horizon=a.get("horizon"), progress=progress))
     for metrics in reports:
         click.echo("\n" + format_table(metrics))
     return reports

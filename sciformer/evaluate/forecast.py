@@ -41,6 +41,7 @@ from sciformer.errors import ConfigError, InputError
 from sciformer.evaluate.baselines import BASELINES, RidgeAR
 from sciformer.evaluate.metrics import ForecastScore, nrmse_at
 from sciformer.io.trajectories import TrajectoryFile, TrajectoryMeta
+from sciformer.progress import progress_bar
 from sciformer.tasks.forecast import forecast, tokenizer_from_state
 from sciformer.train.checkpoint import read_split
 
@@ -245,7 +246,8 @@ class Scores:
 
 def stream_scores(model: torch.nn.Module, cfg: RunConfig, extra: dict[str, Any],
                   f: TrajectoryFile, trajs: list[int], c: int, h: int, fitted: dict[str, Any],
-                  scored: dict[str, Any], device: torch.device) -> Scores:
+                  scored: dict[str, Any], device: torch.device, progress: bool = False
+                  ) -> Scores:
     """Read, forecast and score the windows of `trajs` a block of trajectories at a time.
 
     `per` windows per trajectory come from the TOTAL number of trajectories, so the windows
@@ -255,11 +257,14 @@ def stream_scores(model: torch.nn.Module, cfg: RunConfig, extra: dict[str, Any],
     step = block_trajectories(len(starts), model_batch(cfg))
     scores = Scores(ForecastScore(**scored, levels=sorted_levels(cfg)),
                     {name: ForecastScore(**scored) for name in fitted})
+    bar = progress_bar(len(trajs), "evaluate", "traj", progress)
     for i in range(0, len(trajs), step):
         wins, origin = read_windows(f, trajs[i:i + step], starts, c + h)
         ctx, truth = wins[:, :c], wins[:, c:].astype(np.float64)
         med, q, _ = model_forecasts(model, cfg, extra, ctx, h, device)
         scores.add(ctx, truth, med, q, baseline_forecasts(fitted, ctx, h), origin)
+        bar.update(len(trajs[i:i + step]))
+    bar.close()
     return scores
 
 
@@ -273,7 +278,8 @@ def check_context(extra: dict[str, Any], context: int) -> None:
 
 def evaluate_forecast_run(model: torch.nn.Module, cfg: RunConfig, extra: dict[str, Any],
                           run_dir: Path, data: Path, out_dir: Path, device: torch.device, *,
-                          context: int | None = None, horizon: int | None = None) -> dict:
+                          context: int | None = None, horizon: int | None = None,
+                          progress: bool = False) -> dict:
     """Score the run's model and the baselines on `data`; write the PNGs and summary.md.
 
     Returns the metrics dict (the caller writes metrics.json). See the module docstring for
@@ -294,7 +300,8 @@ def evaluate_forecast_run(model: torch.nn.Module, cfg: RunConfig, extra: dict[st
     train = training_trajectories(extra, run_dir)
     scale = climatological_scale(train)
     scores = stream_scores(model, cfg, extra, f, trajs, c, h, fit_baselines(train),
-                           dict(scale=scale, dt_steps_per_lyapunov=steps_per_lt), device)
+                           dict(scale=scale, dt_steps_per_lyapunov=steps_per_lt), device,
+                           progress)
     model_m = summary_numbers(scores.model.result(), steps_per_lt, cfg.data.horizon)
     base_m = {k: summary_numbers(v.result(), steps_per_lt, cfg.data.horizon)
               for k, v in scores.baselines.items()}

@@ -24,7 +24,8 @@ from sciformer.errors import InputError
 from sciformer.evaluate.baselines import unigram_baseline
 from sciformer.evaluate.metrics import masked_metrics
 from sciformer.evaluate.report import plot_masked_report, write_summary
-from sciformer.io.fasta import read_fasta
+from sciformer.io.fasta import count_records, read_fasta
+from sciformer.progress import progress_bar
 from sciformer.tasks.masked import TOKENIZER, evaluate_masked
 from sciformer.tokenizers.protein import STANDARD_AMINO_ACIDS
 from sciformer.train.checkpoint import read_split
@@ -76,27 +77,33 @@ def _record_groups(data: Path, keep: list[int] | None) -> Iterator[list[np.ndarr
 
 
 def score_records(model: torch.nn.Module, cfg: RunConfig, data: Path, keep: list[int] | None,
-                  device: torch.device) -> tuple[dict[str, np.ndarray], int]:
+                  device: torch.device, progress: bool = False
+                  ) -> tuple[dict[str, np.ndarray], int]:
     """Masked-position results over the whole file, streamed: (log_prob, pred, true), count."""
     rng = np.random.default_rng(EVAL_SEED)  # one stream through every group
     parts: dict[str, list[np.ndarray]] = {"log_prob": [], "pred": [], "true": []}
     n_records = 0
+    total = len(keep) if keep is not None else (count_records(data) if progress else None)
+    bar = progress_bar(total, "evaluate", "seq", progress)
     for group in _record_groups(data, keep):
         res = evaluate_masked(model, group, cfg, device, seed=rng)
         parts["log_prob"].append(res["log_prob"].astype(np.float64))
         parts["pred"].append(res["pred"].astype(np.uint8))
         parts["true"].append(res["true"].astype(np.uint8))
         n_records += len(group)
+        bar.update(len(group))
+    bar.close()
     dtypes = {"log_prob": np.float64, "pred": np.uint8, "true": np.uint8}
     res = {k: np.concatenate(v) if v else np.zeros(0, dtypes[k]) for k, v in parts.items()}
     return res, n_records
 
 
 def evaluate_masked_run(model: torch.nn.Module, cfg: RunConfig, extra: dict[str, Any],
-                        run_dir: Path, data: Path, out_dir: Path, device: torch.device) -> dict:
+                        run_dir: Path, data: Path, out_dir: Path, device: torch.device,
+                        progress: bool = False) -> dict:
     """Score `data`, write metrics.json inputs, the PNG and the summary; return metrics."""
     keep, scope = heldout_selection(run_dir, data, extra)
-    res, n_records = score_records(model, cfg, data, keep, device)
+    res, n_records = score_records(model, cfg, data, keep, device, progress)
     counts = np.asarray(extra["residue_counts"], dtype=np.float64)
     conf, letters = confusion_matrix(res["true"], res["pred"])
     per_res = {a: float(conf[i, i] / conf[i].sum()) if conf[i].sum() else float("nan")

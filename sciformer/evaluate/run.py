@@ -12,8 +12,10 @@ from sciformer.train.loop import pick_device
 
 def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path, *,
              context: int | None = None, horizon: int | None = None,
-             device: str = "auto", probe: str | None = None, label: str = "label") -> dict:
+             device: str = "auto", probe: str | None = None, label: str = "label",
+             progress: bool = False) -> dict:
     """Evaluate the model in `run_dir` on `data`; returns the metrics written to metrics.json.
+    `progress` shows a bar of records / trajectories scored.
 
     With `probe` ("sequence" | "residue"), fit a linear probe on frozen embeddings instead
     (`sciformer.evaluate.probe`), reading labels from column / header key `label`.
@@ -32,11 +34,11 @@ def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path, *,
         from sciformer.evaluate.forecast import evaluate_forecast_run
 
         metrics = evaluate_forecast_run(model, cfg, extra, run_dir, data, out_dir, dev,
-                                        context=context, horizon=horizon)
+                                        context=context, horizon=horizon, progress=progress)
     else:
         from sciformer.evaluate.masked import evaluate_masked_run
 
-        metrics = evaluate_masked_run(model, cfg, extra, run_dir, data, out_dir, dev)
+        metrics = evaluate_masked_run(model, cfg, extra, run_dir, data, out_dir, dev, progress)
         if extra.get("imported_from"):  # no training data: the unigram is really uniform
             from sciformer.esm2 import relabel_untrained_baseline
 

@@ -343,7 +343,8 @@ def open_contexts(path: Path, state_shape: list[int], min_len: int) -> Trajector
 
 
 def predict_forecast(model: nn.Module, cfg: RunConfig, extra: dict[str, Any], input_path: Path,
-                     out: Path, horizon: int | None, device: torch.device) -> Path:
+                     out: Path, horizon: int | None, device: torch.device,
+                     progress: bool = False) -> Path:
     """Forecast `horizon` steps after each trajectory of `input_path`; write trajectory HDF5.
 
     Streams: reads the last `data.context` steps of `train.batch_size` trajectories at a time,
@@ -351,6 +352,7 @@ def predict_forecast(model: nn.Module, cfg: RunConfig, extra: dict[str, Any], in
     of trajectories. The output appears only when complete.
     """
     from sciformer.io.trajectory_writer import TrajectoryWriter
+    from sciformer.progress import progress_bar
 
     d, n_features = cfg.data, extra["n_features"]
     tok = tokenizer_from_state(extra)
@@ -362,7 +364,8 @@ def predict_forecast(model: nn.Module, cfg: RunConfig, extra: dict[str, Any], in
                              system=m.system, lyapunov_time=m.lyapunov_time,
                              field_names=m.field_names, quantile_levels=d.quantiles,
                              attrs={"source": str(input_path), "forecast_of": "steps after "
-                                    "the last step of each input trajectory"}) as w:
+                                    "the last step of each input trajectory"}) as w, \
+            progress_bar(m.n_traj, "predict", "traj", progress) as bar:
         for first in range(0, m.n_traj, cfg.train.batch_size):
             stop = min(first + cfg.train.batch_size, m.n_traj)
             ctx = f.windows(first, stop, m.n_time - use, use).reshape(stop - first, use,
@@ -372,4 +375,5 @@ def predict_forecast(model: nn.Module, cfg: RunConfig, extra: dict[str, Any], in
             shape = (stop - first, horizon, *m.state_shape)
             w.write(med.cpu().numpy().reshape(shape),
                     q.cpu().numpy().reshape((len(d.quantiles), *shape)))
+            bar.update(stop - first)
     return out

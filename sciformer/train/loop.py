@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from sciformer.config import RunConfig, TrainConfig, save_config
 from sciformer.errors import CheckpointError, SciformerError
@@ -33,6 +32,7 @@ from sciformer.io.atomic import write_json_atomic, write_text_atomic
 from sciformer.model import SciFormer
 from sciformer.tasks import Task, build_task, micro_seed
 from sciformer.train import checkpoint as ckpt
+from sciformer.progress import progress_bar
 from sciformer.train.data import BatchSource
 from sciformer.train.distributed import Distributed, TaskStep
 
@@ -185,8 +185,7 @@ class Trainer:
         """Train to `max_steps`, logging, validating and checkpointing; final validation."""
         tc = self.cfg.train
         log = MetricsLog(self.run_dir / "metrics.jsonl", self.step) if self.dist.is_main else None
-        bar = tqdm(total=tc.max_steps, initial=self.step, disable=not self.progress,
-                   desc="pretrain", unit="step", dynamic_ncols=True)
+        bar = progress_bar(tc.max_steps, "pretrain", "step", self.progress, initial=self.step)
         last_val: dict[str, float] = {}
         t0, seen = time.perf_counter(), 0
         while self.step < tc.max_steps:
