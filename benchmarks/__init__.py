@@ -48,6 +48,13 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int,
     return times
 
 
+def ratio_range(times: dict[str, list[float]], peer: str, ours: str) -> str:
+    """'lo-hi' of the per-repeat ratios peer time / our time (peers run interleaved, so each
+    repeat compares runs made moments apart): shows how much the machine's noise moves a ratio."""
+    ratios = [p / o for p, o in zip(times[peer], times[ours])]
+    return f"{min(ratios):.2f}-{max(ratios):.2f}" if ratios else "-"
+
+
 def median(xs: list[float]) -> float:
     """Median of a non-empty list (NaN when empty)."""
     return statistics.median(xs) if xs else float("nan")

@@ -107,11 +107,12 @@ def fasta_section(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_train(res: dict[str, Any]) -> None:
     cols = ["family", "precision", "dropout", "batch", "sciformer_tok_s", "sciformer_mfu",
-            "x_hf_t5", "x_hf_esm", "x_torch_nn", "x_sdpa_ref", "attn_dropout_x_hf_t5",
-            "attn_dropout_x_hf_esm"]
+            "x_hf_t5", "x_hf_t5_range", "x_hf_esm", "x_hf_esm_range", "x_torch_nn",
+            "x_sdpa_ref", "attn_dropout_x_hf_t5", "attn_dropout_x_hf_esm"]
     print(table(res["summary"], cols, "\nTraining throughput: sciformer tokens/s, MFU, and its "
-                "speed-up (x) over each peer (median of interleaved repeats); attn_dropout_x: "
-                "with attention-weight dropout too, as the peers"))
+                "speed-up (x) over each peer (median of interleaved repeats; _range: lowest-"
+                "highest per-repeat ratio); attn_dropout_x: with attention-weight dropout too, "
+                "as the peers"))
     cols = ["family", "precision", "dropout", "peer", "step_s", "tokens_per_s", "mfu"]
     print(table(res["rows"], cols, "\nTraining throughput, every peer"))
     if res["note"]:
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     if "decode" in args.only:
         results["decode"] = decode_section(args)
         cols = ["peer", "batch", "steps", "seconds", "generated_tokens_per_s",
-                "sciformer_cache_speedup"]
+                "sciformer_cache_speedup", "speedup_range"]
         print(table(results["decode"], cols, "\nDecoding (greedy, batch x steps)"))
     if "scaling" in args.only:
         results["scaling"] = scaling_section(args)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from benchmarks import interleaved, median
+from benchmarks import interleaved, median, ratio_range
 from benchmarks.train_throughput import Shape, TorchEncDec
 from sciformer.config import ModelConfig
 from sciformer.model import SciFormer
@@ -113,8 +113,10 @@ def run(s: Shape, repeats: int, steps: int = STEPS,
     fns = peers(s, steps)
     if skip_slow:
         fns = {k: v for k, v in fns.items() if "nocache" not in k}
-    times = {k: median(v) for k, v in interleaved(fns, repeats).items()}
+    raw = interleaved(fns, repeats)
+    times = {k: median(v) for k, v in raw.items()}
     ours = times["sciformer_cache"]
     return [{"peer": name, "batch": s.batch, "steps": steps, "seconds": t,
-             "generated_tokens_per_s": s.batch * steps / t, "sciformer_cache_speedup": t / ours}
+             "generated_tokens_per_s": s.batch * steps / t, "sciformer_cache_speedup": t / ours,
+             "speedup_range": ratio_range(raw, name, "sciformer_cache"), "repeats_s": raw[name]}
             for name, t in times.items()]

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmarks import interleaved, median
+from benchmarks import interleaved, median, ratio_range
 from sciformer.config import ModelConfig
 from sciformer.model import SciFormer
 from sciformer.tasks.masked import mask_tokens
@@ -291,11 +291,13 @@ def _one_setting(family: str, s: Shape, precision: str, dropout: float, repeats:
     else:
         peers, tokens = masked_peers(s, dropout, precision), s.batch * s.src_len
         flops = encoder_flops(s, int(masked_batch(s)["chosen"].sum()))
-    times = {k: median(v) for k, v in interleaved(peers, repeats).items()}
+    raw = interleaved(peers, repeats)
+    times = {k: median(v) for k, v in raw.items()}
     ours = times["sciformer"]
     return [{"family": family, "precision": precision, "dropout": dropout, "peer": name,
              "batch": s.batch, "tokens": tokens, "step_s": t, "tokens_per_s": tokens / t,
              "flops_per_s": flops / t, "mfu": flops / t / peak, "sciformer_speedup": t / ours,
+             "speedup_range": ratio_range(raw, name, "sciformer"), "repeats_s": raw[name],
              "shape": asdict(s)} for name, t in times.items()]
 
 
@@ -313,6 +315,7 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["sciformer_tok_s"], row["sciformer_mfu"] = r["tokens_per_s"], r["mfu"]
         elif r["peer"] != ATTN_DROPOUT:
             row[f"x_{r['peer']}"] = r["sciformer_speedup"]
+            row[f"x_{r['peer']}_range"] = r["speedup_range"]
     for key, t in times.items():
         if ATTN_DROPOUT in t:
             for peer in ("hf_t5", "hf_esm"):
