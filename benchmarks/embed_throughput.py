@@ -125,7 +125,7 @@ def main() -> None:
     print(f"ESM-2 {args.size} shape {SIZES[args.size]}, {len(seqs)} proteins, {residues} residues, "
           f"device {device}, threads {torch.get_num_threads()}, budget {args.tokens_per_batch}")
     print(f"max |pooled difference| between the two: {diff:.2e}")
-    print(f"| implementation | median residues/s | repeats |\n|---|---:|---|")
+    print("| implementation | median residues/s | repeats |\n|---|---:|---|")
     for name, r in rates.items():
         print(f"| {name} | {statistics.median(r):,.0f} | {', '.join(f'{x:,.0f}' for x in r)} |")
     ratio = statistics.median(rates["sciformer"]) / statistics.median(rates["HF EsmForMaskedLM"])
