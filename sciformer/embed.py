@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from sciformer.errors import ConfigError, InputError
-from sciformer.io.fasta import read_fasta
+from sciformer.io.fasta import grouped, read_fasta
 from sciformer.tasks.masked import TOKENIZER, frame
 from sciformer.tokenizers.protein import iter_windows, token_budget_batches
 
@@ -268,18 +268,9 @@ def _index_fasta(path: Path) -> tuple[list[str], list[int]]:
 def _groups(path: Path, todo: np.ndarray, budget: int
             ) -> Iterator[list[tuple[int, str, np.ndarray]]]:
     """Records still to do, in groups of about `budget` residues: [(index, id, residue ids)]."""
-    group, size = [], 0
-    for i, rec in enumerate(read_fasta(path)):
-        if not todo[i]:
-            continue
-        tokens = TOKENIZER.encode(rec.sequence, add_special=False)
-        group.append((i, rec.id, tokens))
-        size += len(tokens)
-        if size >= budget:
-            yield group
-            group, size = [], 0
-    if group:
-        yield group
+    todo_records = ((i, rec.id, TOKENIZER.encode(rec.sequence, add_special=False))
+                    for i, rec in enumerate(read_fasta(path)) if todo[i])
+    return grouped(todo_records, budget, weight=lambda item: len(item[2]))
 
 
 def embed(run_dir: str | Path, fasta: str | Path, out: str | Path, *,

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from sciformer.errors import InputError
 from sciformer.io.atomic import atomic_path
-from sciformer.io.fasta import FastaRecord, count_records, read_fasta
+from sciformer.io.fasta import FastaRecord, count_records, grouped, read_fasta
 from sciformer.progress import progress_bar
 from sciformer.tasks.masked import TOKENIZER, masked_log_probs
 from sciformer.train.checkpoint import load_run
@@ -54,14 +54,7 @@ def predict(run_dir: str | Path, input_path: str | Path, out: str | Path, *,
 
 
 def _groups(path: Path) -> Iterator[list[FastaRecord]]:
-    group: list[FastaRecord] = []
-    for rec in read_fasta(path):
-        group.append(rec)
-        if len(group) == GROUP:
-            yield group
-            group = []
-    if group:
-        yield group
+    return grouped(read_fasta(path), GROUP)
 
 
 def _mask_rows(model, cfg, path: Path, device: torch.device, bar: tqdm) -> Iterator[str]:
@@ -71,7 +64,7 @@ def _mask_rows(model, cfg, path: Path, device: torch.device, bar: tqdm) -> Itera
     n_masks = 0
     residue_ids = np.arange(4, 4 + 25)  # predictions are restricted to residue letters L..O
     for group in _groups(path):
-        tokens = [TOKENIZER.encode(r.sequence, add_special=False) for r in group]
+        tokens = TOKENIZER.encode_many([r.sequence for r in group], add_special=False)
         queries = [np.flatnonzero(t == TOKENIZER.mask_id) for t in tokens]
         for i, logp in masked_log_probs(model, tokens, queries, cfg.data.crop_length,
                                         cfg.data.tokens_per_batch, device):

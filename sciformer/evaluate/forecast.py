@@ -159,20 +159,16 @@ def climatological_scale(train: list[np.ndarray]) -> float:
 
 
 # ---- predictions ---------------------------------------------------------------------------
-def model_forecasts(model: torch.nn.Module, cfg: RunConfig, extra: dict[str, Any],
-                    contexts: np.ndarray, horizon: int, device: torch.device
-                    ) -> tuple[np.ndarray, np.ndarray, list[float]]:
-    """Model median (N, H, F) and quantiles (n_q, N, H, F) with ascending levels."""
-    tok = tokenizer_from_state(extra)
+def model_forecasts(model: torch.nn.Module, tok: Any, cfg: RunConfig, contexts: np.ndarray,
+                    horizon: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Model median (N, H, F) and quantiles (n_q, N, H, F) in the order of `sorted_levels`."""
     levels = list(cfg.data.quantiles)
     meds, qs = [], []
     for part in torch.from_numpy(contexts).split(model_batch(cfg)):
         med, q = forecast(model, tok, part.to(device), horizon, cfg.data.horizon, levels)
         meds.append(med.cpu().double().numpy())
         qs.append(q.cpu().double().numpy())
-    order = np.argsort(levels)
-    q = np.concatenate(qs, axis=1)[order]
-    return np.concatenate(meds), q, sorted_levels(cfg)
+    return np.concatenate(meds), np.concatenate(qs, axis=1)[np.argsort(levels)]
 
 
 def model_batch(cfg: RunConfig) -> int:
@@ -182,8 +178,7 @@ def model_batch(cfg: RunConfig) -> int:
 
 def sorted_levels(cfg: RunConfig) -> list[float]:
     """The run's quantile levels in ascending order (as the model's quantiles are returned)."""
-    levels = list(cfg.data.quantiles)
-    return [levels[i] for i in np.argsort(levels)]
+    return sorted(cfg.data.quantiles)
 
 
 def fit_baselines(train: list[np.ndarray]) -> dict[str, Any]:
@@ -257,14 +252,15 @@ def stream_scores(model: torch.nn.Module, cfg: RunConfig, extra: dict[str, Any],
     step = block_trajectories(len(starts), model_batch(cfg))
     scores = Scores(ForecastScore(**scored, levels=sorted_levels(cfg)),
                     {name: ForecastScore(**scored) for name in fitted})
-    bar = progress_bar(len(trajs), "evaluate", "traj", progress)
-    for i in range(0, len(trajs), step):
-        wins, origin = read_windows(f, trajs[i:i + step], starts, c + h)
-        ctx, truth = wins[:, :c], wins[:, c:].astype(np.float64)
-        med, q, _ = model_forecasts(model, cfg, extra, ctx, h, device)
-        scores.add(ctx, truth, med, q, baseline_forecasts(fitted, ctx, h), origin)
-        bar.update(len(trajs[i:i + step]))
-    bar.close()
+    tok = tokenizer_from_state(extra)
+    with progress_bar(len(trajs), "evaluate", "traj", progress) as bar:
+        for i in range(0, len(trajs), step):
+            block = trajs[i:i + step]
+            wins, origin = read_windows(f, block, starts, c + h)
+            ctx, truth = wins[:, :c], wins[:, c:].astype(np.float64)
+            med, q = model_forecasts(model, tok, cfg, ctx, h, device)
+            scores.add(ctx, truth, med, q, baseline_forecasts(fitted, ctx, h), origin)
+            bar.update(len(block))
     return scores
 
 

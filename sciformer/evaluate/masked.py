@@ -24,7 +24,7 @@ from sciformer.errors import InputError
 from sciformer.evaluate.baselines import unigram_baseline
 from sciformer.evaluate.metrics import masked_metrics
 from sciformer.evaluate.report import plot_masked_report, write_summary
-from sciformer.io.fasta import count_records, read_fasta
+from sciformer.io.fasta import count_records, grouped, read_fasta
 from sciformer.progress import progress_bar
 from sciformer.tasks.masked import TOKENIZER, evaluate_masked
 from sciformer.tokenizers.protein import STANDARD_AMINO_ACIDS
@@ -59,8 +59,12 @@ def confusion_matrix(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, li
 
 def _record_groups(data: Path, keep: list[int] | None) -> Iterator[list[np.ndarray]]:
     """Residue ids of the records to score (all, or the indices in `keep`), GROUP at a time."""
+    return grouped(_records_to_score(data, keep), GROUP)
+
+
+def _records_to_score(data: Path, keep: list[int] | None) -> Iterator[np.ndarray]:
+    """Residue ids (uint8) of each record to score, in file order."""
     wanted = None if keep is None else set(keep)
-    group: list[np.ndarray] = []
     for r, rec in enumerate(read_fasta(data)):
         if wanted is not None and r not in wanted:
             continue
@@ -68,12 +72,7 @@ def _record_groups(data: Path, keep: list[int] | None) -> Iterator[list[np.ndarr
         if (ids == TOKENIZER.mask_id).any():
             raise InputError(f"{data} line {rec.line}: record '{rec.id}' contains <mask>; "
                              "evaluate scores complete sequences (use predict to fill masks)")
-        group.append(ids.astype(np.uint8))
-        if len(group) == GROUP:
-            yield group
-            group = []
-    if group:
-        yield group
+        yield ids.astype(np.uint8)
 
 
 def score_records(model: torch.nn.Module, cfg: RunConfig, data: Path, keep: list[int] | None,

@@ -20,11 +20,11 @@ from __future__ import annotations
 import gzip
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 
@@ -416,3 +416,23 @@ def count_records(path: str | Path) -> int:
             count += chunk.count(b"\n>") + (at_line_start and chunk[:1] == b">")
             at_line_start = chunk.endswith(b"\n")
     return count
+
+
+T = TypeVar("T")
+
+
+def grouped(items: Iterable[T], size: int,
+            weight: Callable[[T], int] | None = None) -> Iterator[list[T]]:
+    """Consecutive lists of `items` (e.g. streamed records), each closed once its total weight
+    reaches `size` (weight 1 per item by default); the last list may be lighter. Lets large
+    files be processed a bounded group at a time."""
+    group: list[T] = []
+    total = 0
+    for item in items:
+        group.append(item)
+        total += 1 if weight is None else weight(item)
+        if total >= size:
+            yield group
+            group, total = [], 0
+    if group:
+        yield group

@@ -219,19 +219,11 @@ def write_trajectories(path: str | os.PathLike, states: np.ndarray, *,
     (n_levels, n_traj, H, ...) use dim `time` when H == n_time, else `horizon`.
     """
     states = np.asarray(states)
-    _state_dims(states.ndim)
-    horizon = None
-    if quantiles is not None:
-        quantiles = np.asarray(quantiles)
-        n_levels = len(quantile_levels) if quantile_levels is not None else 0
-        if quantiles.ndim != states.ndim + 1 or quantiles.shape[0] != n_levels \
-                or quantiles.shape[1] != states.shape[0] \
-                or quantiles.shape[3:] != states.shape[2:]:
-            raise ValueError(f"quantiles shape {quantiles.shape} does not fit {n_levels} levels "
-                             f"and states {states.shape}")
-        horizon = quantiles.shape[2]
-    else:
+    horizon = None  # quantiles' own length; their shape is checked by TrajectoryWriter.write
+    if quantiles is None:
         quantile_levels = None
+    elif np.ndim(quantiles) > 2:
+        horizon = np.shape(quantiles)[2]
     with TrajectoryWriter(path, states.shape, dtype=states.dtype, quantile_levels=quantile_levels,
                           quantile_horizon=horizon, **kwargs) as w:
         w.write(states, quantiles)
