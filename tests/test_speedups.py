@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -22,14 +23,14 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sciformer.config import ModelConfig
+from sciformer.config import ModelConfig, load_config
 from sciformer.errors import InputError
 from sciformer.io import fasta as fasta_mod
 from sciformer.io.fasta import read_fasta, read_fasta_batches
 from sciformer.model import SciFormer
 from sciformer.model.attention import KERNELS
 from sciformer.tokenizers.protein import ProteinTokenizer
-from sciformer.train.loop import autocast
+from sciformer.train.loop import autocast, pretrain
 
 CPU = torch.device("cpu")
 TOK = ProteinTokenizer()
@@ -86,6 +87,22 @@ def test_bf16_autocast_actually_runs_in_bf16() -> None:
     assert seen == [torch.float32, torch.bfloat16]
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_that_emulates_it_warns_once(tmp_path: Path, monkeypatch,
+                                                   native: bool) -> None:
+    from sciformer.train import loop
+    from tests.conftest import TINY_MASKED, write_fasta
+
+    monkeypatch.setattr(loop, "native_cpu_bf16", lambda: native)
+    cfg = load_config(None, TINY_MASKED + ["train.precision=bf16", "train.max_steps=1",
+                                           "train.device=cpu"])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        pretrain([write_fasta(tmp_path / "p.fa")], cfg, tmp_path / "run", progress=False)
+    slow = [w for w in seen if "no native bf16" in str(w.message)]
+    assert len(slow) == (0 if native else 1)
+
+
 # ---- torch.compile ---------------------------------------------------------------------------
 def _compiled_matches(backend: str, train: bool) -> None:
     torch.manual_seed(0)
@@ -123,6 +140,52 @@ def test_compile_training_step_gives_same_loss_and_gradients() -> None:
 def test_compile_inductor_gives_same_results(train: bool) -> None:
     torch._dynamo.reset()
     _compiled_matches("inductor", train)  # generates and compiles C++: minutes on 2 cores
+
+
+def _loss_curve(run: Path) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if "loss" in r]
+
+
+def _tiny_training(task: str, root: Path) -> tuple[Path, list[str], int]:
+    """(data file, config overrides, attention calls a full trace holds) for a tiny run."""
+    from tests.conftest import TINY_MASKED, write_fasta
+    from tests.test_forecast import TINY as TINY_FORECAST
+
+    if task == "masked":  # 2 encoder layers, the last one sparse (a separate code path)
+        return (write_fasta(root / "p.fa"), TINY_MASKED + ["model.n_encoder_layers=2"], 2)
+    from sciformer.simulate import simulate_to_file
+
+    data = root / "l63.h5"
+    simulate_to_file("lorenz63", data, n_traj=4, n_steps=80, seed=0)
+    return data, TINY_FORECAST, 3  # encoder self, decoder self and cross attention
+
+
+@pytest.mark.parametrize("task", ["masked", "forecast"])
+def test_train_compile_compiles_the_whole_step(tmp_path: Path, monkeypatch, task: str) -> None:
+    """`train.compile=true` compiles the training step itself: masked training reaches the
+    model through `model.encode`, which compiling only the model's `forward` never traced
+    (that was a silent no-op). Dynamo's captured graphs must hold every layer's attention,
+    and the loss curve must equal the eager one."""
+    graphs: list[str] = []
+
+    def capture(gm: torch.fx.GraphModule, example_inputs: list) -> object:
+        graphs.append(gm.code)
+        return gm.forward  # run the captured graph as traced: no code generation
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=capture))
+    torch._dynamo.reset()
+    data, base, n_attention = _tiny_training(task, tmp_path)
+    base = base + ["train.max_steps=4", "train.log_every=1"]
+    pretrain([data], load_config(None, base), tmp_path / "eager", progress=False)
+    assert graphs == []  # nothing is compiled unless asked
+    pretrain([data], load_config(None, base + ["train.compile=true"]), tmp_path / "compiled",
+             progress=False)
+    torch._dynamo.reset()
+    assert sum(code.count("scaled_dot_product_attention") for code in graphs) >= n_attention
+    eager, compiled = _loss_curve(tmp_path / "eager"), _loss_curve(tmp_path / "compiled")
+    assert len(eager) == 4 and np.allclose(eager, compiled, rtol=1e-5, atol=1e-6)
 
 
 # ---- activation checkpointing with dropout -------------------------------------------------

@@ -168,6 +168,7 @@ class SciFormer(nn.Module):
         return self.decode(tgt, self.encode(src, src_pad), src_pad, tgt_pad)
 
 
+@torch.compiler.disable  # its output shape depends on the data: run it eagerly, no warning
 def _selected_index(select: Tensor) -> tuple[Tensor, Tensor]:
     """Positions of the True entries of `select` (B, S), per row in ascending order and padded
     to the longest row: (B, K) indices (padding slots point at position 0) and (B, K) validity,

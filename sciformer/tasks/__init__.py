@@ -38,7 +38,9 @@ class Task(Protocol):
     def batch(self, index: int, rank: int = 0, world: int = 1) -> dict[str, torch.Tensor]: ...
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
-             ) -> tuple[torch.Tensor, dict[str, float]]: ...
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss to back-propagate and detached statistics (tensors, so a compiled step
+        needs no host sync; the loop reads them as floats)."""
 
     def validate(self, model: torch.nn.Module) -> dict[str, float]: ...
 

@@ -207,7 +207,7 @@ class ForecastTask:
         c = self.cfg.data.context
         loss = teacher_forced_loss(model, self.tokenizer, x[:, :c], x[:, c:],
                                    self.cfg.data.quantiles)
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.detach()}
 
     def validation_windows(self) -> Tensor:
         """Fixed windows spread evenly over the held-out trajectories."""

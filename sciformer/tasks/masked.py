@@ -174,7 +174,7 @@ class MaskedTask:
         h = model.encode(batch["inputs"], batch["pad"], select=chosen)  # (N, D): chosen only
         logits = model.token_logits(h)  # (N, V)
         loss = F.cross_entropy(logits.float(), batch["targets"][chosen])
-        return loss, {"loss": loss.item(), "n_masked": int(chosen.sum())}
+        return loss, {"loss": loss.detach(), "n_masked": chosen.sum()}
 
     def validate(self, model: nn.Module) -> dict[str, float]:
         device = next(model.parameters()).device

@@ -46,6 +46,23 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX-512 / AMX, as oneDNN sees it);
+    True where torch cannot tell. AVX2-only CPUs emulate bf16 many times slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True
+
+
+def warn_slow_precision(device: torch.device, precision: str) -> None:
+    """One warning when bf16 autocast is asked for on a CPU that only emulates bf16."""
+    if precision == "bf16" and device.type == "cpu" and not native_cpu_bf16():
+        warnings.warn("train.precision=bf16: this CPU has no native bf16 matrix instructions "
+                      "(AVX-512 or AMX), so autocast emulates them and trains far slower than "
+                      "fp32 (`python -m benchmarks` measures both matmul speeds)", stacklevel=3)
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """bf16 autocast on CPU or GPU when asked for, else a no-op."""
     if precision == "bf16":
@@ -118,9 +135,10 @@ class Trainer:
 
     def __post_init__(self) -> None:
         self.raw_model = self.model.to(self.device)
-        compiled = torch.compile(self.raw_model) if self.cfg.train.compile else self.raw_model
-        # DDP/FSDP wrap the whole step (task.loss calls model.encode, not model.forward)
-        self.model = self.dist.wrap(TaskStep(self.task, compiled))
+        # DDP/FSDP wrap, and torch.compile compiles, the whole step: task.loss calls
+        # model.encode / model.decode, which a compiled model's forward would never see
+        self.model = self.dist.wrap(TaskStep(self.task, self.raw_model))
+        self.step_fn = torch.compile(self.model) if self.cfg.train.compile else self.model
         self.optimizer = build_optimizer(self.raw_model, self.cfg.train)  # after FSDP sharding
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.cfg.train))
@@ -164,9 +182,9 @@ class Trainer:
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with self.dist.no_sync(self.model, last=micro == tc.grad_accum - 1):
                 with autocast(self.device, tc.precision):
-                    loss, s = self.model(batch)  # TaskStep: task.loss(model, batch)
+                    loss, s = self.step_fn(batch)  # TaskStep: task.loss(model, batch)
                 (loss / tc.grad_accum).backward()
-            stats["loss"] += s["loss"] / tc.grad_accum
+            stats["loss"] += float(s["loss"]) / tc.grad_accum
         grad_norm = self.dist.clip_grad_norm(self.raw_model, tc.clip_norm)
         self.optimizer.step()
         self.scheduler.step()
@@ -261,6 +279,7 @@ def build_trainer(data: list[str | Path], cfg: RunConfig, run_dir: str | Path,
     model = SciFormer(cfg.model)
     seed_everything(micro_seed(cfg.train.seed, dist.rank, salt=7))  # dropout differs per rank
     device = dist.device(pick_device(cfg.train.device))
+    warn_slow_precision(device, cfg.train.precision)
     model.checkpointing = cfg.train.checkpoint_activations
     if progress is None:
         progress = sys.stderr.isatty()
