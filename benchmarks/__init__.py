@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 THREADS = 2  # the benchmarks pin torch to this many intra-op threads (the reference machine's)
+CPU = torch.device("cpu")
 
 
 def setup_threads(threads: int = THREADS) -> None:
@@ -60,20 +61,28 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on a GPU, so that a timer around it measures it (CPU: no-op)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def matmul_peak(dtype: torch.dtype, n: int = 1024, repeats: int = 5,
-                budget_s: float = 20.0) -> float:
-    """Best-of-repeats FLOP/s of an (n x n) @ (n x n) matmul in `dtype` on the CPU.
+                budget_s: float = 20.0, device: torch.device = CPU) -> float:
+    """Best-of-repeats FLOP/s of an (n x n) @ (n x n) matmul in `dtype` on `device`.
 
     The reference that model FLOPs utilisation (MFU) is measured against, taken in the same
     process and moment as the model timings. The best repeat is the peak; a dtype the CPU
     has no fast kernels for (bf16 without AVX-512-BF16/AMX) stops early once past `budget_s`.
     """
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a, b = (torch.randn(n, n).to(device, dtype) for _ in range(2))
     a @ b  # warm-up
+    synchronize(device)
     best, spent = float("inf"), 0.0
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
+        synchronize(device)
         took = time.perf_counter() - start
         best, spent = min(best, took), spent + took
         if spent > budget_s:
@@ -135,7 +144,8 @@ def machine() -> dict[str, Any]:
     except (OSError, StopIteration):
         pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "load_average_1m": round(load[0], 2),
             "python": platform.python_version()}
 

@@ -3,12 +3,17 @@
     python -m benchmarks                 # the full set (several minutes on 2 cores)
     python -m benchmarks --quick         # a smoke run of about a minute (small shapes)
     python -m benchmarks --only train decode --threads 1
+    python -m benchmarks --device cuda   # on a GPU: training (fp32, bf16) and decoding
 
 Sections: training throughput (sciformer vs HF T5 / HF ESM / torch.nn / an SDPA reference,
 fp32 and bf16 autocast, dropout 0 and 0.1, with MFU), cached decoding (vs HF T5 generate),
+what each optional speed-up (compile, activation checkpointing, bf16) does to sciformer's own
+step (time and memory, in a child process),
 scaling of time and memory with sequence length for every attention kind (run in a child
 process), FASTA reading + tokenisation MB/s and padding waste. Torch is pinned to
 `--threads` intra-op threads (2 by default). Results go to benchmarks/results/latest.json.
+With `--device cuda` the training and decoding comparisons run on the GPU (timers wait for
+the device; MFU against a GPU matmul); the other sections measure CPU work and are skipped.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from benchmarks import train_throughput as train_bench
 from sciformer.io.atomic import write_json_atomic
 
 RESULTS = Path(__file__).parent / "results" / "latest.json"
-SECTIONS = ("train", "decode", "scaling", "fasta")
+SECTIONS = ("train", "decode", "speedups", "scaling", "fasta")
+ON_GPU = ("train", "decode")  # the sections that measure a device rather than the CPU
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -41,16 +47,27 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per peer (default 3)")
     ap.add_argument("--bf16", choices=("auto", "full", "small", "skip"), default="auto",
                     help="bf16 training size: auto = full size only where bf16 matmuls are fast")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     ap.add_argument("--out", type=Path, default=RESULTS, help="JSON results file")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: CUDA is not available on this machine")
+    args.device = torch.device(args.device)
+    if args.device.type != "cpu":
+        skipped = [s for s in args.only if s not in ON_GPU]
+        if skipped:
+            print(f"--device {args.device}: skipping {', '.join(skipped)} (CPU measurements)")
+        args.only = [s for s in args.only if s in ON_GPU]
+    return args
 
 
-def peaks(quick: bool, before: dict[str, float] | None = None) -> dict[str, float]:
+def peaks(quick: bool, device: torch.device,
+          before: dict[str, float] | None = None) -> dict[str, float]:
     """fp32 and bf16 matmul FLOP/s (the MFU denominators): the best of this measurement and
     `before`, so a burst of load on shared cores during one of them does not lower the peak."""
-    n = 512 if quick else 1024
-    now = {"fp32": matmul_peak(torch.float32, n, repeats=10),
-           "bf16": matmul_peak(torch.bfloat16, n, repeats=3)}
+    n = (512 if quick else 1024) if device.type == "cpu" else 8192
+    now = {"fp32": matmul_peak(torch.float32, n, repeats=10, device=device),
+           "bf16": matmul_peak(torch.bfloat16, n, repeats=3, device=device)}
     return {k: max(v, (before or {}).get(k, 0.0)) for k, v in now.items()}
 
 
@@ -65,14 +82,16 @@ def train_section(args: argparse.Namespace, peak: dict[str, float]) -> dict[str,
     shape = quick if args.quick else train_bench.Shape()
     repeats = args.repeats or (1 if args.quick else 3)
     fp32 = [("fp32", 0.0)] if args.quick else [("fp32", 0.0), ("fp32", 0.1)]
-    rows = train_bench.run(shape, fp32, repeats, peak)
+    rows = train_bench.run(shape, fp32, repeats, peak, device=args.device)
     slow_bf16 = peak["bf16"] < 0.5 * peak["fp32"]
     note = ""
     if args.bf16 == "full" or (args.bf16 == "auto" and not slow_bf16 and not args.quick):
-        rows += train_bench.run(shape, [("bf16", 0.0), ("bf16", 0.1)], repeats, peak)
+        rows += train_bench.run(shape, [("bf16", 0.0), ("bf16", 0.1)], repeats, peak,
+                                device=args.device)
     elif args.bf16 == "small" or (args.bf16 == "auto" and slow_bf16):
         small = train_bench.Shape(batch=2, src_len=64, tgt_len=16)
-        rows += train_bench.run(small, [("bf16", 0.0)], min(repeats, 2), peak)
+        rows += train_bench.run(small, [("bf16", 0.0)], min(repeats, 2), peak,
+                                device=args.device)
         for r in rows:  # utilisation of emulated bf16 "peak" means nothing: leave it blank
             r["mfu"] = None if r["precision"] == "bf16" else r["mfu"]
         note = (f"bf16 rows use batch {small.batch}, source {small.src_len}, target "
@@ -85,20 +104,34 @@ def train_section(args: argparse.Namespace, peak: dict[str, float]) -> dict[str,
 def decode_section(args: argparse.Namespace) -> list[dict[str, Any]]:
     shape = train_bench.Shape(batch=4, src_len=128) if args.quick else train_bench.Shape()
     steps, repeats = (16, 1) if args.quick else (decode_bench.STEPS, 3)
-    return decode_bench.run(shape, args.repeats or repeats, steps, skip_slow=args.quick)
+    return decode_bench.run(shape, args.repeats or repeats, steps, skip_slow=args.quick,
+                            device=args.device)
+
+
+def _in_child(module: str, args: argparse.Namespace, *options: str) -> dict[str, Any]:
+    """Run `python -m module --json OUT` in a child process and read OUT: the sections that
+    measure memory change the process's malloc settings, which must not touch the others."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.json"
+        cmd = [sys.executable, "-m", module, "--json", str(out), "--threads", str(args.threads),
+               *options]
+        subprocess.run(cmd, check=True, cwd=Path(__file__).parent.parent)
+        return json.loads(out.read_text())
 
 
 def scaling_section(args: argparse.Namespace) -> dict[str, Any]:
-    """Run benchmarks.scaling in a child process (it changes malloc settings to see memory)."""
     top = 12 if args.quick else 15  # up to 4k or 32k tokens
     lengths = [str(2**k) for k in range(9, top + 1)]
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "scaling.json"
-        cmd = [sys.executable, "-m", "benchmarks.scaling", "--json", str(out), "--threads",
-               str(args.threads), "--lengths", *lengths, "--repeats", "1" if args.quick else "2",
-               "--time-budget", "3" if args.quick else "20", "--memory-budget", "1.5"]
-        subprocess.run(cmd, check=True, cwd=Path(__file__).parent.parent)
-        return json.loads(out.read_text())
+    return _in_child("benchmarks.scaling", args, "--lengths", *lengths,
+                     "--repeats", "1" if args.quick else "2",
+                     "--time-budget", "3" if args.quick else "20", "--memory-budget", "1.5")
+
+
+def speedups_section(args: argparse.Namespace) -> dict[str, Any]:
+    repeats = args.repeats or (1 if args.quick else 3)
+    bf16 = {"small": "auto"}.get(args.bf16, args.bf16)
+    return _in_child("benchmarks.speedups", args, "--repeats", str(repeats), "--bf16", bf16,
+                     *(["--quick"] if args.quick else []))
 
 
 def fasta_section(args: argparse.Namespace) -> dict[str, Any]:
@@ -137,9 +170,10 @@ def print_scaling(res: dict[str, Any]) -> None:
 
 
 def _rescale_mfu(res: dict[str, Any], peak: dict[str, float]) -> None:
-    """Recompute MFU against the final (best) peak measurement."""
+    """Recompute MFU against the final (best) peak measurement (rows left blank stay so)."""
     for row in res["rows"]:
-        row["mfu"] = row["flops_per_s"] / peak[row["precision"]]
+        if row["mfu"] is not None:
+            row["mfu"] = row["flops_per_s"] / peak[row["precision"]]
     res["summary"] = train_bench.summary(res["rows"])
 
 
@@ -147,13 +181,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     setup_threads(args.threads)
     started = time.time()
-    peak = peaks(args.quick)
+    peak = peaks(args.quick, args.device)
     results: dict[str, Any] = {"command": "python -m benchmarks " + " ".join(argv or sys.argv[1:]),
-                               "machine": machine(), "matmul_peak_flops": peak}
+                               "machine": machine(), "device": str(args.device),
+                               "matmul_peak_flops": peak}
     print(f"machine: {results['machine']}")
     if "train" in args.only:
         results["train"] = train_section(args, peak)
-        results["matmul_peak_flops"] = peak = peaks(args.quick, before=peak)
+        results["matmul_peak_flops"] = peak = peaks(args.quick, args.device, before=peak)
         _rescale_mfu(results["train"], peak)
         print_train(results["train"])
     print(f"matmul peak: fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.1f}")
@@ -162,6 +197,18 @@ def main(argv: list[str] | None = None) -> None:
         cols = ["peer", "batch", "steps", "seconds", "generated_tokens_per_s",
                 "sciformer_cache_speedup", "speedup_range"]
         print(table(results["decode"], cols, "\nDecoding (greedy, batch x steps)"))
+    if "speedups" in args.only:
+        results["speedups"] = speedups_section(args)
+        cols = ["family", "variant", "batch", "first_step_s", "step_s", "speedup",
+                "speedup_range", "peak_mb", "memory_vs_eager"]
+        print(table(results["speedups"]["rows"], cols, "\nOptional speed-ups of sciformer's "
+                    "training step vs the plain fp32 eager step (speedup > 1 = faster; "
+                    "first_step_s includes compiling)"))
+        print(table(results["speedups"]["memory_vs_depth"],
+                    ["layers", "eager_peak_mb", "checkpointing_peak_mb"],
+                    "\nPeak MB of one encoder-decoder forward + backward vs depth"))
+        if results["speedups"]["note"]:
+            print("note:", results["speedups"]["note"])
     if "scaling" in args.only:
         results["scaling"] = scaling_section(args)
         print_scaling(results["scaling"])

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from benchmarks import interleaved, median, ratio_range
+from benchmarks import CPU, interleaved, median, ratio_range, synchronize
 from benchmarks.train_throughput import Shape, TorchEncDec
 from sciformer.config import ModelConfig
 from sciformer.model import SciFormer
@@ -45,7 +45,7 @@ def _model_config(s: Shape, **kw: Any) -> ModelConfig:
 def greedy(model: SciFormer, src: Tensor, steps: int, cache: bool) -> Tensor:
     """Greedy decoding of `steps` tokens after <bos>; with or without the key/value cache."""
     memory = model.encode(src)
-    out = torch.full((src.shape[0], 1), BOS, dtype=torch.long)
+    out = torch.full((src.shape[0], 1), BOS, dtype=torch.long, device=src.device)
     kv = model.new_cache() if cache else None
     for _ in range(steps):
         if kv is not None:
@@ -60,41 +60,45 @@ def greedy(model: SciFormer, src: Tensor, steps: int, cache: bool) -> Tensor:
 def greedy_torch(model: TorchEncDec, src: Tensor, steps: int) -> Tensor:
     """Greedy decoding with `torch.nn.Transformer` (no cache: the prefix is re-decoded)."""
     memory = model.core.encoder(model.embed(src))
-    out = torch.full((src.shape[0], 1), BOS, dtype=torch.long)
+    out = torch.full((src.shape[0], 1), BOS, dtype=torch.long, device=src.device)
     for _ in range(steps):
         t = out.shape[1]
-        mask = nn.Transformer.generate_square_subsequent_mask(t)
+        mask = nn.Transformer.generate_square_subsequent_mask(t, device=src.device)
         h = model.core.decoder(model.embed(out), memory, tgt_mask=mask, tgt_is_causal=True)
         logits = h[:, -1] @ model.embed.weight.T
         out = torch.cat([out, logits.argmax(-1, keepdim=True)], dim=1)
     return out[:, 1:]
 
 
-def peers(s: Shape, steps: int = STEPS) -> dict[str, Callable[[], Any]]:
-    """Zero-argument decoding callables of every peer on one shared random source batch."""
+def peers(s: Shape, steps: int = STEPS,
+          device: torch.device = CPU) -> dict[str, Callable[[], Any]]:
+    """Zero-argument decoding callables of every peer on one shared random source batch, on
+    `device`; each returns once the device has finished."""
     from transformers import T5Config, T5ForConditionalGeneration
 
     g = torch.Generator().manual_seed(0)
-    src = torch.randint(2, s.vocab, (s.batch, s.src_len), generator=g)
+    src = torch.randint(2, s.vocab, (s.batch, s.src_len), generator=g).to(device)
     torch.manual_seed(0)
     ours = SciFormer(_model_config(s, vocab_size=s.vocab)).eval()
     n_feat, levels = 3, [0.1, 0.5, 0.9]
     tok = build_tokenizer("patch", patch_len=1, n_features=n_feat)
     cont = SciFormer(_model_config(s, vocab_size=0, input_dim=tok.token_dim,
                                    output_dim=tok.token_dim * len(levels))).eval()
-    context = torch.randn(s.batch, s.src_len, n_feat, generator=g).cumsum(1)  # random walks
+    context = torch.randn(s.batch, s.src_len, n_feat, generator=g).cumsum(1).to(device)  # walks
     t5 = T5ForConditionalGeneration(T5Config(
         vocab_size=s.vocab, d_model=s.d_model, d_kv=s.d_model // s.n_heads, d_ff=s.d_ff,
         num_layers=s.n_layers, num_decoder_layers=s.n_layers, num_heads=s.n_heads,
         dropout_rate=0.0, feed_forward_proj="relu", decoder_start_token_id=BOS, pad_token_id=0,
         eos_token_id=2)).eval()
     tnn = TorchEncDec(s, 0.0).eval()
+    for model in (ours, cont, t5, tnn):
+        model.to(device)
 
     def t5_generate(cache: bool) -> Callable[[], Tensor]:
         return lambda: t5.generate(input_ids=src, max_new_tokens=steps, min_new_tokens=steps,
                                    do_sample=False, num_beams=1, use_cache=cache)
 
-    return {
+    fns = {
         "sciformer_cache": lambda: greedy(ours, src, steps, cache=True),
         "sciformer_forecast": lambda: forecast(cont, tok, context, steps, steps, levels),
         "hf_t5_cache": t5_generate(True),
@@ -102,15 +106,16 @@ def peers(s: Shape, steps: int = STEPS) -> dict[str, Callable[[], Any]]:
         "hf_t5_nocache": t5_generate(False),
         "torch_nn_nocache": lambda: greedy_torch(tnn, src, steps),
     }
+    return {name: (lambda fn=fn: (fn(), synchronize(device))[0]) for name, fn in fns.items()}
 
 
-def run(s: Shape, repeats: int, steps: int = STEPS,
-        skip_slow: bool = False) -> list[dict[str, Any]]:
+def run(s: Shape, repeats: int, steps: int = STEPS, skip_slow: bool = False,
+        device: torch.device = CPU) -> list[dict[str, Any]]:
     """Rows of (peer, generated tokens/s, sciformer_cache's speed-up over it).
 
     `skip_slow` leaves out the cache-less peers (for a quick smoke run).
     """
-    fns = peers(s, steps)
+    fns = peers(s, steps, device)
     if skip_slow:
         fns = {k: v for k, v in fns.items() if "nocache" not in k}
     raw = interleaved(fns, repeats)

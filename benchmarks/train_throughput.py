@@ -30,14 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmarks import interleaved, median, ratio_range
+from benchmarks import CPU, interleaved, median, ratio_range, synchronize
 from sciformer.config import ModelConfig
 from sciformer.model import SciFormer
 from sciformer.tasks.masked import mask_tokens
 from sciformer.tokenizers.protein import ProteinTokenizer
 from sciformer.train.loop import autocast
 
-CPU = torch.device("cpu")
 # sciformer with model.attention_dropout = model.dropout, as the peers drop attention weights
 # (sciformer's default keeps attention dropout off, so the fused attention kernel is used)
 ATTN_DROPOUT = "sciformer_attn_dropout"
@@ -173,56 +172,75 @@ class TorchMaskedLM(nn.Module):
 
 
 # ---- peers --------------------------------------------------------------------------------
-def _train_step(model: nn.Module, loss_fn: Callable[[], Tensor],
-                precision: str) -> Callable[[], None]:
-    """One optimizer step (AdamW, the same for every peer) as a zero-argument callable."""
+def _train_step(model: nn.Module, loss_fn: Callable[[], Tensor], precision: str,
+                device: torch.device = CPU) -> Callable[[], None]:
+    """One optimizer step (AdamW, the same for every peer) on `device` as a zero-argument
+    callable; it returns once the device has finished the step."""
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
 
     def step() -> None:
-        with autocast(CPU, precision):
+        with autocast(device, precision):
             loss = loss_fn()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        synchronize(device)
     return step
 
 
-def encdec_peers(s: Shape, dropout: float, precision: str) -> dict[str, Callable[[], None]]:
-    """Training-step callables of every encoder-decoder peer on one shared random batch."""
-    from transformers import T5Config, T5ForConditionalGeneration
-
+def encdec_batch(s: Shape, device: torch.device = CPU) -> dict[str, Tensor]:
+    """A random source/target batch; `tgt_in` is the target shifted right after <bos> = 1."""
     g = torch.Generator().manual_seed(0)
     src = torch.randint(2, s.vocab, (s.batch, s.src_len), generator=g)
     tgt = torch.randint(2, s.vocab, (s.batch, s.tgt_len), generator=g)
-    tgt_in = torch.cat([torch.ones_like(tgt[:, :1]), tgt[:, :-1]], dim=1)  # <bos> = 1, shifted
-    ce = lambda logits: F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten())  # noqa: E731
-    def ours(attention_dropout: float) -> SciFormer:
-        torch.manual_seed(0)
-        return SciFormer(ModelConfig(
-            vocab_size=s.vocab, d_model=s.d_model, n_heads=s.n_heads, n_encoder_layers=s.n_layers,
-            n_decoder_layers=s.n_layers, d_ff=s.d_ff, dropout=dropout,
-            attention_dropout=attention_dropout, activation="relu"))
+    tgt_in = torch.cat([torch.ones_like(tgt[:, :1]), tgt[:, :-1]], dim=1)
+    return {"src": src.to(device), "tgt": tgt.to(device), "tgt_in": tgt_in.to(device)}
 
+
+def encdec_model(s: Shape, dropout: float, attention_dropout: float = 0.0) -> SciFormer:
+    """sciformer's encoder-decoder at the comparison size (ReLU, as T5 and nn.Transformer)."""
+    torch.manual_seed(0)
+    return SciFormer(ModelConfig(
+        vocab_size=s.vocab, d_model=s.d_model, n_heads=s.n_heads, n_encoder_layers=s.n_layers,
+        n_decoder_layers=s.n_layers, d_ff=s.d_ff, dropout=dropout,
+        attention_dropout=attention_dropout, activation="relu"))
+
+
+def encdec_loss(model: SciFormer, batch: dict[str, Tensor]) -> Tensor:
+    """Teacher-forced token cross-entropy on every target position."""
+    logits = model.token_logits(model(batch["src"], batch["tgt_in"]))
+    return F.cross_entropy(logits.flatten(0, 1).float(), batch["tgt"].flatten())
+
+
+def encdec_peers(s: Shape, dropout: float, precision: str,
+                 device: torch.device = CPU) -> dict[str, Callable[[], None]]:
+    """Training-step callables of every encoder-decoder peer on one shared random batch."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    batch = encdec_batch(s, device)
+    src, tgt, tgt_in = batch["src"], batch["tgt"], batch["tgt_in"]
+    ce = lambda logits: F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten())  # noqa: E731
     t5 = T5ForConditionalGeneration(T5Config(
         vocab_size=s.vocab, d_model=s.d_model, d_kv=s.d_model // s.n_heads, d_ff=s.d_ff,
         num_layers=s.n_layers, num_decoder_layers=s.n_layers, num_heads=s.n_heads,
         dropout_rate=dropout, feed_forward_proj="relu", decoder_start_token_id=1, pad_token_id=0))
     ref, tnn = SdpaEncDec(s, dropout), TorchEncDec(s, dropout)
-    variants = {"sciformer": ours(0.0)}
+    variants = {"sciformer": encdec_model(s, dropout)}
     if dropout > 0:  # the peers also drop attention probabilities: show that setting too
-        variants[ATTN_DROPOUT] = ours(dropout)
-    steps = {name: _train_step(m, lambda m=m: ce(m.token_logits(m(src, tgt_in))), precision)
+        variants[ATTN_DROPOUT] = encdec_model(s, dropout, dropout)
+    steps = {name: _train_step(m, lambda m=m: encdec_loss(m, batch), precision, device)
              for name, m in variants.items()}
     return {
         **steps,
-        "hf_t5": _train_step(t5, lambda: t5(input_ids=src, labels=tgt).loss, precision),
-        "torch_nn": _train_step(tnn, lambda: ce(tnn(src, tgt_in)), precision),
-        "sdpa_ref": _train_step(ref, lambda: ce(ref(src, tgt_in)), precision),
+        "hf_t5": _train_step(t5, lambda: t5(input_ids=src, labels=tgt).loss, precision, device),
+        "torch_nn": _train_step(tnn, lambda: ce(tnn(src, tgt_in)), precision, device),
+        "sdpa_ref": _train_step(ref, lambda: ce(ref(src, tgt_in)), precision, device),
     }
 
 
-def masked_batch(s: Shape) -> dict[str, Tensor]:
+def masked_batch(s: Shape, device: torch.device = CPU) -> dict[str, Tensor]:
     """A (B, L) batch of random residues framed by <cls>/<eos>, BERT-masked (15%)."""
     tok = ProteinTokenizer()
     g = torch.Generator().manual_seed(0)
@@ -231,23 +249,35 @@ def masked_batch(s: Shape) -> dict[str, Tensor]:
     tokens = torch.cat([torch.full((s.batch, 1), tok.cls_id), body,
                         torch.full((s.batch, 1), tok.eos_id)], dim=1)  # (B, L)
     inputs, targets = mask_tokens(tokens, 0.15, 0.8, 0.1, g)
-    return {"inputs": inputs, "targets": targets, "chosen": targets != -100}
+    return {"inputs": inputs.to(device), "targets": targets.to(device),
+            "chosen": (targets != -100).to(device)}
 
 
-def masked_peers(s: Shape, dropout: float, precision: str) -> dict[str, Callable[[], None]]:
+def masked_model(s: Shape, dropout: float, attention_dropout: float = 0.0) -> SciFormer:
+    """sciformer configured as ESM-2 (as `sciformer.esm2` does) at the comparison size."""
+    tok = ProteinTokenizer()
+    torch.manual_seed(0)
+    return SciFormer(ModelConfig(
+        vocab_size=tok.vocab_size, d_model=s.d_model, n_heads=s.n_heads,
+        n_encoder_layers=s.n_layers, n_decoder_layers=0, d_ff=s.d_ff, dropout=dropout,
+        attention_dropout=attention_dropout, positions="rotary", lm_head="roberta",
+        embed_scale=False, token_dropout=True, mask_id=tok.mask_id, activation="gelu"))
+
+
+def masked_loss(model: SciFormer, batch: dict[str, Tensor]) -> Tensor:
+    """Exactly `MaskedTask.loss`: the last layer and the logits at the chosen positions only
+    ("sparse prediction")."""
+    h = model.encode(batch["inputs"], select=batch["chosen"])
+    return F.cross_entropy(model.token_logits(h).float(), batch["targets"][batch["chosen"]])
+
+
+def masked_peers(s: Shape, dropout: float, precision: str,
+                 device: torch.device = CPU) -> dict[str, Callable[[], None]]:
     """Training-step callables of every masked-LM peer on one shared masked batch."""
     from transformers import EsmConfig, EsmForMaskedLM
 
-    tok, batch = ProteinTokenizer(), masked_batch(s)
+    tok, batch = ProteinTokenizer(), masked_batch(s, device)
     x, y, chosen = batch["inputs"], batch["targets"], batch["chosen"]
-    def ours(attention_dropout: float) -> SciFormer:
-        torch.manual_seed(0)
-        return SciFormer(ModelConfig(  # ESM-2's architecture (as sciformer.esm2 configures it)
-            vocab_size=tok.vocab_size, d_model=s.d_model, n_heads=s.n_heads,
-            n_encoder_layers=s.n_layers, n_decoder_layers=0, d_ff=s.d_ff, dropout=dropout,
-            attention_dropout=attention_dropout, positions="rotary", lm_head="roberta",
-            embed_scale=False, token_dropout=True, mask_id=tok.mask_id, activation="gelu"))
-
     esm = EsmForMaskedLM(EsmConfig(
         vocab_size=tok.vocab_size, hidden_size=s.d_model, num_hidden_layers=s.n_layers,
         num_attention_heads=s.n_heads, intermediate_size=s.d_ff, hidden_dropout_prob=dropout,
@@ -255,41 +285,39 @@ def masked_peers(s: Shape, dropout: float, precision: str) -> dict[str, Callable
         mask_token_id=tok.mask_id, pad_token_id=tok.pad_id, max_position_embeddings=s.src_len + 2,
         emb_layer_norm_before=False, layer_norm_eps=1e-5))
     tnn = TorchMaskedLM(s, dropout, tok.vocab_size)
-
-    def loss(model: SciFormer) -> Tensor:  # exactly MaskedTask.loss: last layer and logits at
-        h = model.encode(x, select=chosen)  # the chosen positions only ("sparse prediction")
-        return F.cross_entropy(model.token_logits(h).float(), y[chosen])
-
-    variants = {"sciformer": ours(0.0)}
+    variants = {"sciformer": masked_model(s, dropout)}
     if dropout > 0:
-        variants[ATTN_DROPOUT] = ours(dropout)
+        variants[ATTN_DROPOUT] = masked_model(s, dropout, dropout)
     return {
-        **{name: _train_step(m, lambda m=m: loss(m), precision) for name, m in variants.items()},
-        "hf_esm": _train_step(esm, lambda: esm(input_ids=x, labels=y).loss, precision),
+        **{name: _train_step(m, lambda m=m: masked_loss(m, batch), precision, device)
+           for name, m in variants.items()},
+        "hf_esm": _train_step(esm, lambda: esm(input_ids=x, labels=y).loss, precision, device),
         "torch_nn": _train_step(tnn, lambda: F.cross_entropy(tnn(x, chosen).float(), y[chosen]),
-                                precision),
+                                precision, device),
     }
 
 
 # ---- the benchmark ------------------------------------------------------------------------
 def run(shape: Shape, settings: list[tuple[str, float]], repeats: int, peaks: dict[str, float],
-        families: tuple[str, ...] = ("encdec", "masked")) -> list[dict[str, Any]]:
+        families: tuple[str, ...] = ("encdec", "masked"),
+        device: torch.device = CPU) -> list[dict[str, Any]]:
     """Rows of (family, precision, dropout, peer, tokens/s, MFU, sciformer's speed-up over it)
-    for every (precision, dropout) pair in `settings`."""
+    for every (precision, dropout) pair in `settings`, every model on `device`."""
     rows = []
     for family in families:
         for precision, dropout in settings:
-            rows += _one_setting(family, shape, precision, dropout, repeats, peaks[precision])
+            rows += _one_setting(family, shape, precision, dropout, repeats, peaks[precision],
+                                 device)
     return rows
 
 
 def _one_setting(family: str, s: Shape, precision: str, dropout: float, repeats: int,
-                 peak: float) -> list[dict[str, Any]]:
+                 peak: float, device: torch.device) -> list[dict[str, Any]]:
     if family == "encdec":
-        peers, tokens = encdec_peers(s, dropout, precision), s.batch * (s.src_len + s.tgt_len)
-        flops = encdec_flops(s)
+        peers = encdec_peers(s, dropout, precision, device)
+        tokens, flops = s.batch * (s.src_len + s.tgt_len), encdec_flops(s)
     else:
-        peers, tokens = masked_peers(s, dropout, precision), s.batch * s.src_len
+        peers, tokens = masked_peers(s, dropout, precision, device), s.batch * s.src_len
         flops = encoder_flops(s, int(masked_batch(s)["chosen"].sum()))
     raw = interleaved(peers, repeats)
     times = {k: median(v) for k, v in raw.items()}

@@ -159,7 +159,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 (autocast)
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the training step (see benchmarks/speedups.py)
     checkpoint_activations: bool = False  # recompute activations in backward to save memory
     threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default
     fsdp: bool = False  # multi-process runs: shard with FSDP2 instead of replicating with DDP
