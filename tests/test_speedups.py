@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -180,12 +182,30 @@ def test_train_compile_compiles_the_whole_step(tmp_path: Path, monkeypatch, task
     base = base + ["train.max_steps=4", "train.log_every=1"]
     pretrain([data], load_config(None, base), tmp_path / "eager", progress=False)
     assert graphs == []  # nothing is compiled unless asked
-    pretrain([data], load_config(None, base + ["train.compile=true"]), tmp_path / "compiled",
-             progress=False)
-    torch._dynamo.reset()
+    logged: list[logging.LogRecord] = []
+    catcher = logging.Handler(logging.WARNING)
+    catcher.emit = logged.append  # type: ignore[method-assign]
+    logging.getLogger("torch._dynamo").addHandler(catcher)
+    try:
+        pretrain([data], load_config(None, base + ["train.compile=true"]),
+                 tmp_path / "compiled", progress=False)
+    finally:
+        logging.getLogger("torch._dynamo").removeHandler(catcher)
+        torch._dynamo.reset()
+    # the data-dependent host work runs outside the graph on purpose: no graph-break warnings
+    assert [r.getMessage() for r in logged if "Graph break" in r.getMessage()] == []
     assert sum(code.count("scaled_dot_product_attention") for code in graphs) >= n_attention
     eager, compiled = _loss_curve(tmp_path / "eager"), _loss_curve(tmp_path / "compiled")
     assert len(eager) == 4 and np.allclose(eager, compiled, rtol=1e-5, atol=1e-6)
+
+
+def test_commands_do_not_import_the_compiler() -> None:
+    """Marking functions for compiled steps (`sciformer.compiling.eager`) must not import
+    torch._dynamo (~2 s) into commands that never compile."""
+    code = ("import sys, sciformer.cli, sciformer.predict, sciformer.embed, "
+            "sciformer.evaluate.run; print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 # ---- activation checkpointing with dropout -------------------------------------------------

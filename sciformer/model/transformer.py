@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from sciformer.compiling import eager
 from sciformer.config import ModelConfig
 from sciformer.model.attention import AttnMask
 from sciformer.model.heads import TokenHead, ValueHead
@@ -168,7 +169,7 @@ class SciFormer(nn.Module):
         return self.decode(tgt, self.encode(src, src_pad), src_pad, tgt_pad)
 
 
-@torch.compiler.disable  # its output shape depends on the data: run it eagerly, no warning
+@eager  # its output's shape depends on the data: outside the graph in a compiled step
 def _selected_index(select: Tensor) -> tuple[Tensor, Tensor]:
     """Positions of the True entries of `select` (B, S), per row in ascending order and padded
     to the longest row: (B, K) indices (padding slots point at position 0) and (B, K) validity,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from sciformer.compiling import eager
 from sciformer.errors import ConfigError
 
 CHANNEL_MODES = ("joint", "independent")
@@ -63,7 +64,7 @@ def _check_channels(channels: str) -> None:
         raise ConfigError(f"channels: unknown mode {channels!r}; valid: {', '.join(CHANNEL_MODES)}")
 
 
-@torch.compiler.disable  # a data check (host sync): run eagerly inside a compiled step
+@eager  # a data check (host sync): outside the graph in a compiled step
 def _check_window(x: Tensor, n_features: int, what: str) -> None:
     """Check that `x` is a finite float (B, T, F) batch with F == n_features."""
     if x.dim() != 3 or not torch.is_floating_point(x):

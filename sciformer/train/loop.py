@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sciformer import compiling
 from sciformer.config import RunConfig, TrainConfig, save_config
 from sciformer.errors import CheckpointError, SciformerError
 from sciformer.io.atomic import write_json_atomic, write_text_atomic
@@ -138,7 +139,10 @@ class Trainer:
         # DDP/FSDP wrap, and torch.compile compiles, the whole step: task.loss calls
         # model.encode / model.decode, which a compiled model's forward would never see
         self.model = self.dist.wrap(TaskStep(self.task, self.raw_model))
-        self.step_fn = torch.compile(self.model) if self.cfg.train.compile else self.model
+        self.step_fn = self.model
+        if self.cfg.train.compile:
+            compiling.prepare()
+            self.step_fn = torch.compile(self.model)
         self.optimizer = build_optimizer(self.raw_model, self.cfg.train)  # after FSDP sharding
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.cfg.train))
@@ -279,7 +283,8 @@ def build_trainer(data: list[str | Path], cfg: RunConfig, run_dir: str | Path,
     model = SciFormer(cfg.model)
     seed_everything(micro_seed(cfg.train.seed, dist.rank, salt=7))  # dropout differs per rank
     device = dist.device(pick_device(cfg.train.device))
-    warn_slow_precision(device, cfg.train.precision)
+    if dist.is_main:
+        warn_slow_precision(device, cfg.train.precision)
     model.checkpointing = cfg.train.checkpoint_activations
     if progress is None:
         progress = sys.stderr.isatty()
