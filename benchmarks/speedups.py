@@ -34,6 +34,7 @@ import torch
 
 from benchmarks import PeakMemory, interleaved, machine, median, ratio_range, setup_threads
 from benchmarks import train_throughput as tt
+from sciformer import compiling
 from sciformer.train.loop import native_cpu_bf16
 
 VARIANTS = ("eager", "compile", "checkpointing", "bf16")
@@ -52,7 +53,8 @@ def steps(family: str, s: tt.Shape, variants: list[str]) -> dict[str, Callable[[
         model = build(s, 0.0)
         model.checkpointing = name == "checkpointing"
         fn = lambda m=model: loss(m, batch)  # noqa: E731
-        if name == "compile":
+        if name == "compile":  # as the trainer compiles its step
+            compiling.prepare()
             fn = torch.compile(fn)
         out[name] = tt._train_step(model, fn, "bf16" if name == "bf16" else "fp32")
     return out
