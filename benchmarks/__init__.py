@@ -67,6 +67,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def synced(fn: Callable[[], Any], device: torch.device) -> Callable[[], Any]:
+    """`fn` that returns only once `device` has finished the work it queued (for timing)."""
+    def run() -> Any:
+        out = fn()
+        synchronize(device)
+        return out
+    return run
+
+
 def matmul_peak(dtype: torch.dtype, n: int = 1024, repeats: int = 5,
                 budget_s: float = 20.0, device: torch.device = CPU) -> float:
     """Best-of-repeats FLOP/s of an (n x n) @ (n x n) matmul in `dtype` on `device`.

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from benchmarks import CPU, interleaved, median, ratio_range, synchronize
+from benchmarks import CPU, interleaved, median, ratio_range, synced
 from benchmarks.train_throughput import Shape, TorchEncDec
 from sciformer.config import ModelConfig
 from sciformer.model import SciFormer
@@ -106,7 +106,7 @@ def peers(s: Shape, steps: int = STEPS,
         "hf_t5_nocache": t5_generate(False),
         "torch_nn_nocache": lambda: greedy_torch(tnn, src, steps),
     }
-    return {name: (lambda fn=fn: (fn(), synchronize(device))[0]) for name, fn in fns.items()}
+    return {name: synced(fn, device) for name, fn in fns.items()}
 
 
 def run(s: Shape, repeats: int, steps: int = STEPS, skip_slow: bool = False,

@@ -25,6 +25,7 @@ OUT`; `benchmarks.__main__` does this) because measuring memory changes malloc s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -37,7 +38,6 @@ from benchmarks import train_throughput as tt
 from sciformer import compiling
 from sciformer.train.loop import native_cpu_bf16
 
-VARIANTS = ("eager", "compile", "checkpointing", "bf16")
 FAMILIES = {  # family -> (model builder, batch builder, loss)
     "encdec": (tt.encdec_model, tt.encdec_batch, tt.encdec_loss),
     "masked": (tt.masked_model, tt.masked_batch, tt.masked_loss),
@@ -56,7 +56,7 @@ def steps(family: str, s: tt.Shape, variants: list[str]) -> dict[str, Callable[[
         if name == "compile":  # as the trainer compiles its step
             compiling.prepare()
             fn = torch.compile(fn)
-        out[name] = tt._train_step(model, fn, "bf16" if name == "bf16" else "fp32")
+        out[name] = tt.train_step(model, fn, "bf16" if name == "bf16" else "fp32")
     return out
 
 
@@ -93,7 +93,7 @@ def memory_vs_depth(s: tt.Shape, depths: list[int]) -> list[dict[str, Any]]:
     with activation checkpointing: what checkpointing saves grows with depth."""
     rows = []
     for n in depths:
-        shape = tt.Shape(**{**s.__dict__, "n_layers": n})
+        shape = dataclasses.replace(s, n_layers=n)
         batch = tt.encdec_batch(shape)
         row: dict[str, Any] = {"layers": f"{n}+{n}"}
         for name in ("eager", "checkpointing"):

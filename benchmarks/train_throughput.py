@@ -172,7 +172,7 @@ class TorchMaskedLM(nn.Module):
 
 
 # ---- peers --------------------------------------------------------------------------------
-def _train_step(model: nn.Module, loss_fn: Callable[[], Tensor], precision: str,
+def train_step(model: nn.Module, loss_fn: Callable[[], Tensor], precision: str,
                 device: torch.device = CPU) -> Callable[[], None]:
     """One optimizer step (AdamW, the same for every peer) on `device` as a zero-argument
     callable; it returns once the device has finished the step."""
@@ -230,13 +230,13 @@ def encdec_peers(s: Shape, dropout: float, precision: str,
     variants = {"sciformer": encdec_model(s, dropout)}
     if dropout > 0:  # the peers also drop attention probabilities: show that setting too
         variants[ATTN_DROPOUT] = encdec_model(s, dropout, dropout)
-    steps = {name: _train_step(m, lambda m=m: encdec_loss(m, batch), precision, device)
+    steps = {name: train_step(m, lambda m=m: encdec_loss(m, batch), precision, device)
              for name, m in variants.items()}
     return {
         **steps,
-        "hf_t5": _train_step(t5, lambda: t5(input_ids=src, labels=tgt).loss, precision, device),
-        "torch_nn": _train_step(tnn, lambda: ce(tnn(src, tgt_in)), precision, device),
-        "sdpa_ref": _train_step(ref, lambda: ce(ref(src, tgt_in)), precision, device),
+        "hf_t5": train_step(t5, lambda: t5(input_ids=src, labels=tgt).loss, precision, device),
+        "torch_nn": train_step(tnn, lambda: ce(tnn(src, tgt_in)), precision, device),
+        "sdpa_ref": train_step(ref, lambda: ce(ref(src, tgt_in)), precision, device),
     }
 
 
@@ -289,10 +289,10 @@ def masked_peers(s: Shape, dropout: float, precision: str,
     if dropout > 0:
         variants[ATTN_DROPOUT] = masked_model(s, dropout, dropout)
     return {
-        **{name: _train_step(m, lambda m=m: masked_loss(m, batch), precision, device)
+        **{name: train_step(m, lambda m=m: masked_loss(m, batch), precision, device)
            for name, m in variants.items()},
-        "hf_esm": _train_step(esm, lambda: esm(input_ids=x, labels=y).loss, precision, device),
-        "torch_nn": _train_step(tnn, lambda: F.cross_entropy(tnn(x, chosen).float(), y[chosen]),
+        "hf_esm": train_step(esm, lambda: esm(input_ids=x, labels=y).loss, precision, device),
+        "torch_nn": train_step(tnn, lambda: F.cross_entropy(tnn(x, chosen).float(), y[chosen]),
                                 precision, device),
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,11 @@ TINY_MASKED = [
     "train.max_steps=6", "train.eval_every=3", "train.log_every=2", "train.checkpoint_every=3",
     "train.warmup_steps=2", "data.val_fraction=0.2",
 ]
+
+
+def metrics_log(run: Path) -> list[dict]:
+    """The records of a run directory's metrics.jsonl, in order."""
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def write_fasta(path: Path, n: int = 30, seed: int = 0, min_len: int = 20, max_len: int = 60) -> Path:

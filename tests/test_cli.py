@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from sciformer.cli import main
-from tests.conftest import TINY_MASKED, write_fasta
+from tests.conftest import TINY_MASKED, metrics_log, write_fasta
 
 
 def invoke(*args: str):
@@ -29,7 +29,7 @@ def test_pretrain_predict_evaluate_masked(tmp_path: Path, fasta: Path):
     assert res.exit_code == 0, res.output
     for name in ("config.json", "model.safetensors", "train_state.pt", "metrics.jsonl", "split.json"):
         assert (run / name).is_file(), name
-    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = metrics_log(run)
     assert [r["step"] for r in logged] == [2, 3, 4, 6]
     assert "val_loss" in logged[1] and "val_loss" in logged[-1]
     split = json.loads((run / "split.json").read_text())
@@ -130,5 +130,5 @@ def test_resume_without_steps_keeps_the_runs_length(tmp_path: Path, fasta: Path,
     shutil.rmtree(masked_run / "checkpoints" / "step_00000006")
     res = invoke("pretrain", fasta, "--out-dir", masked_run, "--resume")
     assert res.exit_code == 0, res.output
-    steps = [json.loads(line)["step"] for line in (masked_run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in metrics_log(masked_run)]
     assert steps[-1] == 6  # not the default train.max_steps

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from sciformer.simulate import simulate_to_file
 from sciformer.tasks.forecast import ForecastTask
 from sciformer.train.data import BatchSource
 from sciformer.train.loop import pretrain
+from tests.conftest import metrics_log
 
 TINY = ["model.d_model=16", "model.n_heads=2", "model.n_encoder_layers=1",
         "model.n_decoder_layers=1", "model.d_ff=32", "model.dropout=0.1", "data.context=8",
@@ -34,7 +34,7 @@ def test_batch_source_streams_the_task_batches_in_any_order(tmp_path: Path):
 
 
 def _curve(run: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in metrics_log(run)]
 
 
 def test_training_with_workers_equals_training_without(tmp_path: Path):

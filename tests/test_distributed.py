@@ -8,7 +8,6 @@ dropout, so every rank's RNG state must come back; FSDP2, whose optimizer state 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -24,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from sciformer.config import load_config
 from sciformer.train.checkpoint import load_state
 from sciformer.train.loop import pretrain
-from tests.conftest import TINY_MASKED, write_fasta
+from tests.conftest import TINY_MASKED, metrics_log, write_fasta
 
 WORLD = 2
 TIMEOUT_S = 150
@@ -106,10 +105,6 @@ def _max_diff(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def _log(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.parametrize("name", ["ddp", "fsdp"])
 def test_ranks_agree_and_match_single_process(runs: Path, name: str):
     r0 = load_file(str(runs / name / "rank0.safetensors"))
@@ -121,7 +116,7 @@ def test_ranks_agree_and_match_single_process(runs: Path, name: str):
     assert diff < TOL
     assert _max_diff(load_file(str(runs / name / "model.safetensors")), r0) == 0.0
     # the loss curve and validation (scored once, on rank 0) match the single-process run
-    dist_log, one_log = _log(runs / name), _log(runs / "single")
+    dist_log, one_log = metrics_log(runs / name), metrics_log(runs / "single")
     assert [r["step"] for r in dist_log] == [1, 2, 3, 4]  # only rank 0 writes: no duplicates
     for a, b in zip(dist_log, one_log):
         assert a["loss"] == pytest.approx(b["loss"], abs=TOL)
@@ -143,8 +138,8 @@ def test_resume_under_ddp_and_fsdp_is_exact(runs: Path, name: str):
     for rank in range(WORLD):
         resumed = load_file(str(runs / f"{name}_resumed" / f"rank{rank}.safetensors"))
         assert _max_diff(full, resumed) == 0.0
-    curve = [(r["step"], r["loss"]) for r in _log(runs / name)]
-    assert [(r["step"], r["loss"]) for r in _log(runs / f"{name}_resumed")] == curve
+    curve = [(r["step"], r["loss"]) for r in metrics_log(runs / name)]
+    assert [(r["step"], r["loss"]) for r in metrics_log(runs / f"{name}_resumed")] == curve
 
 
 @pytest.mark.parametrize("fsdp", [False, True])

@@ -4,7 +4,6 @@ between the two files of a checkpoint)."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -23,7 +22,7 @@ from sciformer.config import load_config
 from sciformer.train import checkpoint as ckpt
 from sciformer.train.distributed import rng_state, set_rng_state
 from sciformer.train.loop import pretrain
-from tests.conftest import TINY_MASKED, write_fasta
+from tests.conftest import TINY_MASKED, metrics_log, write_fasta
 
 SETS = TINY_MASKED + ["model.dropout=0.1", "train.max_steps=8", "train.checkpoint_every=2",
                       "train.eval_every=2", "train.log_every=1", "train.keep_checkpoints=2",
@@ -59,8 +58,7 @@ def _kill_when(proc: subprocess.Popen, ready, what: str) -> None:
 
 
 def _curve(run: Path) -> list[tuple]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r["loss"], r.get("val_loss")) for r in rows]
+    return [(r["step"], r["loss"], r.get("val_loss")) for r in metrics_log(run)]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from sciformer.model import SciFormer
 from sciformer.model.attention import KERNELS
 from sciformer.tokenizers.protein import ProteinTokenizer
 from sciformer.train.loop import autocast, pretrain
+from tests.conftest import metrics_log
 
 CPU = torch.device("cpu")
 TOK = ProteinTokenizer()
@@ -144,11 +144,6 @@ def test_compile_inductor_gives_same_results(train: bool) -> None:
     _compiled_matches("inductor", train)  # generates and compiles C++: minutes on 2 cores
 
 
-def _loss_curve(run: Path) -> list[float]:
-    return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-            if "loss" in r]
-
-
 def _tiny_training(task: str, root: Path) -> tuple[Path, list[str], int]:
     """(data file, config overrides, attention calls a full trace holds) for a tiny run."""
     from tests.conftest import TINY_MASKED, write_fasta
@@ -195,7 +190,8 @@ def test_train_compile_compiles_the_whole_step(tmp_path: Path, monkeypatch, task
     # the data-dependent host work runs outside the graph on purpose: no graph-break warnings
     assert [r.getMessage() for r in logged if "Graph break" in r.getMessage()] == []
     assert sum(code.count("scaled_dot_product_attention") for code in graphs) >= n_attention
-    eager, compiled = _loss_curve(tmp_path / "eager"), _loss_curve(tmp_path / "compiled")
+    eager, compiled = ([r["loss"] for r in metrics_log(tmp_path / name)]
+                       for name in ("eager", "compiled"))
     assert len(eager) == 4 and np.allclose(eager, compiled, rtol=1e-5, atol=1e-6)
 
 

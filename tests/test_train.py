@@ -15,7 +15,7 @@ from sciformer.config import TrainConfig, load_config
 from sciformer.errors import CheckpointError
 from sciformer.train.checkpoint import load_run, load_state
 from sciformer.train.loop import lr_factor, pretrain
-from tests.conftest import TINY_MASKED
+from tests.conftest import TINY_MASKED, metrics_log
 
 DROPOUT = TINY_MASKED + ["model.dropout=0.1"]  # dropout on: the RNG state must be restored too
 
@@ -30,7 +30,7 @@ def test_lr_schedule_warmup_then_cosine():
 
 
 def _losses(run: Path) -> list[tuple[int, float]]:
-    return [(r["step"], r["loss"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    return [(r["step"], r["loss"]) for r in metrics_log(run)]
 
 
 def test_resume_is_exact(tmp_path: Path, fasta: Path):
