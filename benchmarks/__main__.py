@@ -6,7 +6,7 @@
     python -m benchmarks --device cuda   # on a GPU: training (fp32, bf16) and decoding
 
 Sections: training throughput (sciformer vs HF T5 / HF ESM / torch.nn / an SDPA reference,
-fp32 and bf16 autocast, dropout 0 and 0.1, with MFU), cached decoding (vs HF T5 generate),
+fp32 and bf16 autocast, dropout 0 and 0.1, with MFU), cached decoding (vs HF T5 generate), the cost of N forecast sample paths vs one,
 what each optional speed-up (compile, activation checkpointing, bf16) does to sciformer's own
 step (time and memory, in a child process),
 scaling of time and memory with sequence length for every attention kind (run in a child
@@ -31,11 +31,12 @@ import torch
 
 from benchmarks import fasta_speed, machine, matmul_peak, setup_threads, table
 from benchmarks import decode as decode_bench
+from benchmarks import sample_paths as samples_bench
 from benchmarks import train_throughput as train_bench
 from sciformer.io.atomic import write_json_atomic
 
 RESULTS = Path(__file__).parent / "results" / "latest.json"
-SECTIONS = ("train", "decode", "speedups", "scaling", "fasta")
+SECTIONS = ("train", "decode", "samples", "speedups", "scaling", "fasta")
 ON_GPU = ("train", "decode")  # the sections that measure a device rather than the CPU
 
 
@@ -197,6 +198,11 @@ def main(argv: list[str] | None = None) -> None:
         cols = ["peer", "batch", "steps", "seconds", "generated_tokens_per_s",
                 "sciformer_cache_speedup", "speedup_range"]
         print(table(results["decode"], cols, "\nDecoding (greedy, batch x steps)"))
+    if "samples" in args.only:
+        results["samples"] = samples_bench.run(args.repeats or (1 if args.quick else 3),
+                                               horizon=24 if args.quick else 120)
+        cols = ["samples", "contexts", "horizon", "seconds", "cost_vs_one_path", "range"]
+        print(table(results["samples"], cols, "\nForecast sample paths: cost of S paths vs one"))
     if "speedups" in args.only:
         results["speedups"] = speedups_section(args)
         cols = ["family", "variant", "batch", "first_step_s", "step_s", "speedup",

@@ -5,7 +5,7 @@ Batch 16, a 256-token source, 64 generated steps, the training benchmark's model
 - ``sciformer_cache``: greedy token decoding through the public model API (`encode` once,
   then `decode` of only the newest token with `new_cache`, `token_logits`, argmax): the same
   loop the bins forecaster runs, without its sampling.
-- ``sciformer_forecast``: the library's `sciformer.tasks.forecast.forecast` on continuous
+- ``sciformer_forecast``: the library's `sciformer.pipelines.forecast.sample_paths` (one path) on continuous
   patches (patch length 1, 3 features, 3 quantiles): 64 cached decoder steps per call.
 - ``sciformer_nocache``: the same greedy loop re-decoding the whole prefix each step.
 - ``hf_t5_cache`` / ``hf_t5_nocache``: `T5ForConditionalGeneration.generate` (greedy,
@@ -28,7 +28,7 @@ from benchmarks import CPU, interleaved, median, ratio_range, synced
 from benchmarks.train_throughput import Shape, TorchEncDec
 from sciformer.config import ModelConfig
 from sciformer.model import SciFormer
-from sciformer.tasks.forecast import forecast
+from sciformer.pipelines.forecast import sample_paths
 from sciformer.tokenizers.timeseries import build_tokenizer
 
 STEPS = 64
@@ -100,7 +100,7 @@ def peers(s: Shape, steps: int = STEPS,
 
     fns = {
         "sciformer_cache": lambda: greedy(ours, src, steps, cache=True),
-        "sciformer_forecast": lambda: forecast(cont, tok, context, steps, steps, levels),
+        "sciformer_forecast": lambda: sample_paths(cont, tok, context, steps, steps, levels, 1),
         "hf_t5_cache": t5_generate(True),
         "sciformer_nocache": lambda: greedy(ours, src, steps, cache=False),
         "hf_t5_nocache": t5_generate(False),

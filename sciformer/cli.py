@@ -62,7 +62,7 @@ def _progress() -> bool:
 @click.option("--device", type=str, help="auto | cpu | cuda | cuda:N (shortcut for train.device).")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Data-parallel processes on this machine (launches torchrun; DDP).")
-def pretrain(data, out_dir, config_file, overrides, resume, steps, seed, device, nproc) -> None:
+def pretrain(data, out_dir, config_file, overrides, resume, steps, seed, device, nproc) -> Path:
     """Pretrain on FASTA (masked residues) or trajectory HDF5 (forecasting) files."""
     from sciformer.config import load_config
     from sciformer.train.loop import pretrain as run
@@ -92,7 +92,8 @@ def pretrain(data, out_dir, config_file, overrides, resume, steps, seed, device,
         raise
     if rank0:
         shown = ", ".join(f"{k} {v:.4g}" for k, v in val.items())
-        click.echo(f"Pretrained into {out_dir} ({shown})")
+        click.echo(f"Pretrained into {out_dir}" + (f" ({shown})" if shown else ""))
+    return out_dir
 
 
 def _saved_max_steps(run_dir: Path) -> int:
@@ -107,18 +108,26 @@ def _saved_max_steps(run_dir: Path) -> int:
 @click.argument("input_path", type=EXISTING)
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--score", is_flag=True, help="Proteins: per-sequence pseudo-perplexity instead.")
+@click.option("--top-k", type=click.IntRange(1, 25), default=5, show_default=True,
+              help="Proteins: residues listed per <mask>.")
 @click.option("--horizon", type=click.IntRange(min=1), help="Forecast: steps to predict.")
+@click.option("--samples", type=click.IntRange(1, 10_000),
+              help="Forecast: sample paths per trajectory (default: the run's data.samples).")
+@click.option("--write-samples", is_flag=True,
+              help="Forecast: also write the sample paths (a `sample` dimension).")
 @click.option("--variants", type=EXISTING,
               help="Proteins: CSV with a 'mutant' column (A42G or A42G:R57K) to score against "
                    "the wild-type FASTA given as INPUT; writes a CSV.")
 @click.option("--device", default="auto", show_default=True)
-def predict(run_dir, input_path, out, score, horizon, variants, device) -> None:
-    """Fill <mask> residues (TSV, top-5), score variants (CSV) or forecast (HDF5)."""
+def predict(run_dir, input_path, out, score, top_k, horizon, samples, write_samples, variants,
+            device) -> Path:
+    """Fill <mask> residues (TSV, top-k), score variants (CSV) or forecast (HDF5)."""
     from sciformer.predict import predict as run
 
-    run(run_dir, input_path, out, score=score, horizon=horizon, device=device,
-        progress=_progress(), variants=variants)
+    run(run_dir, input_path, out, score=score, top_k=top_k, horizon=horizon, samples=samples,
+        write_samples=write_samples, device=device, progress=_progress(), variants=variants)
     click.echo(f"Wrote {out}")
+    return out
 
 
 @main.command()
@@ -127,21 +136,24 @@ def predict(run_dir, input_path, out, score, horizon, variants, device) -> None:
 @click.option("--out-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--context", type=click.IntRange(min=1), help="Forecast: context steps.")
 @click.option("--horizon", type=click.IntRange(min=1), help="Forecast: steps to score.")
+@click.option("--samples", type=click.IntRange(1, 10_000),
+              help="Forecast: sample paths per window (default: the run's data.samples).")
 @click.option("--probe", type=click.Choice(["sequence", "residue"]),
               help="Proteins: fit a linear probe on frozen embeddings to the labels of DATA "
                    "(CSV id,sequence,label or FASTA with label=... in the headers).")
 @click.option("--label", default="label", show_default=True,
               help="Probe: the label column (CSV) or header key (FASTA).")
 @click.option("--device", default="auto", show_default=True)
-def evaluate(run_dir, data, out_dir, context, horizon, probe, label, device) -> None:
+def evaluate(run_dir, data, out_dir, context, horizon, samples, probe, label, device) -> dict:
     """Score the model on held-out data against baselines; write metrics.json and plots."""
     from sciformer.evaluate.run import evaluate as run
     from sciformer.evaluate.summary import format_table
 
-    metrics = run(run_dir, data, out_dir, context=context, horizon=horizon, device=device,
-                  probe=probe, label=label, progress=_progress())
+    metrics = run(run_dir, data, out_dir, context=context, horizon=horizon, samples=samples,
+                  device=device, probe=probe, label=label, progress=_progress())
     click.echo(format_table(metrics))
     click.echo(f"Report in {out_dir}")
+    return metrics
 
 
 @main.command()
@@ -155,13 +167,14 @@ def evaluate(run_dir, data, out_dir, context, horizon, probe, label, device) -> 
 @click.option("--pooled", type=click.Choice(["mean", "cls"]), default="mean", show_default=True)
 @click.option("--tokens-per-batch", type=click.IntRange(min=1), help="Token budget per batch.")
 @click.option("--device", default="auto", show_default=True)
-def embed(run_dir, fasta, out, layers, per_residue, pooled, tokens_per_batch, device) -> None:
+def embed(run_dir, fasta, out, layers, per_residue, pooled, tokens_per_batch, device) -> Path:
     """Embed proteins: pooled (and per-residue) vectors of chosen layers, as HDF5."""
     from sciformer.embed import embed as run
 
     res = run(run_dir, fasta, out, layers=layers, per_residue=per_residue, pooled=pooled,
               device=device, tokens_per_batch=tokens_per_batch, progress=_progress())
     click.echo(f"Wrote {out}: {res.n_written} records embedded, {res.n_skipped} already done")
+    return out
 
 
 @main.command("import-esm2")
@@ -170,12 +183,13 @@ def embed(run_dir, fasta, out, layers, per_residue, pooled, tokens_per_batch, de
               help="Run directory to create.")
 @click.option("--heads", type=click.IntRange(min=1),
               help="fair-esm state dicts without rotary buffers: attention heads.")
-def import_esm2(source, out, heads) -> None:
+def import_esm2(source, out, heads) -> Path:
     """Convert an ESM-2 checkpoint (HF EsmForMaskedLM folder or fair-esm .pt) into a run."""
     from sciformer.esm2 import import_esm2 as run
 
     run(source, out, heads=heads)
     click.echo(f"Imported {source} into {out}")
+    return out
 
 
 @main.command()
@@ -186,12 +200,13 @@ def import_esm2(source, out, heads) -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
               help="System parameter, e.g. --param F=8 (repeatable).")
-def simulate(system, out, n_traj, n_steps, seed, params) -> None:
+def simulate(system, out, n_traj, n_steps, seed, params) -> Path:
     """Write reference simulations (lorenz63, lorenz96, ks, burgers) as trajectory HDF5."""
     from sciformer.simulate import simulate_to_file
 
     simulate_to_file(system, out, n_traj, n_steps, seed, _parse_params(params))
     click.echo(f"Wrote {n_traj} trajectories x {n_steps} steps of {system} to {out}")
+    return out
 
 
 def _parse_params(items: tuple[str, ...]) -> dict[str, float]:
@@ -210,10 +225,10 @@ def _parse_params(items: tuple[str, ...]) -> dict[str, float]:
 @main.command("run")
 @click.argument("workflow", type=EXISTING)
 def run_workflow(workflow) -> None:
-    """Run a workflow YAML's stages in order (simulate, pretrain, predict, evaluate)."""
+    """Run a workflow YAML's stages in order; a stage is any verb of this command."""
     from sciformer.workflow import run_workflow as run
 
-    run(workflow, progress=_progress())
+    run(workflow, main)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,8 +9,10 @@ so a bad value is a one-line `ConfigError` naming the key.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -106,7 +108,11 @@ class DataConfig:
     patch_len: int = 8  # time steps per patch token (8 halves the tokens, and the cost, of 4)
     n_bins: int = 1024  # bins tokenizer: vocabulary of value bins
     bin_limit: float = 15.0  # bins tokenizer: scaled values are clipped to +-limit
-    quantiles: list[float] = field(default_factory=lambda: [0.1, 0.5, 0.9])
+    # levels of the predicted quantile function (ascending, with 0.5); more levels give the
+    # sampler a finer inverse CDF
+    quantiles: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.25, 0.5, 0.75, 0.9,
+                                                            0.95])
+    samples: int = 100  # sample paths per forecast (predict, evaluate); quantiles come from them
     stride: int = 1  # time steps between consecutive training windows
     num_workers: int = 0  # DataLoader worker processes building training batches ahead
 
@@ -130,12 +136,13 @@ class DataConfig:
         _check(self.patch_len >= 1, "data.patch_len", "must be at least 1")
         _check(self.n_bins >= 2, "data.n_bins", "must be at least 2")
         _check(self.bin_limit > 0, "data.bin_limit", "must be positive")
-        _check(
-            all(0.0 < q < 1.0 for q in self.quantiles) and 0.5 in self.quantiles,
-            "data.quantiles",
-            "levels must lie in (0, 1) and include 0.5",
-        )
+        q = self.quantiles
+        _check(all(0.0 < v < 1.0 for v in q) and 0.5 in q, "data.quantiles",
+               "levels must lie in (0, 1) and include 0.5")
+        _check(all(a < b for a, b in zip(q, q[1:])), "data.quantiles",
+               f"levels must be ascending and distinct, got {q}")
         _check(self.stride >= 1, "data.stride", "must be at least 1")
+        _check(1 <= self.samples <= 10_000, "data.samples", "must be in 1..10000")
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
 
 
@@ -184,6 +191,7 @@ class TrainConfig:
             "must be auto, cpu, cuda or cuda:N",
         )
         _check(self.threads >= 0, "train.threads", "must be >= 0")
+        _check(0 <= self.seed < 2**63, "train.seed", f"{self.seed} is not in [0, 2**63)")
 
 
 @dataclass
@@ -204,8 +212,10 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> RunConfig:
-        """Build from nested dicts, rejecting unknown sections/keys and wrong types."""
+    def from_dict(cls, raw: dict[str, Any], source: str = "config",
+                  derived_ok: bool = False) -> RunConfig:
+        """Build from nested dicts, rejecting unknown sections/keys and wrong types
+        (and derived fields unless `derived_ok`: a run's own config.json)."""
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
         cfg = cls()
@@ -215,11 +225,56 @@ class RunConfig:
             if not isinstance(values, dict):
                 raise ConfigError(f"{source}: section '{section}' must be a mapping")
             for key, value in values.items():
-                set_field(cfg, f"{section}.{key}", value, source)
+                set_field(cfg, f"{section}.{key}", value, source, derived_ok)
         return cfg
 
 
 _SECTIONS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+#: Model fields computed from the task and its data (vocabulary, adapter and head widths, the
+#: <mask> id): only a run's own config.json holds them; a user setting would be overwritten.
+DERIVED_FIELDS = ("model.vocab_size", "model.input_dim", "model.output_dim", "model.mask_id")
+
+#: Settings that only one task reads; setting one for the other task is an error naming it.
+TASK_ONLY = {
+    "masked": ("data.crop_length", "data.mask_rate", "data.mask_token_rate",
+               "data.random_token_rate", "data.tokens_per_batch", "model.token_dropout"),
+    "forecast": ("data.tokenizer", "data.channels", "data.context", "data.horizon",
+                 "data.patch_len", "data.n_bins", "data.bin_limit", "data.quantiles",
+                 "data.stride", "data.samples", "train.batch_size"),
+}
+TASK_WORDS = {"masked": "masked-residue (FASTA)", "forecast": "forecasting (HDF5)"}
+
+
+def explicit_keys(cfg: RunConfig) -> set[str]:
+    """The `section.field` keys a user set (config file or --set) on `cfg`."""
+    return cfg.__dict__.setdefault("_explicit", set())
+
+
+def for_task(cfg: RunConfig, task: str, **derived: Any) -> RunConfig:
+    """A copy of `cfg` completed for `task`: settings of the other task and derived fields
+    the user set are refused (naming the key); `derived` model fields are filled in.
+
+    The user's `cfg` is never modified.
+    """
+    other = next(t for t in TASK_ONLY if t != task)
+    user = explicit_keys(cfg)
+    for key in sorted(user & set(TASK_ONLY[other])):
+        raise ConfigError(f"config field '{key}' does not apply to {TASK_WORDS[task]} runs "
+                          f"(it is a {TASK_WORDS[other]} setting); remove it")
+    decoder = cfg.model.n_decoder_layers
+    if task == "masked" and "model.n_decoder_layers" in user and decoder != 0:
+        raise ConfigError(f"config field 'model.n_decoder_layers': masked-residue runs are "
+                          f"encoder-only; {decoder} decoder layers would never be used")
+    if task == "forecast" and decoder < 1:
+        raise ConfigError("config field 'model.n_decoder_layers': forecasting needs at least "
+                          "one decoder layer")
+    out = copy.deepcopy(cfg)
+    if task == "masked":
+        out.model.n_decoder_layers = 0
+    for name, value in derived.items():
+        setattr(out.model, name, value)
+    return out.validate()
 
 
 def _check(ok: bool, key: str, why: str) -> None:
@@ -227,19 +282,19 @@ def _check(ok: bool, key: str, why: str) -> None:
         raise ConfigError(f"config field '{key}': {why}")
 
 
-def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+def coerce_value(value: Any, hint: Any, key: str, source: str) -> Any:
     """Check `value` against a simple type hint (int, float, bool, str, list[float])."""
     origin = typing.get_origin(hint)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
         (inner,) = typing.get_args(hint)
-        return [_coerce(v, inner, key, source) for v in value]
+        return [coerce_value(v, inner, key, source) for v in value]
     if origin in (typing.Union, types.UnionType):
         errors = []
         for arg in typing.get_args(hint):
             try:
-                return _coerce(value, arg, key, source)
+                return coerce_value(value, arg, key, source)
             except ConfigError as exc:
                 errors.append(exc)
         raise errors[0]
@@ -254,13 +309,18 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif hint is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                raise ConfigError(f"{source}: '{key}' must be a finite number, got {value!r}")
+            return number
     elif hint is str:
         if isinstance(value, str):
             return value
@@ -269,8 +329,16 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     raise ConfigError(f"{source}: '{key}' must be {hint.__name__}, got {value!r}")
 
 
-def set_field(cfg: RunConfig, dotted: str, value: Any, source: str = "--set") -> None:
-    """Set `section.field` on `cfg` after checking that the key exists and the type fits."""
+def set_field(cfg: RunConfig, dotted: str, value: Any, source: str = "--set",
+              derived_ok: bool = False) -> None:
+    """Set `section.field` on `cfg` after checking that the key exists and the type fits.
+
+    Derived fields (`DERIVED_FIELDS`) are refused unless `derived_ok` (a run's config.json).
+    """
+    if dotted in DERIVED_FIELDS and not derived_ok:
+        raise ConfigError(f"{source}: '{dotted}' is computed from the data and the task; it "
+                          "cannot be set")
+    explicit_keys(cfg).add(dotted)
     section, _, name = dotted.partition(".")
     if section not in _SECTIONS or not name:
         raise ConfigError(
@@ -281,7 +349,7 @@ def set_field(cfg: RunConfig, dotted: str, value: Any, source: str = "--set") ->
     if name not in hints:
         valid = ", ".join(f.name for f in dataclasses.fields(sub))
         raise ConfigError(f"{source}: unknown key '{dotted}'; valid keys in '{section}': {valid}")
-    setattr(sub, name, _coerce(value, hints[name], dotted, source))
+    setattr(sub, name, coerce_value(value, hints[name], dotted, source))
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str] | tuple[str, ...]) -> RunConfig:
@@ -309,6 +377,10 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             raise ConfigError(f"{path}: config file not found") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
         cfg = RunConfig.from_dict(raw, source=str(path))
     return apply_overrides(cfg, overrides).validate()
 
@@ -332,5 +404,9 @@ def read_run_config(path: str | Path) -> tuple[RunConfig, dict[str, Any]]:
         raise ConfigError(f"{path}: not found (is this a sciformer run directory?)") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
     sections = {k: raw.pop(k) for k in list(raw) if k in _SECTIONS}
-    return RunConfig.from_dict(sections, source=str(path)).validate(), raw
+    cfg = RunConfig.from_dict(sections, source=str(path), derived_ok=True).validate()
+    explicit_keys(cfg).clear()  # a saved run's settings are not a user's new settings
+    return cfg, raw

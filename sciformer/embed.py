@@ -8,7 +8,8 @@ input embedding and n_encoder_layers = the final, normalised output):
     /pooled/<layer>              (N, D)     one vector per record (row i = ids[i])
     /per_residue/<key>/<layer>   (L, D)     with --per-residue; <key> = `safe_key(id)`,
                                             the group's attrs hold `id` and `index`
-    root attrs                   run, fasta, layers, pooled, window, overlap, complete
+    root attrs                   weights, records (content hashes), run, fasta (paths, for
+                                 information), layers, pooled, window, overlap, complete
 
 Record ids may hold '/' (the HDF5 path separator) or be '.'/'..': `safe_key` percent-encodes
 them reversibly, so distinct ids always get distinct keys; the exact id is kept in the group's
@@ -19,11 +20,14 @@ the windows' per-residue vectors are blended with linear ramp weights that sum t
 result changes smoothly from one window to the next instead of jumping at a hard cut. Work is
 streamed in groups of records batched to a token budget. The file is written as OUT.partial,
 flushed after every group, and renamed onto OUT when complete; re-running resumes a partial
-file (records already written are skipped) and does nothing for a complete one.
+file (records already written are skipped) and does nothing for a complete one -- but only
+when the weights and the records' sequences are the same (content hashes), never because a
+path or an id matches.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import urllib.parse
 import warnings
@@ -33,15 +37,12 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
-from torch import nn
 
 from sciformer.errors import ConfigError, InputError
 from sciformer.io.fasta import grouped, read_fasta
-from sciformer.tasks.masked import TOKENIZER, frame
-from sciformer.tokenizers.protein import iter_windows, token_budget_batches
-
-POOLING = ("mean", "cls")
+from sciformer.pipelines.protein import POOLING, ProteinLM
+from sciformer.pipelines.residues import pool
+from sciformer.tokenizers.protein import TOKENIZER
 
 
 # ---- options --------------------------------------------------------------------------------
@@ -57,19 +58,6 @@ def parse_layers(text: str) -> list[int]:
     return layers
 
 
-def resolve_layers(layers: list[int], n_layers: int) -> list[int]:
-    """Absolute layer numbers 0..n_layers (negative counts from the end), order kept, unique."""
-    out: list[int] = []
-    for layer in layers:
-        absolute = layer + n_layers + 1 if layer < 0 else layer
-        if not 0 <= absolute <= n_layers:
-            raise ConfigError(f"--layers: layer {layer} does not exist; this model has layers "
-                              f"0..{n_layers} (0 = input embedding, -1 = last)")
-        if absolute not in out:
-            out.append(absolute)
-    return out
-
-
 def safe_key(record_id: str) -> str:
     """An HDF5 group name for `record_id`: percent-encoding of '/', '%' and a leading '.'.
 
@@ -80,86 +68,13 @@ def safe_key(record_id: str) -> str:
     return "%2E" + key[1:] if key.startswith(".") else key
 
 
-# ---- windows and blending -------------------------------------------------------------------
-def blend_weights(length: int, window: int, overlap: int) -> list[tuple[int, int, np.ndarray]]:
-    """[(start, end, weights)] of the windows covering 0..length.
-
-    Inside a window the weight is 1, and over each overlap with a neighbour it ramps linearly,
-    (k + 1) / (overlap + 1) from the window's inner edge, so that two neighbours' weights sum to
-    one there. Every weight is > 0, so every residue is covered.
-    """
-    spans = iter_windows(length, window, overlap) if length else []
-    out = []
-    for w, (s, e) in enumerate(spans):
-        weight = np.ones(e - s)
-        if w > 0:
-            left = spans[w - 1][1] - s  # overlap with the previous window
-            weight[:left] = np.minimum(weight[:left], np.arange(1, left + 1) / (left + 1))
-        if w + 1 < len(spans):
-            right = e - spans[w + 1][0]
-            ramp = np.arange(right, 0, -1) / (right + 1)
-            weight[e - s - right:] = np.minimum(weight[e - s - right:], ramp)
-        out.append((s, e, weight))
-    return out
-
-
-@dataclass
-class _Pending:
-    """Running weighted sums of one record's windows."""
-
-    acc: np.ndarray  # (n_layers, L, D) sum of weight * vector
-    weight: np.ndarray  # (L,) sum of weights
-    cls: np.ndarray  # (n_layers, D) sum of the windows' <cls> vectors
-    n_windows: int = 0
-
-
-@torch.no_grad()
-def embed_sequences(model: nn.Module, seqs: list[np.ndarray], layers: list[int], window: int,
-                    tokens_per_batch: int, device: torch.device, overlap: int | None = None
-                    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """(i, per-residue (n_layers, L, D), <cls> (n_layers, D)) for each residue-id sequence.
-
-    Windows of every sequence are batched together to the token budget; results come in
-    input order once all of a sequence's windows are done (at the end of the call).
-    """
-    overlap = window // 4 if overlap is None else overlap
-    pieces = [(i, s, e, wt) for i, seq in enumerate(seqs)
-              for s, e, wt in blend_weights(len(seq), window, overlap)]
-    d = model.cfg.d_model
-    pending = [_Pending(np.zeros((len(layers), len(q), d), np.float32), np.zeros(len(q)),
-                        np.zeros((len(layers), d), np.float32)) for q in seqs]
-    lengths = [p[2] - p[1] + 2 for p in pieces]
-    for members in token_budget_batches(lengths, tokens_per_batch, shuffle=False):
-        tokens = TOKENIZER.pad_batch([frame(seqs[pieces[m][0]][pieces[m][1]:pieces[m][2]])
-                                      for m in members]).to(device)
-        outs = model.encode(tokens, tokens == TOKENIZER.pad_id, return_layers=True)
-        chosen = torch.stack([outs[k] for k in layers]).float().cpu().numpy()  # (n, B, T, D)
-        for row, m in enumerate(members):
-            i, s, e, wt = pieces[m]
-            rec = pending[i]
-            rec.acc[:, s:e] += chosen[:, row, 1:1 + e - s] * wt[None, :, None].astype(np.float32)
-            rec.weight[s:e] += wt
-            rec.cls += chosen[:, row, 0]
-            rec.n_windows += 1
-    for i, rec in enumerate(pending):
-        per_residue = rec.acc / rec.weight[None, :, None].astype(np.float32)
-        yield i, per_residue, rec.cls / max(rec.n_windows, 1)
-        pending[i] = None  # type: ignore[call-overload]  # free as we go
-
-
-def pool(per_residue: np.ndarray, cls: np.ndarray, how: str) -> np.ndarray:
-    """(n_layers, D) vector per record: mean over residues, or the <cls> token's vector
-    (averaged over windows when a long sequence needed several)."""
-    return per_residue.mean(axis=1) if how == "mean" else cls
-
-
 # ---- the HDF5 file --------------------------------------------------------------------------
 @dataclass
 class EmbedSettings:
     """What an embeddings file was made from; a resumed file must match all of it."""
 
-    run: str
-    fasta: str
+    weights: str  # blake2b of model.safetensors: other weights never resume this file
+    records: str  # blake2b of the records' ids and sequences: nor do other records
     layers: list[int]
     pooled: str
     per_residue: bool
@@ -173,8 +88,13 @@ class EmbedSettings:
             have = have.tolist() if isinstance(have, np.ndarray) else have
             have = bool(have) if isinstance(want, bool) and have is not None else have
             if have != want:
-                raise InputError(f"{path}: was made with {name}={have!r}, not {want!r}; "
-                                 "delete it or choose another --out")
+                what = _CHANGED.get(name, f"{name}={have!r}, not {want!r}")
+                raise InputError(f"{path}: was made with {what}; delete it or choose another "
+                                 "--out")
+
+
+_CHANGED = {"weights": "other model weights (model.safetensors differs)",
+            "records": "other records (ids or sequences differ)"}
 
 
 def _create(path: Path, settings: EmbedSettings, ids: list[str], lengths: list[int],
@@ -224,7 +144,7 @@ def _check_same(f: h5py.File, path: Path, settings: EmbedSettings, ids: list[str
     settings.check(f, path)
     stored = [x.decode() if isinstance(x, bytes) else x for x in f["ids"][()]]
     if stored != ids:
-        raise InputError(f"{path}: holds embeddings of different records than {settings.fasta}; "
+        raise InputError(f"{path}: holds embeddings of different records; "
                          "delete it or choose another --out")
 
 
@@ -256,13 +176,23 @@ class EmbedResult:
     residues: int
 
 
-def _index_fasta(path: Path) -> tuple[list[str], list[int]]:
-    """Ids and lengths of every record, in order (a first, validating pass)."""
-    ids, lengths = [], []
+def _index_fasta(path: Path) -> tuple[list[str], list[int], str]:
+    """Ids, lengths and a content hash of every record, in order (a first, validating pass)."""
+    ids, lengths, digest = [], [], hashlib.blake2b(digest_size=16)
     for rec in read_fasta(path):
         ids.append(rec.id)
         lengths.append(len(TOKENIZER.encode(rec.sequence, add_special=False)))
-    return ids, lengths
+        digest.update(f"{rec.id}\t{rec.sequence.upper()}\n".encode())
+    return ids, lengths, digest.hexdigest()
+
+
+def file_hash(path: Path) -> str:
+    """blake2b of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _groups(path: Path, todo: np.ndarray, budget: int
@@ -274,34 +204,33 @@ def _groups(path: Path, todo: np.ndarray, budget: int
 
 
 def embed(run_dir: str | Path, fasta: str | Path, out: str | Path, *,
-          layers: str | list[int] = "-1", per_residue: bool = False, pooled: str = "mean", device: str = "auto",
-          tokens_per_batch: int | None = None, progress: bool = False) -> EmbedResult:
+          layers: str | list[int] = "-1", per_residue: bool = False, pooled: str = "mean",
+          device: str = "auto", tokens_per_batch: int | None = None,
+          progress: bool = False) -> EmbedResult:
     """Embed every record of `fasta` with the model of `run_dir` into the HDF5 file `out`."""
-    from sciformer.train.checkpoint import load_run
-    from sciformer.train.loop import pick_device
+    from sciformer.pipelines import ProteinLM, load
+    from sciformer.runs import WEIGHTS
 
     if pooled not in POOLING:
         raise ConfigError(f"--pooled '{pooled}': must be one of {', '.join(POOLING)}")
     fasta, out = Path(fasta), Path(out)
-    dev = pick_device(device)
-    model, cfg, extra = load_run(run_dir, dev)
-    if extra.get("task") == "forecast" or model.embed is None:
+    lm = load(run_dir, device)
+    if not isinstance(lm, ProteinLM):
         raise InputError(f"{run_dir}: embed needs a protein (masked-residue) run")
     wanted = parse_layers(layers) if isinstance(layers, str) else list(layers)
-    window = cfg.data.crop_length
-    settings = EmbedSettings(str(Path(run_dir).resolve()), str(fasta.resolve()),
-                             resolve_layers(wanted, cfg.model.n_encoder_layers), pooled,
-                             per_residue, window, window // 4)
-    ids, lengths = _index_fasta(fasta)
+    ids, lengths, records = _index_fasta(fasta)
+    settings = EmbedSettings(file_hash(Path(run_dir) / WEIGHTS), records, lm.layers(wanted),
+                             pooled, per_residue, lm.window, lm.window // 4)
     if out.exists() and _already_done(out, settings, ids):
         return EmbedResult(out, len(ids), 0, len(ids), 0)
     partial = out.with_name(out.name + ".partial")
     f = _open_partial(partial, settings, ids) or _create(partial, settings, ids, lengths,
-                                                         cfg.model.d_model)
-    budget = tokens_per_batch or cfg.data.tokens_per_batch
+                                                         lm.cfg.model.d_model)
     with f:
+        f.attrs["run"], f.attrs["fasta"] = str(Path(run_dir).resolve()), str(fasta.resolve())
         todo = ~f["done"][()]
-        written, residues = _run_groups(model, f, fasta, todo, settings, budget, dev, progress)
+        written, residues = _run_groups(lm, f, fasta, todo, settings,
+                                        tokens_per_batch or lm.tokens_per_batch, progress)
         f.attrs["complete"] = True
     os.replace(partial, out)
     return EmbedResult(out, len(ids), written, len(ids) - int(todo.sum()), residues)
@@ -321,9 +250,8 @@ def _already_done(out: Path, settings: EmbedSettings, ids: list[str]) -> bool:
         return bool(f.attrs.get("complete"))
 
 
-def _run_groups(model: nn.Module, f: h5py.File, fasta: Path, todo: np.ndarray,
-                settings: EmbedSettings, budget: int, device: torch.device,
-                progress: bool) -> tuple[int, int]:
+def _run_groups(lm: ProteinLM, f: h5py.File, fasta: Path, todo: np.ndarray,
+                settings: EmbedSettings, budget: int, progress: bool) -> tuple[int, int]:
     """Embed and write the records still to do; flush after each group. (records, residues)"""
     from sciformer.progress import progress_bar
 
@@ -331,8 +259,7 @@ def _run_groups(model: nn.Module, f: h5py.File, fasta: Path, todo: np.ndarray,
     written = residues = 0
     for group in _groups(fasta, todo, 4 * budget):
         seqs = [g[2] for g in group]
-        for j, per_res, cls in embed_sequences(model, seqs, settings.layers, settings.window,
-                                               budget, device, settings.overlap):
+        for j, per_res, cls in lm.embedding_stream(seqs, settings.layers, budget):
             i, record_id, _ = group[j]
             _write_record(f, i, record_id, per_res, cls, settings)
             residues += len(seqs[j])

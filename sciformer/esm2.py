@@ -34,7 +34,7 @@ import torch
 
 from sciformer.config import DataConfig, ModelConfig, RunConfig, save_config
 from sciformer.errors import CheckpointError
-from sciformer.train.checkpoint import check_weights
+from sciformer.runs import MaskedState, check_weights, state_to_dict
 from sciformer.io.atomic import write_json_atomic
 from sciformer.tokenizers.protein import ALPHABET, ProteinTokenizer
 
@@ -265,9 +265,9 @@ def import_esm2(source: str | Path, out: str | Path, heads: int | None = None) -
     tmp = out.with_name(f".tmp-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    extra = {"task": "masked", "train_files": [], "residue_counts": [0] * len(ALPHABET),
-             "imported_from": {"format": fmt, "path": str(source.resolve())}}
-    save_config(run.validate(), tmp / "config.json", extra=extra)
+    state = MaskedState(residue_counts=[0] * len(ALPHABET),
+                        imported_from={"format": fmt, "path": str(source.resolve())})
+    save_config(run.validate(), tmp / "config.json", extra=state_to_dict(state))
     save_weights(model, tmp / "model.safetensors")
     write_json_atomic(tmp / "split.json", {"unit": "record", "files": [], "n_records": 0,
                                            "train": [], "heldout": [], "heldout_origin": [],
@@ -276,14 +276,14 @@ def import_esm2(source: str | Path, out: str | Path, heads: int | None = None) -
     return out
 
 
-def relabel_untrained_baseline(metrics: dict[str, Any], extra: dict[str, Any],
+def relabel_untrained_baseline(metrics: dict[str, Any], state: MaskedState,
                                out_dir: Path) -> dict[str, Any]:
     """For runs with no training residue counts (imported weights), the 'unigram' baseline is
     add-one smoothing of zero counts, i.e. equal odds over the residue letters: name it
     'uniform', say why in the metrics, and rewrite summary.md to match."""
     from sciformer.evaluate.report import write_summary
 
-    counts = np.asarray(extra.get("residue_counts") or [0])
+    counts = np.asarray(state.residue_counts or [0])
     baselines = metrics.get("baselines", {})
     if counts.sum() > 0 or "unigram" not in baselines:
         return metrics

@@ -1,7 +1,12 @@
-"""`sciformer predict`: fill masked residues / score sequences, or forecast trajectories.
+"""`sciformer predict`: file adapters over the pipelines.
 
-The task comes from the run's config.json. Output is written atomically and streamed: rows
-are produced group by group, so memory stays bounded on large inputs.
+- FASTA with `<mask>` -> TSV of the top-k residues per mask (`ProteinLM.fill_masks`);
+- FASTA with `--score` -> TSV of pseudo-perplexities (`ProteinLM.pseudo_perplexity`);
+- wild-type FASTA + `--variants` CSV -> CSV of variant scores (`sciformer.variants`);
+- trajectory HDF5 -> forecast HDF5 with median, quantiles and optionally the sample paths
+  (`Forecaster`).
+
+Output is written atomically and streamed group by group, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -10,99 +15,123 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from sciformer.errors import InputError
 from sciformer.io.atomic import atomic_path
-from sciformer.io.fasta import FastaRecord, count_records, grouped, read_fasta
+from sciformer.io.fasta import count_records, grouped, read_fasta
+from sciformer.pipelines import Forecaster, ProteinLM, load
 from sciformer.progress import progress_bar
-from sciformer.tasks.masked import TOKENIZER, masked_log_probs
-from sciformer.train.checkpoint import load_run
-from sciformer.train.loop import pick_device
 
-TOP_K = 5
 GROUP = 256  # records scored together; bounds memory on large inputs
 
 
 def predict(run_dir: str | Path, input_path: str | Path, out: str | Path, *,
-            score: bool = False, horizon: int | None = None, device: str = "auto",
+            score: bool = False, horizon: int | None = None, samples: int | None = None,
+            write_samples: bool = False, top_k: int = 5, device: str = "auto",
             progress: bool = False, variants: str | Path | None = None) -> Path:
-    """Run the model of `run_dir` on `input_path` and write predictions to `out`.
-
-    With `variants` (a CSV of mutations), `input_path` is the wild-type FASTA and `out` a CSV
-    of variant-effect scores (`sciformer.variants`).
-    """
-    if variants is not None:
-        from sciformer.variants import score_variants
-
-        return score_variants(run_dir, input_path, variants, out, device=device)
-    dev = pick_device(device)
-    model, cfg, extra = load_run(run_dir, dev)
-    if extra.get("task") == "forecast":
-        from sciformer.tasks.forecast import predict_forecast
-
-        return predict_forecast(model, cfg, extra, Path(input_path), Path(out), horizon, dev,
+    """Run the model of `run_dir` on `input_path` and write predictions to `out`."""
+    pipe = load(run_dir, device)
+    input_path, out = Path(input_path), Path(out)
+    if isinstance(pipe, Forecaster):
+        _refuse(run_dir, "forecasting", score=score, variants=variants)
+        return predict_forecast(pipe, input_path, out, horizon, samples, write_samples,
                                 progress)
-    writer = _score_rows if score else _mask_rows
+    _refuse(run_dir, "masked-residue", horizon=horizon, samples=samples,
+            write_samples=write_samples)
+    if variants is not None:
+        from sciformer.variants import score_variants_file
+
+        return score_variants_file(pipe, input_path, Path(variants), out)
+    rows = _score_rows(pipe, input_path) if score else _mask_rows(pipe, input_path, top_k)
     total = count_records(input_path) if progress else None
     with atomic_path(out) as tmp, open(tmp, "w") as fh, \
             progress_bar(total, "predict", "seq", progress) as bar:
-        for line in writer(model, cfg, Path(input_path), dev, bar):
+        for line in rows(bar):
             fh.write(line + "\n")
-    return Path(out)
+    return out
 
 
-def _groups(path: Path) -> Iterator[list[FastaRecord]]:
-    return grouped(read_fasta(path), GROUP)
+def _refuse(run_dir: str | Path, kind: str, **options: object) -> None:
+    """An option that does not apply to this run's task is an error, not silently ignored."""
+    for name, value in options.items():
+        if value not in (None, False):
+            raise InputError(f"{run_dir}: --{name.replace('_', '-')} does not apply to a "
+                             f"{kind} run")
 
 
-def _mask_rows(model, cfg, path: Path, device: torch.device, bar: tqdm) -> Iterator[str]:
-    """One TSV row per <mask>: record, 1-based position, top-5 residues with probabilities."""
-    header = ["record", "position"] + [f"{k}{i}" for i in range(1, TOP_K + 1) for k in ("aa", "p")]
-    yield "\t".join(header)
-    n_masks = 0
-    residue_ids = np.arange(4, 4 + 25)  # predictions are restricted to residue letters L..O
-    for group in _groups(path):
-        tokens = TOKENIZER.encode_many([r.sequence for r in group], add_special=False)
-        queries = [np.flatnonzero(t == TOKENIZER.mask_id) for t in tokens]
-        for i, logp in masked_log_probs(model, tokens, queries, cfg.data.crop_length,
-                                        cfg.data.tokens_per_batch, device):
-            probs = np.exp(logp[:, residue_ids])
-            probs /= probs.sum(axis=1, keepdims=True)
-            for pos, p in zip(queries[i], probs):
-                best = np.argsort(-p)[:TOP_K]
-                cells = [f"{TOKENIZER.alphabet[residue_ids[b]]}\t{p[b]:.4f}" for b in best]
-                yield "\t".join([group[i].id, str(pos + 1), *cells])
-            n_masks += len(queries[i])
-        bar.update(len(group))
-    if n_masks == 0:
-        raise InputError(f"{path}: no <mask> tokens found; write <mask> where residues should be "
-                         "predicted, or pass --score for pseudo-perplexity")
+def _mask_rows(lm: ProteinLM, path: Path, top_k: int):
+    def rows(bar: tqdm) -> Iterator[str]:
+        """One TSV row per <mask>: record, 1-based position, top-k residues with probabilities."""
+        yield "\t".join(["record", "position"] + [f"{k}{i}" for i in range(1, top_k + 1)
+                                                  for k in ("aa", "p")])
+        n_masks = 0
+        for group in grouped(read_fasta(path), GROUP):
+            ids = [r.id for r in group]
+            tokens = lm.tokens([r.sequence for r in group])
+            for fills in lm.iter_fills(ids, tokens, top_k):
+                for m in fills:
+                    cells = [f"{a}\t{p:.4f}" for a, p in zip(m.residues, m.probs)]
+                    yield "\t".join([m.record, str(m.position), *cells])
+                n_masks += len(fills)
+            bar.update(len(group))
+        if n_masks == 0:
+            raise InputError(f"{path}: no <mask> tokens found; write <mask> where residues "
+                             "should be predicted, or pass --score for pseudo-perplexity")
+    return rows
 
 
-def _score_rows(model, cfg, path: Path, device: torch.device, bar: tqdm) -> Iterator[str]:
-    """Pseudo-perplexity per record: mask each residue in turn (Salazar et al. 2020)."""
-    yield "record\tlength\tpseudo_perplexity\tmean_log_prob"
-    for group in _groups(path):
-        for rec in group:
-            seq = TOKENIZER.encode(rec.sequence, add_special=False)
-            logp = _one_at_a_time(model, cfg, seq, device)
-            mean = float(logp.mean())
-            yield f"{rec.id}\t{len(seq)}\t{np.exp(-mean):.4f}\t{mean:.4f}"
+def _score_rows(lm: ProteinLM, path: Path):
+    def rows(bar: tqdm) -> Iterator[str]:
+        """Pseudo-perplexity per record: each residue masked alone (Salazar et al. 2020)."""
+        yield "record\tlength\tpseudo_perplexity\tmean_log_prob"
+        for rec in read_fasta(path):
+            (tokens,) = lm.tokens(rec.sequence)
+            if (tokens == lm.mask_id).any():
+                raise InputError(f"{path}: record '{rec.id}' holds <mask>; --score needs "
+                                 "complete sequences")
+            mean = float(lm.pseudo_log_likelihoods(tokens).mean())
+            yield f"{rec.id}\t{len(tokens)}\t{np.exp(-mean):.4f}\t{mean:.4f}"
             bar.update(1)
+    return rows
 
 
-def _one_at_a_time(model, cfg, seq: np.ndarray, device: torch.device) -> np.ndarray:
-    """log p(true residue) at every position, each masked alone (L masked copies, batched)."""
-    copies, queries = [], []
-    for pos in range(len(seq)):
-        c = seq.copy()
-        c[pos] = TOKENIZER.mask_id
-        copies.append(c)
-        queries.append(np.array([pos]))
-    out = np.empty(len(seq))
-    for i, logp in masked_log_probs(model, copies, queries, cfg.data.crop_length,
-                                    cfg.data.tokens_per_batch, device):
-        out[i] = logp[0, seq[i]]
+def predict_forecast(fc: Forecaster, input_path: Path, out: Path, horizon: int | None,
+                     samples: int | None, write_samples: bool, progress: bool) -> Path:
+    """Forecast `horizon` steps after each trajectory of `input_path`; write trajectory HDF5.
+
+    Streams: reads the last `data.context` steps of `train.batch_size` trajectories at a time,
+    samples their paths and appends median, quantiles (and, with `write_samples`, the paths)
+    to the output, so memory does not grow with the number of trajectories. The output
+    appears only when complete.
+    """
+    from sciformer.io.trajectories import TrajectoryFile
+    from sciformer.io.trajectory_writer import TrajectoryWriter
+    from sciformer.pipelines.forecast import summarise
+
+    f = TrajectoryFile(input_path)
+    m = f.meta
+    fc.check_state_shape(m.state_shape, str(input_path))
+    use = fc.check_context_length(m.n_time, str(input_path))
+    horizon, samples = horizon or fc.trained_horizon, samples or fc.cfg.data.samples
+    batch = max(1, fc.cfg.train.batch_size)
+    fc.check_memory(min(batch, m.n_traj), horizon, samples, str(input_path))
+    shape = (m.n_traj, horizon, *m.state_shape)
+    with f, TrajectoryWriter(out, shape, dt=m.dt, system=m.system,
+                             lyapunov_time=m.lyapunov_time, field_names=m.field_names,
+                             quantile_levels=fc.levels,
+                             n_samples=samples if write_samples else None,
+                             attrs={"source": str(input_path), "context_steps": use,
+                                    "samples": samples, "forecast_of": "steps after "
+                                    "the last step of each input trajectory"}) as w, \
+            progress_bar(m.n_traj, "predict", "traj", progress) as bar:
+        for first in range(0, m.n_traj, batch):
+            stop = min(first + batch, m.n_traj)
+            ctx = f.windows(first, stop, m.n_time - use, use).reshape(stop - first, use, -1)
+            paths = fc.sample(ctx, horizon, samples, seed=first, batch=batch)
+            med, qs = summarise(paths, fc.levels)
+            block = (stop - first, horizon, *m.state_shape)
+            w.write(med.reshape(block), qs.reshape((len(fc.levels), *block)),
+                    samples=paths.reshape((samples, *block)) if write_samples else None)
+            bar.update(stop - first)
     return out

@@ -23,15 +23,17 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
-from sciformer.config import RunConfig
+import numpy as np
+
 from sciformer.errors import InputError
 from sciformer.io.atomic import atomic_path
 from sciformer.io.fasta import read_fasta
-from sciformer.tasks.masked import TOKENIZER, masked_log_probs
+from sciformer.tokenizers.protein import TOKENIZER
+
+if TYPE_CHECKING:
+    from sciformer.pipelines.protein import ProteinLM
 
 _LETTERS = "LAGVSERTIDPKQNFYMHWCXBUZO"  # residue letters of the ESM alphabet (no gaps)
 _MUTATION = re.compile(rf"([{_LETTERS}])([1-9][0-9]*)([{_LETTERS}])")
@@ -132,24 +134,6 @@ def _row(path: Path, line: int, cells: dict, wild_types: dict[str, str]) -> Vari
     return VariantRow(line, cells, record, muts)
 
 
-@torch.no_grad()
-def marginal_tables(model: nn.Module, cfg: RunConfig, wild_type: np.ndarray,
-                    positions: list[int], device: torch.device
-                    ) -> tuple[dict[int, np.ndarray], np.ndarray]:
-    """Log-probabilities over the vocabulary: ({pos: (V,) with pos masked}, (L, V) unmasked)."""
-    copies = []
-    for pos in positions:
-        c = wild_type.copy()
-        c[pos] = TOKENIZER.mask_id
-        copies.append(c)
-    window, budget = cfg.data.crop_length, cfg.data.tokens_per_batch
-    masked = {positions[i]: lp[0] for i, lp in masked_log_probs(
-        model, copies, [np.array([p]) for p in positions], window, budget, device)}
-    everywhere = np.arange(len(wild_type))
-    (_, unmasked), = masked_log_probs(model, [wild_type], [everywhere], window, budget, device)
-    return masked, unmasked
-
-
 def score(muts: list[Mutation], masked: dict[int, np.ndarray], unmasked: np.ndarray
           ) -> tuple[float, float]:
     """(masked marginal, wild-type marginal) of one (multi-)mutant, summed over positions."""
@@ -159,27 +143,18 @@ def score(muts: list[Mutation], masked: dict[int, np.ndarray], unmasked: np.ndar
     return float(mm), float(wt)
 
 
-def score_variants(run_dir: str | Path, wt_fasta: str | Path, variants: str | Path,
-                   out: str | Path, device: str = "auto") -> Path:
+def score_variants_file(lm: ProteinLM, wt_fasta: Path, variants: Path, out: Path) -> Path:
     """Score every row of `variants` against `wt_fasta`; write the CSV plus two score columns."""
-    from sciformer.train.checkpoint import load_run
-    from sciformer.train.loop import pick_device
-
-    dev = pick_device(device)
-    model, cfg, extra = load_run(run_dir, dev)
-    if extra.get("task") == "forecast":
-        raise InputError(f"{run_dir}: --variants needs a protein (masked-residue) run")
     wild_types = {r.id: r.sequence for r in read_fasta(wt_fasta)}
     for record, seq in wild_types.items():
         if "<" in seq:
             raise InputError(f"{wt_fasta}: wild-type record '{record}' contains <mask>")
-    columns, rows = read_variants(Path(variants), wild_types)
+    columns, rows = read_variants(variants, wild_types)
     scores: dict[int, tuple[float, float]] = {}
     for record in dict.fromkeys(r.record for r in rows):
         mine = [r for r in rows if r.record == record]
         positions = sorted({m.pos for r in mine for m in r.muts})
-        tokens = TOKENIZER.encode(wild_types[record], add_special=False)
-        masked, unmasked = marginal_tables(model, cfg, tokens, positions, dev)
+        masked, unmasked = lm.marginal_tables(wild_types[record], positions)
         for r in mine:
             scores[r.line] = score(r.muts, masked, unmasked)
     with atomic_path(out) as tmp, open(tmp, "w", newline="") as fh:
@@ -187,4 +162,4 @@ def score_variants(run_dir: str | Path, wt_fasta: str | Path, variants: str | Pa
         writer.writerow([*columns, *SCORE_COLUMNS])
         for r in rows:
             writer.writerow([r.cells[c] for c in columns] + [f"{v:.6f}" for v in scores[r.line]])
-    return Path(out)
+    return out

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 import sciformer.embed as embed_mod
 from sciformer.cli import main
 from sciformer.config import DataConfig, ModelConfig, RunConfig, save_config
-from sciformer.embed import blend_weights, embed, embed_sequences, read_pooled, safe_key
+from sciformer.embed import embed, read_pooled, safe_key
+from sciformer.pipelines.residues import blend_weights, embed_sequences
 from sciformer.errors import ConfigError, InputError
 from sciformer.model import SciFormer
 from sciformer.train.checkpoint import save_weights

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from sciformer.cli import main
 from sciformer.errors import CheckpointError
 from sciformer.esm2 import import_esm2
-from sciformer.train.checkpoint import load_run
+from sciformer.runs import load_model as load_run
 
 transformers = pytest.importorskip("transformers")
 

@@ -19,16 +19,19 @@ from sciformer.evaluate.run import evaluate
 from sciformer.io.trajectories import TrajectoryFile, write_trajectories
 from sciformer.model import SciFormer
 from sciformer.simulate import simulate_to_file
-from sciformer.tasks.forecast import (ForecastTask, _decode_patches, forecast, patch_quantiles,
-                                      teacher_forced_loss)
-from sciformer.train.checkpoint import load_run
+from sciformer.pipelines import load
+from sciformer.pipelines.forecast import (_patch_chunk, inverse_cdf, normal_scores,
+                                          patch_quantiles, sample_paths, summarise)
+from sciformer.runs import load_model as load_run
+from sciformer.tasks.forecast import ForecastTask, teacher_forced_loss
 from sciformer.train.loop import pretrain
 
 TINY = ["model.d_model=32", "model.n_heads=4", "model.n_encoder_layers=1",
         "model.n_decoder_layers=1", "model.d_ff=64", "model.dropout=0.0", "data.context=16",
         "data.horizon=8", "data.patch_len=4", "train.batch_size=8", "train.max_steps=20",
         "train.warmup_steps=2", "train.eval_every=10", "train.log_every=10",
-        "train.checkpoint_every=20", "data.val_fraction=0.25"]
+        "train.checkpoint_every=20", "data.val_fraction=0.25", "data.quantiles=[0.1, 0.5, 0.9]",
+        "data.samples=16"]
 LEVELS = [0.1, 0.5, 0.9]
 
 
@@ -82,7 +85,7 @@ def test_batches_are_deterministic_and_from_training_trajectories_only(tmp_path)
 def test_teacher_forced_loss_decreases_on_one_batch(l63):
     torch.manual_seed(0)
     task = tiny_task(l63["train"])
-    model = SciFormer(task.model_config())
+    model = SciFormer(task.cfg.model)
     batch = task.batch(0)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
@@ -95,43 +98,88 @@ def test_teacher_forced_loss_decreases_on_one_batch(l63):
     assert losses[-1] < 0.5 * losses[0]
 
 
-# ---- decoding -----------------------------------------------------------------------------
+# ---- sampling -----------------------------------------------------------------------------
+def test_inverse_cdf_reproduces_a_gaussian_exactly_tails_included():
+    """Quantiles of N(mu, sigma) are linear in normal scores, so interpolating (and
+    extrapolating) linearly in z gives back mu + sigma * z for any z."""
+    levels = [0.1, 0.25, 0.5, 0.75, 0.9]
+    z_levels = normal_scores(levels, torch.device("cpu"))
+    mu, sigma = torch.tensor([[2.0], [-1.0]]), torch.tensor([[0.5], [3.0]])
+    q = (mu + sigma * z_levels.float())[:, None, :]  # (2, 1, n_q)
+    for z in (-3.0, -1.0, 0.0, 0.3, 1.2, 2.5):
+        got = inverse_cdf(q, z_levels, torch.full((2, 1, 1), z, dtype=torch.float64))
+        torch.testing.assert_close(got, (mu + sigma * z).float(), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("tokenizer", ["patch", "bins"])
-def test_forecast_shapes_rollout_and_ordered_quantiles(l63, tokenizer):
+def test_sample_paths_shapes_seeds_and_rollout(l63, tokenizer):
     torch.manual_seed(0)
     task = tiny_task(l63["train"], f"data.tokenizer={tokenizer}", "data.n_bins=64")
-    model = SciFormer(task.model_config()).eval()
+    model = SciFormer(task.cfg.model).eval()
     ctx = task.batch(0)["window"][:3, :16]
     for horizon in (5, 8, 21):  # shorter than, equal to and longer than the trained 8 steps
-        med, q = forecast(model, task.tokenizer, ctx, horizon, 8, LEVELS)
-        assert med.shape == (3, horizon, 3) and q.shape == (3, 3, horizon, 3)
-        assert torch.all(q[0] <= q[1]) and torch.all(q[1] <= q[2])
-        assert torch.isfinite(q).all()
-    if tokenizer == "patch":  # deterministic: a rollout starts with the one-chunk forecast
-        short, _ = forecast(model, task.tokenizer, ctx, 8, 8, LEVELS)
-        long, _ = forecast(model, task.tokenizer, ctx, 21, 8, LEVELS)
-        torch.testing.assert_close(long[:, :8], short)
-        assert torch.equal(forecast(model, task.tokenizer, ctx, 5, 8, LEVELS)[0], short[:, :5])
+        paths = sample_paths(model, task.tokenizer, ctx, horizon, 8, LEVELS, samples=6, seed=1)
+        assert paths.shape == (6, 3, horizon, 3) and torch.isfinite(paths).all()
+    a = sample_paths(model, task.tokenizer, ctx, 21, 8, LEVELS, samples=6, seed=1)
+    b = sample_paths(model, task.tokenizer, ctx, 8, 8, LEVELS, samples=6, seed=1)
+    c = sample_paths(model, task.tokenizer, ctx, 21, 8, LEVELS, samples=6, seed=2)
+    torch.testing.assert_close(a[:, :, :8], b)  # a rollout starts with the one-chunk draws
+    assert not torch.equal(a, c)  # another seed, other paths
+    assert not torch.equal(a[0], a[1])  # paths differ from one another
 
 
-def test_cached_decoding_equals_uncached_teacher_forcing(l63):
+def test_sampled_paths_are_the_models_own_feedback(l63):
+    """Each sampled patch is the inverse CDF, at that step's uniform draw, of the quantiles the
+    model predicts when fed the path's own previous draws (teacher forcing on the path)."""
     torch.manual_seed(1)
     task = tiny_task(l63["train"])
-    model, tok = SciFormer(task.model_config()).eval(), task.tokenizer
+    model, tok = SciFormer(task.cfg.model).eval(), task.tokenizer
     ctx = task.batch(0)["window"][:4, :16]
     with torch.no_grad():
-        cached = _decode_patches(model, tok, ctx, 8, LEVELS)  # (n_q, B, 8, F)
+        gen = torch.Generator().manual_seed(5)
+        drawn = _patch_chunk(model, tok, ctx, 8, LEVELS, gen)  # (B, 8, F): 2 patches
         src, state = tok.encode_context(ctx)
-        med = tok.encode(cached[1], state)  # the medians fed back, as tokens (B, 2, P*F)
-        dec_in = torch.cat([src[:, -1:], med[:, :-1]], dim=1)
+        own = tok.encode(drawn, state)  # the path's patches as tokens (B, 2, P*F)
+        dec_in = torch.cat([src[:, -1:], own[:, :-1]], dim=1)
         q = patch_quantiles(model, tok, model(src, dec_in), dec_in, 3).sort(dim=-1).values
-        uncached = torch.stack([tok.decode(q[..., i], state) for i in range(3)])
-    torch.testing.assert_close(cached, uncached, rtol=1e-4, atol=1e-4)
+        gen = torch.Generator().manual_seed(5)
+        u = torch.stack([torch.rand(4, 1, 1, generator=gen, dtype=torch.float64)
+                         for _ in range(2)], dim=1)[:, :, 0]  # (B, 2, 1)
+        z = np.sqrt(2.0) * torch.erfinv(2.0 * u - 1.0)
+        again = inverse_cdf(q, normal_scores(LEVELS, ctx.device), z.expand(4, 2, 12)[..., None])
+    torch.testing.assert_close(tok.decode(again, state), drawn, rtol=1e-4, atol=1e-4)
+
+
+def test_summarise_is_empirical_quantiles():
+    paths = np.random.default_rng(0).normal(size=(2001, 2, 3, 1))
+    med, q = summarise(paths, [0.1, 0.5, 0.9])
+    np.testing.assert_allclose(med, np.median(paths, axis=0))
+    np.testing.assert_allclose(q[0], np.quantile(paths, 0.1, axis=0))
+    assert abs(q[2].mean() - 1.2816) < 0.1  # N(0, 1): 90% quantile
+
+
+def test_forecaster_api_returns_xarray_on_continued_time(l63):
+    fc = load(l63["run"], "cpu")
+    with TrajectoryFile(l63["test"]) as f:
+        ctx = f.windows(0, 2, 100, 40)  # (2, 40, 3)
+    ds = fc.forecast(ctx, horizon=12, samples=8)
+    assert ds["median"].dims == ("trajectory", "time", "field")
+    assert ds["median"].shape == (2, 12, 3) and ds["samples"].shape == (8, 2, 12, 3)
+    assert list(ds["quantile"].values) == LEVELS
+    np.testing.assert_allclose(ds["time"].values, (40 + np.arange(12)) * fc.state.dt)
+    np.testing.assert_allclose(ds["median"].values, np.median(ds["samples"].values, axis=0),
+                               rtol=1e-5, atol=1e-6)
+    da = xr.DataArray(ctx[0], dims=("time", "field"),
+                      coords={"time": 5.0 + 0.01 * np.arange(40)})
+    one = fc.forecast(da, horizon=4, samples=8)
+    np.testing.assert_allclose(one["time"].values, 5.0 + 0.01 * np.arange(40, 44))
+    with pytest.raises(InputError, match="context: shape"):
+        fc.forecast(np.zeros((2, 40, 4)), horizon=4)
 
 
 def test_teacher_forced_loss_is_finite_for_bins(l63):
     task = tiny_task(l63["train"], "data.tokenizer=bins", "data.n_bins=64")
-    model = SciFormer(task.model_config())
+    model = SciFormer(task.cfg.model)
     w = task.batch(0)["window"]
     loss = teacher_forced_loss(model, task.tokenizer, w[:, :16], w[:, 16:], LEVELS)
     assert torch.isfinite(loss) and loss.item() > 0
@@ -227,32 +275,35 @@ def test_predict_writes_states_and_quantiles_readable_by_xarray(l63, tmp_path):
 def test_predict_streams_blocks_equal_to_one_forecast(l63, tmp_path):
     """With batch_size 4, 11 trajectories are forecast and written in 3 blocks; the file equals
     one forecast of all contexts at once, and no block is missing or repeated."""
-    from sciformer.tasks.forecast import predict_forecast, tokenizer_from_state
+    from sciformer.predict import predict_forecast
 
     data = simulate_to_file("lorenz63", tmp_path / "many.h5", 11, 60, seed=3)
-    model, cfg, extra = load_run(l63["run"])
-    cfg.train.batch_size = 4
-    out = predict_forecast(model, cfg, extra, data, tmp_path / "f.h5", 12, torch.device("cpu"))
+    fc = load(l63["run"], "cpu")
+    fc.cfg.train.batch_size = 4
+    out = predict_forecast(fc, data, tmp_path / "f.h5", 12, 8, True, False)
     with TrajectoryFile(data) as f:
-        ctx = torch.from_numpy(f.windows(0, 11, 60 - 16, 16))
-    med, q = forecast(model, tokenizer_from_state(extra), ctx, 12, 8, LEVELS)
+        ctx = f.windows(0, 11, 60 - 16, 16)
+    paths = fc.sample(ctx, 12, 8, batch=4)
+    med, q = summarise(paths, LEVELS)
     with h5py.File(out) as f:
-        np.testing.assert_allclose(f["states"][()], med.numpy(), atol=1e-5)
-        np.testing.assert_allclose(f["quantiles"][()], q.numpy(), atol=1e-5)
+        np.testing.assert_allclose(f["states"][()], med, atol=1e-5)
+        np.testing.assert_allclose(f["quantiles"][()], q, atol=1e-5)
+        np.testing.assert_allclose(f["samples"][()], paths, atol=1e-6)
         assert f["states"].shape == (11, 12, 3)
 
 
 # ---- shipped workflows ---------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["lorenz96-forecast", "ks-forecast"])
 def test_forecast_workflows_load(name):
-    from sciformer.workflow import load_workflow, stage_config
+    from sciformer.cli import main as cli
+    from sciformer.workflow import load_workflow
 
     path = Path(__file__).resolve().parents[1] / "workflows" / f"{name}.yaml"
-    wf = load_workflow(path)
-    verbs = [next(iter(s)) for s in wf["stages"]]
+    wf = load_workflow(path, cli.commands)
+    verbs = [v for v, *_ in wf["parsed"]]
     assert verbs[:3] == ["simulate", "simulate", "pretrain"] and "evaluate" in verbs
     (args,) = [s["pretrain"] for s in wf["stages"] if "pretrain" in s]
-    cfg = stage_config(args, str(path))
-    assert cfg.data.context % cfg.data.patch_len == 0 and cfg.data.horizon % cfg.data.patch_len == 0
+    data = args["config"]["data"]
+    assert data["context"] % data["patch_len"] == 0 and data["horizon"] % data["patch_len"] == 0
     sims = [s["simulate"] for s in wf["stages"] if "simulate" in s]
     assert sims[0]["seed"] != sims[1]["seed"]  # the held-out file is a separate simulation

@@ -18,7 +18,7 @@ from sciformer.evaluate.probe import (
     read_labelled,
     residue_baseline_features,
 )
-from sciformer.tasks.masked import TOKENIZER
+from sciformer.tokenizers.protein import TOKENIZER
 from tests.test_embed import tiny_protein_run
 
 AA = list("ACDEFGHIKLMNPQRSTVWY")

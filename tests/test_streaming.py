@@ -21,7 +21,7 @@ import torch
 import sciformer.evaluate.masked as evaluate_masked
 import sciformer.predict as predict_mod
 from sciformer.io import fasta as fasta_mod
-from sciformer.train.checkpoint import load_run
+from sciformer.runs import load_model as load_run
 
 RESIDUES = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
 SMALL, LARGE = 100, 800

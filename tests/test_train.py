@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from sciformer.config import TrainConfig, load_config
 from sciformer.errors import CheckpointError
-from sciformer.train.checkpoint import load_run, load_state
+from sciformer.runs import load_model as load_run
+from sciformer.train.checkpoint import load_state
 from sciformer.train.loop import lr_factor, pretrain
 from tests.conftest import TINY_MASKED, metrics_log
 

@@ -12,10 +12,16 @@ from click.testing import CliRunner
 
 from sciformer.cli import main
 from sciformer.errors import InputError
-from sciformer.tasks.masked import TOKENIZER, masked_log_probs
-from sciformer.train.checkpoint import load_run
-from sciformer.variants import Mutation, parse_mutant, score_variants
+from sciformer.pipelines import load
+from sciformer.pipelines.residues import masked_log_probs
+from sciformer.runs import load_model as load_run
+from sciformer.tokenizers.protein import TOKENIZER
+from sciformer.variants import Mutation, parse_mutant, score_variants_file
 from tests.test_embed import tiny_protein_run
+
+def score_variants(run: Path, wt: Path, variants: Path, out: Path) -> Path:
+    return score_variants_file(load(run, "cpu"), wt, variants, out)
+
 
 WT = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ"  # 33 residues; crop 16 -> several windows
 

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from sciformer.config import RunConfig
 from sciformer.errors import ConfigError, InputError
@@ -42,8 +41,8 @@ from sciformer.evaluate.baselines import BASELINES, RidgeAR
 from sciformer.evaluate.metrics import ForecastScore, nrmse_at
 from sciformer.io.trajectories import TrajectoryFile, TrajectoryMeta
 from sciformer.progress import progress_bar
-from sciformer.tasks.forecast import forecast, tokenizer_from_state
-from sciformer.train.checkpoint import read_split
+from sciformer.pipelines.forecast import Forecaster, summarise
+from sciformer.runs import ForecastState, read_split
 
 WINDOWS_PER_TRAJECTORY = 8  # evaluation windows per held-out trajectory (evenly spaced)
 MAX_WINDOWS = 512  # cap on all windows, so evaluation stays quick on large files
@@ -56,20 +55,17 @@ MIN_MODEL_BATCH = 64  # windows per model forward pass: max(train.batch_size, th
 
 
 # ---- what to score --------------------------------------------------------------------------
-def open_checked(data: Path, extra: dict[str, Any]) -> TrajectoryFile:
+def open_checked(data: Path, fc: Forecaster) -> TrajectoryFile:
     """Open `data` and check that its states have the checkpoint's shape."""
     f = TrajectoryFile(data)
-    want = tuple(extra["state_shape"])
-    if tuple(f.meta.state_shape) != want:
-        raise InputError(f"{data}: state shape {tuple(f.meta.state_shape)} does not match the "
-                         f"checkpoint's {want} (channel count differs from the trained model)")
+    fc.check_state_shape(f.meta.state_shape, str(data))
     return f
 
 
-def heldout_trajectories(run_dir: Path, data: Path, extra: dict[str, Any],
+def heldout_trajectories(run_dir: Path, data: Path, state: ForecastState,
                          n_traj: int) -> tuple[list[int], str]:
     """Trajectory indices of `data` to score and a phrase saying which ones (for the report)."""
-    train_files = [Path(p).resolve() for p in extra.get("train_files", [])]
+    train_files = [Path(p).resolve() for p in state.train_files]
     if data.resolve() not in train_files:
         return list(range(n_traj)), (f"all {n_traj} trajectories of {data.name} "
                                      "(not used in training)")
@@ -134,9 +130,9 @@ def read_windows(f: TrajectoryFile, trajs: list[int], starts: np.ndarray, length
     return wins, [(t, int(s)) for t in trajs for s in starts]
 
 
-def training_trajectories(extra: dict[str, Any], run_dir: Path) -> list[np.ndarray]:
+def training_trajectories(state: ForecastState, run_dir: Path) -> list[np.ndarray]:
     """The training split's trajectories (T, F) of the run's training files (for baselines)."""
-    files = extra.get("train_files") or []
+    files = state.train_files
     origin = read_split(run_dir).get("train_origin", [])[:MAX_BASELINE_TRAJECTORIES]
     if not origin:
         raise InputError(f"{run_dir / 'split.json'}: no training trajectories recorded")
@@ -159,26 +155,19 @@ def climatological_scale(train: list[np.ndarray]) -> float:
 
 
 # ---- predictions ---------------------------------------------------------------------------
-def model_forecasts(model: torch.nn.Module, tok: Any, cfg: RunConfig, contexts: np.ndarray,
-                    horizon: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Model median (N, H, F) and quantiles (n_q, N, H, F) in the order of `sorted_levels`."""
-    levels = list(cfg.data.quantiles)
-    meds, qs = [], []
-    for part in torch.from_numpy(contexts).split(model_batch(cfg)):
-        med, q = forecast(model, tok, part.to(device), horizon, cfg.data.horizon, levels)
-        meds.append(med.cpu().double().numpy())
-        qs.append(q.cpu().double().numpy())
-    return np.concatenate(meds), np.concatenate(qs, axis=1)[np.argsort(levels)]
+def model_forecasts(fc: Forecaster, contexts: np.ndarray, horizon: int, samples: int,
+                    first: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Model median (N, H, F) and quantiles (n_q, N, H, F), empirical over `samples` paths;
+    `first` is the index of contexts[0] among all windows (it seeds the draws, so a window's
+    paths do not depend on how the windows are blocked)."""
+    paths = fc.sample(contexts, horizon, samples, seed=first, batch=model_batch(fc.cfg))
+    med, q = summarise(paths.astype(np.float64), fc.levels)
+    return med, q
 
 
 def model_batch(cfg: RunConfig) -> int:
     """Windows per forward pass of the model during evaluation."""
     return max(cfg.train.batch_size, MIN_MODEL_BATCH)
-
-
-def sorted_levels(cfg: RunConfig) -> list[float]:
-    """The run's quantile levels in ascending order (as the model's quantiles are returned)."""
-    return sorted(cfg.data.quantiles)
 
 
 def fit_baselines(train: list[np.ndarray]) -> dict[str, Any]:
@@ -239,43 +228,40 @@ class Scores:
             self.shown = PlotWindows(ctx[k], truth[k], med[k], q[:, k], [origin[i] for i in k])
 
 
-def stream_scores(model: torch.nn.Module, cfg: RunConfig, extra: dict[str, Any],
-                  f: TrajectoryFile, trajs: list[int], c: int, h: int, fitted: dict[str, Any],
-                  scored: dict[str, Any], device: torch.device, progress: bool = False
-                  ) -> Scores:
+def stream_scores(fc: Forecaster, f: TrajectoryFile, trajs: list[int], c: int, h: int,
+                  samples: int, fitted: dict[str, Any], scored: dict[str, Any],
+                  progress: bool = False) -> Scores:
     """Read, forecast and score the windows of `trajs` a block of trajectories at a time.
 
     `per` windows per trajectory come from the TOTAL number of trajectories, so the windows
     are those of an all-at-once evaluation; `scored` holds ForecastScore's scale arguments.
     """
     starts = window_starts(f.meta.n_time, c + h, windows_per_trajectory(len(trajs)))
-    step = block_trajectories(len(starts), model_batch(cfg))
-    scores = Scores(ForecastScore(**scored, levels=sorted_levels(cfg)),
+    step = block_trajectories(len(starts), model_batch(fc.cfg))
+    scores = Scores(ForecastScore(**scored, levels=fc.levels),
                     {name: ForecastScore(**scored) for name in fitted})
-    tok = tokenizer_from_state(extra)
     with progress_bar(len(trajs), "evaluate", "traj", progress) as bar:
         for i in range(0, len(trajs), step):
             block = trajs[i:i + step]
             wins, origin = read_windows(f, block, starts, c + h)
             ctx, truth = wins[:, :c], wins[:, c:].astype(np.float64)
-            med, q = model_forecasts(model, tok, cfg, ctx, h, device)
+            med, q = model_forecasts(fc, ctx, h, samples, first=i * len(starts))
             scores.add(ctx, truth, med, q, baseline_forecasts(fitted, ctx, h), origin)
             bar.update(len(block))
     return scores
 
 
-def check_context(extra: dict[str, Any], context: int) -> None:
-    """The context must hold one patch (patch tokenizer) and the ridge baseline's lags."""
-    need = max(extra["tokenizer"].get("patch_len", 1), RidgeAR().lags)
+def check_context(fc: Forecaster, context: int) -> None:
+    """The context must hold whole patches (patch tokenizer) and the ridge baseline's lags."""
+    need = max(fc.min_context, RidgeAR().lags)
     if context < need:
         raise ConfigError(f"evaluate: context {context} is shorter than the {need} steps the "
                           "model's patches and the ridge baseline's lags need")
 
 
-def evaluate_forecast_run(model: torch.nn.Module, cfg: RunConfig, extra: dict[str, Any],
-                          run_dir: Path, data: Path, out_dir: Path, device: torch.device, *,
+def evaluate_forecast_run(fc: Forecaster, run_dir: Path, data: Path, out_dir: Path, *,
                           context: int | None = None, horizon: int | None = None,
-                          progress: bool = False) -> dict:
+                          samples: int | None = None, progress: bool = False) -> dict:
     """Score the run's model and the baselines on `data`; write the PNGs and summary.md.
 
     Returns the metrics dict (the caller writes metrics.json). See the module docstring for
@@ -284,20 +270,24 @@ def evaluate_forecast_run(model: torch.nn.Module, cfg: RunConfig, extra: dict[st
     from sciformer.evaluate.report import write_summary
 
     run_dir, data, out_dir = Path(run_dir), Path(data), Path(out_dir)
-    f = open_checked(data, extra)
+    cfg, state = fc.cfg, fc.state
+    f = open_checked(data, fc)
     meta = f.meta
-    lyap = meta.lyapunov_time or extra.get("lyapunov_time")
+    lyap = meta.lyapunov_time or state.lyapunov_time
     steps_per_lt = lyap / meta.dt if lyap else None
     c = context or cfg.data.context
     h = horizon or default_horizon(cfg.data.horizon, meta.dt, lyap)
-    check_context(extra, c)
+    check_context(fc, c)
+    if c % fc.min_context:
+        raise ConfigError(f"evaluate: context {c} is not a multiple of the model's patch of "
+                          f"{fc.min_context} steps (the model would see fewer steps)")
+    samples = samples or cfg.data.samples
     f.require_length(c + h, f"context {c} + horizon {h} (pass a smaller --context/--horizon)")
-    trajs, scope = heldout_trajectories(run_dir, data, extra, meta.n_traj)
-    train = training_trajectories(extra, run_dir)
+    trajs, scope = heldout_trajectories(run_dir, data, state, meta.n_traj)
+    train = training_trajectories(state, run_dir)
     scale = climatological_scale(train)
-    scores = stream_scores(model, cfg, extra, f, trajs, c, h, fit_baselines(train),
-                           dict(scale=scale, dt_steps_per_lyapunov=steps_per_lt), device,
-                           progress)
+    scores = stream_scores(fc, f, trajs, c, h, samples, fit_baselines(train),
+                           dict(scale=scale, dt_steps_per_lyapunov=steps_per_lt), progress)
     model_m = summary_numbers(scores.model.result(), steps_per_lt, cfg.data.horizon)
     base_m = {k: summary_numbers(v.result(), steps_per_lt, cfg.data.horizon)
               for k, v in scores.baselines.items()}
@@ -308,7 +298,8 @@ def evaluate_forecast_run(model: torch.nn.Module, cfg: RunConfig, extra: dict[st
         "data": str(data), "nrmse_scale": scale,
         "nrmse_scale_is": "climatological std of the training split (sqrt of the mean "
                           "per-feature variance)",
-        "baseline_fit_trajectories": len(train), "quantile_levels": sorted_levels(cfg),
+        "baseline_fit_trajectories": len(train), "quantile_levels": fc.levels,
+        "samples": samples,
         "model": model_m, "baselines": base_m,
     }
     plots = draw_plots(out_dir, meta, scores.shown, metrics)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,17 +25,19 @@ from sciformer.evaluate.metrics import masked_metrics
 from sciformer.evaluate.report import plot_masked_report, write_summary
 from sciformer.io.fasta import count_records, grouped, read_fasta
 from sciformer.progress import progress_bar
-from sciformer.tasks.masked import TOKENIZER, evaluate_masked
-from sciformer.tokenizers.protein import STANDARD_AMINO_ACIDS
-from sciformer.train.checkpoint import read_split
+from sciformer.pipelines.protein import ProteinLM
+from sciformer.pipelines.residues import evaluate_masked
+from sciformer.runs import MaskedState, read_split
+from sciformer.tokenizers.protein import STANDARD_AMINO_ACIDS, TOKENIZER
 
 EVAL_SEED = 20240601  # fixed: every evaluation of every model masks the same positions
 GROUP = 256  # records scored together: memory stays bounded on large files
 
 
-def heldout_selection(run_dir: Path, data: Path, extra: dict[str, Any]) -> tuple[list[int] | None, str]:
+def heldout_selection(run_dir: Path, data: Path, state: MaskedState
+                      ) -> tuple[list[int] | None, str]:
     """Indices to score in `data` and a phrase for the report (held-out part of a train file)."""
-    train_files = [Path(p).resolve() for p in extra.get("train_files", [])]
+    train_files = [Path(p).resolve() for p in state.train_files]
     if data.resolve() not in train_files:
         return None, f"all records of {data.name} (not used in training)"
     split = read_split(run_dir)
@@ -97,13 +98,13 @@ def score_records(model: torch.nn.Module, cfg: RunConfig, data: Path, keep: list
     return res, n_records
 
 
-def evaluate_masked_run(model: torch.nn.Module, cfg: RunConfig, extra: dict[str, Any],
-                        run_dir: Path, data: Path, out_dir: Path, device: torch.device,
+def evaluate_masked_run(lm: ProteinLM, run_dir: Path, data: Path, out_dir: Path,
                         progress: bool = False) -> dict:
     """Score `data`, write metrics.json inputs, the PNG and the summary; return metrics."""
-    keep, scope = heldout_selection(run_dir, data, extra)
-    res, n_records = score_records(model, cfg, data, keep, device, progress)
-    counts = np.asarray(extra["residue_counts"], dtype=np.float64)
+    cfg = lm.cfg
+    keep, scope = heldout_selection(run_dir, data, lm.state)
+    res, n_records = score_records(lm.model, cfg, data, keep, lm.device, progress)
+    counts = np.asarray(lm.state.residue_counts, dtype=np.float64)
     conf, letters = confusion_matrix(res["true"], res["pred"])
     per_res = {a: float(conf[i, i] / conf[i].sum()) if conf[i].sum() else float("nan")
                for i, a in enumerate(letters)}

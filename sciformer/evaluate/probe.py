@@ -32,19 +32,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from scipy.stats import spearmanr
 from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sciformer.config import RunConfig
 from sciformer.errors import InputError
 from sciformer.io.atomic import write_text_atomic
 from sciformer.io.fasta import read_fasta
-from sciformer.tasks.masked import TOKENIZER
-from sciformer.tokenizers.protein import STANDARD_AMINO_ACIDS
+from sciformer.pipelines.protein import ProteinLM
+from sciformer.tokenizers.protein import STANDARD_AMINO_ACIDS, TOKENIZER
 
 PROBES = ("sequence", "residue")
 TEST_FRACTION = 0.2
@@ -157,18 +155,14 @@ def residue_baseline_features(tokens: np.ndarray, half: int = WINDOW_HALF) -> np
     return np.hstack([onehot, window])
 
 
-def model_features(model: torch.nn.Module, cfg: RunConfig, tokens: list[np.ndarray],
-                   device: torch.device, mean: bool, chunk: int = 256) -> list[np.ndarray]:
+def model_features(lm: ProteinLM, tokens: list[np.ndarray], mean: bool,
+                   chunk: int = 256) -> list[np.ndarray]:
     """Final-layer vectors of every protein (windows blended): per residue (L, D), or their
     mean (D,) when `mean`; proteins go through in chunks so memory stays bounded."""
-    from sciformer.embed import embed_sequences
-
-    last = cfg.model.n_encoder_layers
+    last = lm.layers([-1])
     out: list[np.ndarray] = []
     for start in range(0, len(tokens), chunk):
-        for _, per_residue, _ in embed_sequences(model, tokens[start:start + chunk], [last],
-                                                 cfg.data.crop_length,
-                                                 cfg.data.tokens_per_batch, device):
+        for _, per_residue, _ in lm.embedding_stream(tokens[start:start + chunk], last):
             out.append(per_residue[0].mean(axis=0) if mean else per_residue[0])
     return out
 
@@ -209,8 +203,8 @@ def split(data: Labelled, kind: str, seed: int = SPLIT_SEED) -> tuple[np.ndarray
 
 
 # ---- the evaluation -------------------------------------------------------------------------
-def evaluate_probe(model: torch.nn.Module, cfg: RunConfig, data_path: Path, out_dir: Path,
-                   device: torch.device, probe: str, label: str = "label") -> dict[str, Any]:
+def evaluate_probe(lm: ProteinLM, data_path: Path, out_dir: Path, probe: str,
+                   label: str = "label") -> dict[str, Any]:
     """Fit and score the probe and its baselines; write summary.md; return the metrics."""
     from sciformer.evaluate.summary import format_table
 
@@ -221,7 +215,7 @@ def evaluate_probe(model: torch.nn.Module, cfg: RunConfig, data_path: Path, out_
         check_residue_labels(data, data_path)
     kind = label_kind(data.labels) if probe == "sequence" else "categorical"
     train, test = split(data, kind)
-    feats = model_features(model, cfg, data.tokens, device, mean=probe == "sequence")
+    feats = model_features(lm, data.tokens, mean=probe == "sequence")
     fit = _sequence_sets if probe == "sequence" else _residue_sets
     sets, y_train, y_test = fit(data, feats, train, test, kind)
     if kind == "categorical" and len(np.unique(y_train)) < 2:
@@ -232,7 +226,7 @@ def evaluate_probe(model: torch.nn.Module, cfg: RunConfig, data_path: Path, out_
         "n_examples": int(len(test)), "n_train": int(len(train)),
         "n_train_items": int(len(y_train)), "n_test_items": int(len(y_test)),
         "data": str(data_path),
-        "features": f"layer {cfg.model.n_encoder_layers} (final), "
+        "features": f"layer {lm.cfg.model.n_encoder_layers} (final), "
                     + ("mean over residues" if probe == "sequence" else "per residue"),
         "split_seed": SPLIT_SEED, "test_fraction": TEST_FRACTION,
         "model": fit_and_score(*sets["model"], kind),

@@ -6,14 +6,13 @@ from pathlib import Path
 
 from sciformer.errors import InputError
 from sciformer.io.atomic import write_json_atomic
-from sciformer.train.checkpoint import load_run
-from sciformer.train.loop import pick_device
+from sciformer.pipelines import Forecaster, ProteinLM, load
 
 
 def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path, *,
              context: int | None = None, horizon: int | None = None,
-             device: str = "auto", probe: str | None = None, label: str = "label",
-             progress: bool = False) -> dict:
+             samples: int | None = None, device: str = "auto", probe: str | None = None,
+             label: str = "label", progress: bool = False) -> dict:
     """Evaluate the model in `run_dir` on `data`; returns the metrics written to metrics.json.
     `progress` shows a bar of records / trajectories scored.
 
@@ -21,27 +20,31 @@ def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path, *,
     (`sciformer.evaluate.probe`), reading labels from column / header key `label`.
     """
     run_dir, data, out_dir = Path(run_dir), Path(data), Path(out_dir)
-    dev = pick_device(device)
-    model, cfg, extra = load_run(run_dir, dev)
+    pipe = load(run_dir, device)
+    forecast_only = {"context": context, "horizon": horizon, "samples": samples}
+    if isinstance(pipe, ProteinLM):
+        for name, value in forecast_only.items():
+            if value is not None:
+                raise InputError(f"{run_dir}: --{name} does not apply to a masked-residue run")
+    elif probe is not None:
+        raise InputError(f"{run_dir}: --probe needs a protein (masked-residue) run")
     out_dir.mkdir(parents=True, exist_ok=True)
     if probe is not None:
         from sciformer.evaluate.probe import evaluate_probe
 
-        if extra.get("task") == "forecast":
-            raise InputError(f"{run_dir}: --probe needs a protein (masked-residue) run")
-        metrics = evaluate_probe(model, cfg, data, out_dir, dev, probe, label)
-    elif extra.get("task") == "forecast":
+        metrics = evaluate_probe(pipe, data, out_dir, probe, label)
+    elif isinstance(pipe, Forecaster):
         from sciformer.evaluate.forecast import evaluate_forecast_run
 
-        metrics = evaluate_forecast_run(model, cfg, extra, run_dir, data, out_dir, dev,
-                                        context=context, horizon=horizon, progress=progress)
+        metrics = evaluate_forecast_run(pipe, run_dir, data, out_dir, context=context,
+                                        horizon=horizon, samples=samples, progress=progress)
     else:
         from sciformer.evaluate.masked import evaluate_masked_run
 
-        metrics = evaluate_masked_run(model, cfg, extra, run_dir, data, out_dir, dev, progress)
-        if extra.get("imported_from"):  # no training data: the unigram is really uniform
+        metrics = evaluate_masked_run(pipe, run_dir, data, out_dir, progress)
+        if pipe.state.imported_from:  # no training data: the unigram is really uniform
             from sciformer.esm2 import relabel_untrained_baseline
 
-            metrics = relabel_untrained_baseline(metrics, extra, out_dir)
+            metrics = relabel_untrained_baseline(metrics, pipe.state, out_dir)
     write_json_atomic(out_dir / "metrics.json", metrics)
     return metrics

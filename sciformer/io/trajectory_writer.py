@@ -109,7 +109,7 @@ class TrajectoryWriter:
                  param_names: list[str] | None = None, units: dict[str, str] | None = None,
                  quantile_levels: Sequence[float] | None = None,
                  quantile_horizon: int | None = None, attrs: dict | None = None,
-                 x: np.ndarray | None = None) -> None:
+                 x: np.ndarray | None = None, n_samples: int | None = None) -> None:
         self.path, self.shape, self.dtype = path, tuple(int(s) for s in shape), np.dtype(dtype)
         self.dims = _state_dims(len(self.shape))
         self.params = None if params is None else np.asarray(params, dtype=np.float64)
@@ -118,6 +118,7 @@ class TrajectoryWriter:
         self.units = {"time": "1", "x": "1", "states": "1", **(units or {})}
         self.levels = None if quantile_levels is None else np.asarray(quantile_levels, np.float64)
         self.q_horizon = self.shape[1] if quantile_horizon is None else int(quantile_horizon)
+        self.n_samples = n_samples
         self.meta = {"system": system, "lyapunov_time": lyapunov_time,
                      "field_names": field_names, "param_names": param_names, "attrs": attrs,
                      "x": x}
@@ -157,6 +158,10 @@ class TrajectoryWriter:
             self._add_params()
         if self.levels is not None:
             self._add_quantiles()
+        if self.n_samples:
+            f.dimensions["sample"] = self.n_samples
+            _add_variable(f, "samples", ("sample", *self.dims), self.units["states"],
+                          dtype=self.dtype, chunks=(1, *_chunks(self.shape, self.dtype.itemsize)))
         _write_root_attrs(f, self.dt, m["system"], m["lyapunov_time"], m["field_names"],
                           m["attrs"])
 
@@ -183,9 +188,10 @@ class TrajectoryWriter:
                             dtype=self.dtype, chunks=(1, *_chunks(qshape, self.dtype.itemsize)))
         var.attrs["levels"] = self.levels
 
-    def write(self, states: np.ndarray, quantiles: np.ndarray | None = None) -> None:
+    def write(self, states: np.ndarray, quantiles: np.ndarray | None = None,
+              samples: np.ndarray | None = None) -> None:
         """Append the next block of trajectories: states (b, n_time, ...) and, when the file
-        has quantiles, quantiles (n_levels, b, horizon, ...)."""
+        has them, quantiles (n_levels, b, horizon, ...) and sample paths (S, b, n_time, ...)."""
         if self._stack is None:
             raise ValueError("TrajectoryWriter.write outside its `with` block")
         states = np.asarray(states)
@@ -202,6 +208,13 @@ class TrajectoryWriter:
                 raise ValueError(f"quantiles shape {quantiles.shape} does not fit "
                                  f"{len(self.levels)} levels and states {self.shape}")
             self._f.variables["quantiles"][:, i0:i0 + b] = quantiles
+        if (samples is None) != (not self.n_samples):
+            raise ValueError("samples must be given exactly when n_samples was")
+        if samples is not None:
+            if np.shape(samples) != (self.n_samples, *states.shape):
+                raise ValueError(f"samples shape {np.shape(samples)} does not fit "
+                                 f"{self.n_samples} paths of {states.shape}")
+            self._f.variables["samples"][:, i0:i0 + b] = samples
         self._f.variables["states"][i0:i0 + b] = states
         self.written = i0 + b
 

@@ -2,9 +2,10 @@
 
 A task is what the training loop talks to. Its contract:
 
-- ``model_config()``: the ModelConfig completed for this task (vocabulary, adapters, depth);
-- ``state()``: JSON-ready facts saved in config.json so that predict/evaluate can rebuild
-  tokenizers and baselines (training files, channel count, residue counts, ...);
+- ``cfg``: the RunConfig completed for this task (`sciformer.config.for_task`: derived model
+  fields filled in, settings of the other task refused); the user's config is not modified;
+- ``state()``: the typed task state (`sciformer.runs.MaskedState` / `ForecastState`) saved in
+  config.json so that inference can rebuild tokenizers and baselines;
 - ``split()``: the held-out indices (split.json);
 - ``batch(index, rank, world)``: micro-batch number ``index`` of the training stream, a pure
   function of (seed, index), so a resumed run sees exactly the batches it would have seen;
@@ -19,8 +20,9 @@ from typing import Any, Protocol
 
 import torch
 
-from sciformer.config import ModelConfig, RunConfig
+from sciformer.config import RunConfig, for_task
 from sciformer.errors import ConfigError, InputError
+from sciformer.runs import TaskState
 
 FASTA_SUFFIXES = (".fa", ".fasta", ".faa", ".fas", ".fna")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nc")
@@ -28,10 +30,9 @@ HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nc")
 
 class Task(Protocol):
     name: str
+    cfg: RunConfig
 
-    def model_config(self) -> ModelConfig: ...
-
-    def state(self) -> dict[str, Any]: ...
+    def state(self) -> TaskState: ...
 
     def split(self) -> dict[str, Any]: ...
 
@@ -69,6 +70,8 @@ def infer_task(paths: list[str | Path]) -> str:
 def build_task(cfg: RunConfig, paths: list[str | Path]) -> Task:
     """The task for these files (or cfg.data.task when set)."""
     name = infer_task(paths) if cfg.data.task == "auto" else cfg.data.task
+    if name in ("masked", "forecast"):
+        for_task(cfg, name)  # refuse settings of the other task before reading any data
     if name == "masked":
         from sciformer.tasks.masked import MaskedTask
 

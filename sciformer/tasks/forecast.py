@@ -1,4 +1,4 @@
-"""Forecasting future states of simulations from a context window.
+"""Forecasting task (training only): windows of trajectories, the loss, validation.
 
 The encoder reads ``data.context`` steps; the decoder produces the next ``data.horizon``.
 
@@ -11,12 +11,9 @@ The encoder reads ``data.context`` steps; the decoder produces the next ``data.h
   system depend on where on the attractor the state is, which per-window scaling hides (on
   Lorenz-63 it cut the nRMSE over the first Lyapunov time from 0.52 to 0.17, same budget).
 - ``bins`` tokenizer: Chronos-style mean scaling and bins; the decoder emits one token per
-  (step, feature) after ``<bos>``, trained with cross-entropy; forecasts are sampled paths,
-  whose empirical quantiles are reported.
+  (step, feature) after ``<bos>``, trained with cross-entropy.
 
-Rollouts beyond the trained horizon feed the median forecast back as new context and
-re-encode it, chunk by chunk, so any horizon works. The quantiles of later chunks are
-conditional on the fed-back median, so the band does not widen with the accumulated error.
+Inference (sample paths, rollouts) lives in `sciformer.pipelines.forecast`.
 """
 
 from __future__ import annotations
@@ -30,46 +27,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sciformer.config import ModelConfig, RunConfig
+from sciformer.config import RunConfig, for_task
 from sciformer.errors import ConfigError, InputError
 from sciformer.io.trajectories import TrajectoryFile
 from sciformer.tasks import micro_seed
 from sciformer.tasks.masked import split_indices
-from sciformer.tokenizers.timeseries import (BinTokenizer, PatchTokenizer, ScaleState,
-                                             build_tokenizer, pinball_loss)
+from sciformer.pipelines.forecast import patch_quantiles
+from sciformer.runs import ForecastState
+from sciformer.tokenizers.timeseries import (BinTokenizer, DatasetScaledPatchTokenizer,
+                                             PatchTokenizer, build_tokenizer, pinball_loss)
 
 MAX_STAT_TRAJECTORIES = 256  # training trajectories read for the normalisation statistics
-N_SAMPLES = 20  # sampled paths per forecast with the bins tokenizer
 VAL_WINDOWS = 256  # fixed validation windows
-
-
-class DatasetScaledPatchTokenizer(PatchTokenizer):
-    """Patch tokenizer whose scale state is the training data's mean and std, not the window's.
-
-    A simulation archive samples one attractor, and its dynamics depend on where on it a state
-    lies: instance normalisation (RevIN) would hide that (and, per grid point, distort the
-    spatial structure of a field), so every window is scaled by the same training statistics.
-    Encode/decode and `ScaleState` are the `PatchTokenizer` contract unchanged.
-    """
-
-    def __init__(self, patch_len: int, n_features: int, channels: str = "joint",
-                 eps: float = 1e-5, *, loc: list[float], scale: list[float]) -> None:
-        super().__init__(patch_len, n_features, channels, eps)
-        if len(loc) != n_features or len(scale) != n_features or min(scale) <= 0:
-            raise ConfigError(f"patch tokenizer: loc/scale need {n_features} entries, scale > 0")
-        self.loc, self.scale = [float(v) for v in loc], [float(v) for v in scale]
-
-    def to_config(self) -> dict:
-        """`PatchTokenizer.to_config` plus the fixed statistics."""
-        return {**super().to_config(), "loc": self.loc, "scale": self.scale}
-
-    def fit_state(self, context: Tensor) -> ScaleState:
-        """The training statistics broadcast to the B windows of `context`."""
-        super().fit_state(context)  # validates the window (shape, dtype, finite values)
-        b, kw = context.shape[0], {"dtype": context.dtype, "device": context.device}
-        loc = torch.tensor(self.loc, **kw).view(1, 1, -1).expand(b, 1, -1)  # (B, 1, F)
-        scale = torch.tensor(self.scale, **kw).view(1, 1, -1).expand(b, 1, -1)  # (B, 1, F)
-        return ScaleState(loc, scale, self.n_features, self.channels)
 
 
 def data_statistics(data: TrajectoryCollection,
@@ -111,14 +80,6 @@ def make_tokenizer(cfg: RunConfig, n_features: int,
                                channels=d.channels)
     return build_tokenizer("bins", n_bins=d.n_bins, limit=d.bin_limit, n_features=n_features,
                            channels=d.channels)
-
-
-def tokenizer_from_state(extra: dict[str, Any]) -> PatchTokenizer | BinTokenizer:
-    """Rebuild the tokenizer a run was trained with from its config.json task state."""
-    kwargs = {k: v for k, v in extra["tokenizer"].items() if k != "name"}
-    if extra["tokenizer"]["name"] == "patch" and "loc" in kwargs:
-        return DatasetScaledPatchTokenizer(**kwargs)
-    return build_tokenizer(extra["tokenizer"]["name"], **kwargs)
 
 
 class TrajectoryCollection:
@@ -163,27 +124,23 @@ class ForecastTask:
         self.train_idx, self.val_idx = train, val
         self.n_features = self.data.meta.n_features
         stats = data_statistics(self.data, train) if d.tokenizer == "patch" else None
-        self.tokenizer = make_tokenizer(cfg, self.n_features, stats)
+        self.tokenizer = tok = make_tokenizer(cfg, self.n_features, stats)
+        if isinstance(tok, PatchTokenizer):
+            widths = dict(vocab_size=0, input_dim=tok.token_dim,
+                          output_dim=tok.token_dim * len(d.quantiles))
+        else:
+            widths = dict(vocab_size=tok.vocab_size, input_dim=0, output_dim=0)
+        self.cfg = for_task(cfg, self.name, **widths)
         self.starts = [np.arange(0, self.data.n_time(self.data.items[i]) - self.window_len + 1,
                                  d.stride) for i in train]
         self.counts = np.array([len(s) for s in self.starts])
 
-    def model_config(self) -> ModelConfig:
-        m, tok = self.cfg.model, self.tokenizer
-        if isinstance(tok, PatchTokenizer):
-            m.vocab_size, m.input_dim = 0, tok.token_dim
-            m.output_dim = tok.token_dim * len(self.cfg.data.quantiles)
-        else:
-            m.vocab_size, m.input_dim, m.output_dim = tok.vocab_size, 0, 0
-        m.n_decoder_layers = max(m.n_decoder_layers, 1)
-        return m
-
-    def state(self) -> dict[str, Any]:
+    def state(self) -> ForecastState:
         meta = self.data.meta
-        return {"task": self.name, "train_files": [str(p) for p in self.paths],
-                "state_shape": list(meta.state_shape), "n_features": self.n_features,
-                "dt": meta.dt, "lyapunov_time": meta.lyapunov_time, "system": meta.system,
-                "field_names": meta.field_names, "tokenizer": self.tokenizer.to_config()}
+        return ForecastState(train_files=[str(p) for p in self.paths],
+                             state_shape=list(meta.state_shape), n_features=self.n_features,
+                             dt=meta.dt, lyapunov_time=meta.lyapunov_time, system=meta.system,
+                             field_names=meta.field_names, tokenizer=self.tokenizer.to_config())
 
     def split(self) -> dict[str, Any]:
         items = self.data.items
@@ -234,22 +191,7 @@ class ForecastTask:
         return {"val_loss": total / n}
 
 
-# ---- model I/O for both tokenizers ---------------------------------------------------------
-def _anchor(dec_in: Tensor, tok: PatchTokenizer) -> Tensor:
-    """Last step of each decoder-input patch, repeated over the patch: (B', N, token_dim)."""
-    b, n, d = dec_in.shape
-    width = d // tok.patch_len  # features per step inside a token
-    last = dec_in[..., -width:]  # (B', N, width)
-    return last.repeat(1, 1, tok.patch_len)
-
-
-def patch_quantiles(model: nn.Module, tok: PatchTokenizer, h: Tensor, dec_in: Tensor,
-                    n_q: int) -> Tensor:
-    """Decoder states -> quantiles (B', N, token_dim, n_q) anchored on the last known state."""
-    out = model.values(h).unflatten(-1, (tok.token_dim, n_q))  # (B', N, token_dim, n_q)
-    return out + _anchor(dec_in, tok)[..., None]
-
-
+# ---- the training loss ------------------------------------------------------------------------
 def teacher_forced_loss(model: nn.Module, tok, ctx: Tensor, fut: Tensor,
                         levels: list[float]) -> Tensor:
     """Training loss for context (B, C, F) and future (B, H, F) windows."""
@@ -263,117 +205,3 @@ def teacher_forced_loss(model: nn.Module, tok, ctx: Tensor, fut: Tensor,
     bos = torch.full_like(tgt[:, :1], tok.bos_id)
     logits = model.token_logits(model(src, torch.cat([bos, tgt[:, :-1]], dim=1)))
     return F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten())
-
-
-@torch.no_grad()
-def forecast(model: nn.Module, tok, context: Tensor, horizon: int, chunk: int,
-             levels: list[float], seed: int = 0) -> tuple[Tensor, Tensor]:
-    """Median (B, H, F) and quantiles (n_q, B, H, F) for `horizon` steps after `context`.
-
-    Decodes `chunk` steps (the trained horizon) at a time with the key/value cache, then
-    appends the median to the context and continues (closed-loop rollout).
-    """
-    c = context.shape[1]
-    ctx, medians, quants = context, [], []
-    gen = torch.Generator(device=context.device).manual_seed(seed)
-    done = 0
-    while done < horizon:
-        steps = min(chunk, horizon - done)
-        if isinstance(tok, PatchTokenizer):
-            q = _decode_patches(model, tok, ctx, steps, levels)
-        else:
-            q = _sample_bins(model, tok, ctx, steps, levels, gen)
-        med = q[levels.index(0.5)]
-        medians.append(med)
-        quants.append(q)
-        ctx = torch.cat([ctx, med], dim=1)[:, -c:]
-        done += steps
-    return torch.cat(medians, dim=1), torch.cat(quants, dim=2)
-
-
-def _decode_patches(model, tok: PatchTokenizer, ctx: Tensor, steps: int,
-                    levels: list[float]) -> Tensor:
-    src, state = tok.encode_context(ctx)
-    memory = model.encode(src)
-    cache, dec_in, outs = model.new_cache(), src[:, -1:], []
-    mid = levels.index(0.5)
-    for _ in range(-(-steps // tok.patch_len)):
-        h = model.decode(dec_in, memory, cache=cache)  # (B', 1, D): only the new position
-        q = patch_quantiles(model, tok, h, dec_in, len(levels))  # (B', 1, token_dim, n_q)
-        q = q.sort(dim=-1).values  # quantiles must not cross
-        outs.append(q)
-        dec_in = q[..., mid]
-    q = torch.cat(outs, dim=1)  # (B', N, token_dim, n_q)
-    paths = [tok.decode(q[..., i], state) for i in range(len(levels))]  # each (B, N*P, F)
-    return torch.stack(paths)[:, :, :steps]  # (n_q, B, steps, F)
-
-
-def _sample_bins(model, tok: BinTokenizer, ctx: Tensor, steps: int, levels: list[float],
-                 gen: torch.Generator) -> Tensor:
-    src, state = tok.encode_context(ctx)
-    b = src.shape[0]
-    src = src.repeat_interleave(N_SAMPLES, dim=0)  # (B' * S, T*F)
-    memory = model.encode(src)
-    cache = model.new_cache()
-    token = torch.full((src.shape[0], 1), tok.bos_id, dtype=torch.long, device=src.device)
-    per_step = tok.n_features if tok.channels == "joint" else 1
-    ids = []
-    for _ in range(steps * per_step):
-        logits = model.token_logits(model.decode(token, memory, cache=cache))[:, -1].float()
-        logits[:, : tok.bos_id + 1] = float("-inf")  # never emit <pad>/<bos>
-        token = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)
-        ids.append(token)
-    ids = torch.cat(ids, dim=1).view(b, N_SAMPLES, -1)  # (B', S, steps*F)
-    samples = torch.stack([tok.decode(ids[:, s], state)
-                           for s in range(N_SAMPLES)])  # (S, B, steps, F)
-    lv = torch.tensor(levels, dtype=samples.dtype, device=samples.device)
-    return torch.quantile(samples, lv, dim=0)  # (n_q, B, steps, F)
-
-
-# ---- predict: context file -> forecast file --------------------------------------------------
-def open_contexts(path: Path, state_shape: list[int], min_len: int) -> TrajectoryFile:
-    """The input of `predict`, checked against the model's state shape and minimum context."""
-    f = TrajectoryFile(path)
-    if list(f.meta.state_shape) != list(state_shape):
-        raise InputError(f"{path}: state shape {tuple(f.meta.state_shape)} does not match the "
-                         f"model's {tuple(state_shape)} (channel count differs from the "
-                         "checkpoint)")
-    f.require_length(min_len, f"the minimum context of {min_len} steps")
-    return f
-
-
-def predict_forecast(model: nn.Module, cfg: RunConfig, extra: dict[str, Any], input_path: Path,
-                     out: Path, horizon: int | None, device: torch.device,
-                     progress: bool = False) -> Path:
-    """Forecast `horizon` steps after each trajectory of `input_path`; write trajectory HDF5.
-
-    Streams: reads the last `data.context` steps of `train.batch_size` trajectories at a time,
-    forecasts them and appends them to the output file, so memory does not grow with the number
-    of trajectories. The output appears only when complete.
-    """
-    from sciformer.io.trajectory_writer import TrajectoryWriter
-    from sciformer.progress import progress_bar
-
-    d, n_features = cfg.data, extra["n_features"]
-    tok = tokenizer_from_state(extra)
-    f = open_contexts(input_path, extra["state_shape"], tok.patch_len
-                      if isinstance(tok, PatchTokenizer) else 1)
-    m, horizon = f.meta, horizon or d.horizon
-    use = min(d.context, m.n_time)
-    with f, TrajectoryWriter(out, (m.n_traj, horizon, *m.state_shape), dt=m.dt,
-                             system=m.system, lyapunov_time=m.lyapunov_time,
-                             field_names=m.field_names, quantile_levels=d.quantiles,
-                             attrs={"source": str(input_path), "forecast_of": "steps after "
-                                    "the last step of each input trajectory"}) as w, \
-            progress_bar(m.n_traj, "predict", "traj", progress) as bar:
-        for first in range(0, m.n_traj, cfg.train.batch_size):
-            stop = min(first + cfg.train.batch_size, m.n_traj)
-            ctx = f.windows(first, stop, m.n_time - use, use).reshape(stop - first, use,
-                                                                      n_features)
-            med, q = forecast(model, tok, torch.from_numpy(ctx).to(device), horizon,
-                              d.horizon, d.quantiles)
-            shape = (stop - first, horizon, *m.state_shape)
-            w.write(med.cpu().numpy().reshape(shape),
-                    q.cpu().numpy().reshape((len(d.quantiles), *shape)))
-            bar.update(stop - first)
-    return out

@@ -144,6 +144,17 @@ class ProteinTokenizer:
         return batch
 
 
+#: The one tokenizer instance every module shares (it holds only the fixed alphabet).
+TOKENIZER = ProteinTokenizer()
+#: Residue letters a prediction may name: ids of L..O (no gaps, no special tokens).
+RESIDUE_IDS = np.array([ALPHABET.index(a) for a in "LAGVSERTIDPKQNFYMHWCXBUZO"], np.int64)
+
+
+def frame(residues: np.ndarray) -> np.ndarray:
+    """<cls> + residue ids + <eos> as int64 (how ESM-2 frames every sequence)."""
+    return np.concatenate(([TOKENIZER.cls_id], residues.astype(np.int64), [TOKENIZER.eos_id]))
+
+
 def token_budget_batches(
     lengths: Sequence[int], tokens_per_batch: int, *, shuffle: bool, seed: int | None = None
 ) -> list[list[int]]:

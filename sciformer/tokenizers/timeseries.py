@@ -20,6 +20,7 @@ All tensors must be finite floats; stats are computed in float64 and stored in x
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -302,6 +303,35 @@ class BinTokenizer:
         return self.encode(context, state), state
 
 
+class DatasetScaledPatchTokenizer(PatchTokenizer):
+    """Patch tokenizer whose scale state is the training data's mean and std, not the window's.
+
+    A simulation archive samples one attractor, and its dynamics depend on where on it a state
+    lies: instance normalisation (RevIN) would hide that (and, per grid point, distort the
+    spatial structure of a field), so every window is scaled by the same training statistics.
+    Encode/decode and `ScaleState` are the `PatchTokenizer` contract unchanged.
+    """
+
+    def __init__(self, patch_len: int, n_features: int, channels: str = "joint",
+                 eps: float = 1e-5, *, loc: list[float], scale: list[float]) -> None:
+        super().__init__(patch_len, n_features, channels, eps)
+        if len(loc) != n_features or len(scale) != n_features or min(scale) <= 0:
+            raise ConfigError(f"patch tokenizer: loc/scale need {n_features} entries, scale > 0")
+        self.loc, self.scale = [float(v) for v in loc], [float(v) for v in scale]
+
+    def to_config(self) -> dict:
+        """`PatchTokenizer.to_config` plus the fixed statistics."""
+        return {**super().to_config(), "loc": self.loc, "scale": self.scale}
+
+    def fit_state(self, context: Tensor) -> ScaleState:
+        """The training statistics broadcast to the B windows of `context`."""
+        super().fit_state(context)  # validates the window (shape, dtype, finite values)
+        b, kw = context.shape[0], {"dtype": context.dtype, "device": context.device}
+        loc = torch.tensor(self.loc, **kw).view(1, 1, -1).expand(b, 1, -1)  # (B, 1, F)
+        scale = torch.tensor(self.scale, **kw).view(1, 1, -1).expand(b, 1, -1)  # (B, 1, F)
+        return ScaleState(loc, scale, self.n_features, self.channels)
+
+
 TOKENIZERS: dict[str, type] = {"patch": PatchTokenizer, "bins": BinTokenizer}
 
 
@@ -314,6 +344,18 @@ def build_tokenizer(name: str, **kwargs) -> PatchTokenizer | BinTokenizer:
         return TOKENIZERS[name](**kwargs)
     except TypeError as err:  # a misspelt or missing keyword
         raise ConfigError(f"tokenizer {name!r}: {err}") from None
+
+
+def tokenizer_from_config(config: dict[str, Any]) -> PatchTokenizer | BinTokenizer:
+    """Rebuild a tokenizer from its `to_config()` (a run's saved task state): a patch
+    tokenizer with fixed training statistics (`loc`, `scale`) is dataset-scaled."""
+    kwargs = {k: v for k, v in config.items() if k != "name"}
+    if config.get("name") == "patch" and "loc" in kwargs:
+        try:
+            return DatasetScaledPatchTokenizer(**kwargs)
+        except TypeError as err:
+            raise ConfigError(f"tokenizer 'patch': {err}") from None
+    return build_tokenizer(config.get("name", ""), **kwargs)
 
 
 def pinball_loss(pred: Tensor, target: Tensor, levels: Tensor) -> Tensor:

@@ -1,6 +1,6 @@
 """Run directory: save and load checkpoints safely.
 
-Layout (DESIGN.md contract):
+Layout (docs/formats.md):
 
     RUN/config.json          everything needed to rebuild model + tokenizer + task
     RUN/model.safetensors    latest weights (all `from_pretrained` needs)
@@ -15,7 +15,7 @@ complete, so a crash mid-write never leaves a folder that looks complete; old fo
 renamed to ``.trash-*`` before they are deleted, and `latest_checkpoint` also checks that both
 files are there. Leftovers of a killed write are removed by `clean_partial` when a run
 (re)starts. Weights are safetensors only; the train state is loaded with ``weights_only=True``
-(no pickled code is ever executed). The top-level copies are for `load_run`/`from_pretrained`;
+(no pickled code is ever executed). The top-level copies are for `sciformer.load`;
 ``--resume`` always reads a complete ``checkpoints/step_N`` folder.
 
 Test hook: when the environment variable ``SCIFORMER_TEST_SLOW_CHECKPOINT`` is ``S`` (seconds)
@@ -35,15 +35,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from sciformer.config import RunConfig, read_run_config
 from sciformer.errors import CheckpointError
 from sciformer.io.atomic import atomic_path
 
-WEIGHTS, STATE, CONFIG = "model.safetensors", "train_state.pt", "config.json"
+from sciformer.runs import (CONFIG, STATE, WEIGHTS, check_weights, load_weights,  # noqa: F401
+                            read_split, read_weights)
 SLOW_ENV = "SCIFORMER_TEST_SLOW_CHECKPOINT"  # test-only: seconds to pause mid-checkpoint
 
 
@@ -144,41 +144,6 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return steps[-1] if steps else None
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
-    """Load safetensors weights into `model`, refusing corrupt files and shape mismatches."""
-    model.load_state_dict(read_weights(model, path))
-
-
-def read_weights(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
-    """The safetensors weights at `path`, checked against `model`'s names and shapes."""
-    try:
-        tensors = load_file(str(path))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: weights file not found") from None
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-    check_weights(model, tensors, str(path), "match config.json", "config.json implies")
-    return tensors
-
-
-def check_weights(model: nn.Module, tensors: dict[str, torch.Tensor], source: str,
-                  fits: str, implies: str) -> None:
-    """CheckpointError unless `tensors` has exactly `model`'s parameter names and shapes.
-
-    `fits` and `implies` word the message ("weights do not {fits}", "{implies} (shape)").
-    """
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(f"{source}: weights do not {fits} "
-                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    for name, tensor in tensors.items():
-        if tensor.shape != expected[name].shape:
-            raise CheckpointError(f"{source}: '{name}' has shape {tuple(tensor.shape)}, "
-                                  f"{implies} {tuple(expected[name].shape)}")
-
-
 def load_state(path: Path) -> dict[str, Any]:
     """Load a train state with weights_only=True; anything else is refused with a clear error."""
     try:
@@ -198,28 +163,5 @@ def load_state(path: Path) -> dict[str, Any]:
                               f"({first[:200]})") from None
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild the model of a run directory: (model in eval mode, RunConfig, extra state)."""
-    from sciformer.model import SciFormer
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"{run_dir}: run directory not found")
-    cfg, extra = read_run_config(run_dir / CONFIG)
-    model = SciFormer(cfg.model)
-    load_weights(model, run_dir / WEIGHTS)
-    return model.to(device).eval(), cfg, extra
-
-
-def read_split(run_dir: Path) -> dict[str, Any]:
-    """The held-out indices recorded by pretraining (split.json)."""
-    path = Path(run_dir) / "split.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: not found (was this run made by sciformer pretrain?)"
-                              ) from None
-
-
 __all__ = ["RunConfig", "save_checkpoint", "latest_checkpoint", "load_weights", "read_weights",
-           "load_state", "load_run", "read_split", "save_weights", "save_state", "clean_partial"]
+           "load_state", "read_split", "save_weights", "save_state", "clean_partial"]

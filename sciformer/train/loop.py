@@ -34,17 +34,9 @@ from sciformer.model import SciFormer
 from sciformer.tasks import Task, build_task, micro_seed
 from sciformer.train import checkpoint as ckpt
 from sciformer.progress import progress_bar
+from sciformer.runs import pick_device, state_to_dict
 from sciformer.train.data import BatchSource
 from sciformer.train.distributed import Distributed, TaskStep
-
-
-def pick_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; an unavailable cuda is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SciformerError(f"train.device={name}: CUDA is not available on this machine")
-    return torch.device(name)
 
 
 def native_cpu_bf16() -> bool:
@@ -278,7 +270,7 @@ def build_trainer(data: list[str | Path], cfg: RunConfig, run_dir: str | Path,
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     task = build_task(cfg, list(data))
-    cfg.model = task.model_config()
+    cfg = task.cfg  # completed for the task (derived model fields)
     seed_everything(cfg.train.seed)  # same initial weights on every rank (FSDP needs it)
     model = SciFormer(cfg.model)
     seed_everything(micro_seed(cfg.train.seed, dist.rank, salt=7))  # dropout differs per rank
@@ -295,7 +287,7 @@ def build_trainer(data: list[str | Path], cfg: RunConfig, run_dir: str | Path,
         ckpt.clean_partial(run_dir)
     if folder is None and dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / ckpt.CONFIG, extra=task.state())
+        save_config(cfg, run_dir / ckpt.CONFIG, extra=state_to_dict(task.state()))
         write_json_atomic(run_dir / "split.json", task.split())
     dist.barrier()
     return trainer

@@ -1,0 +1,33 @@
+"""Inference pipelines, one per task, and `load` that picks the right one for a run.
+
+`sciformer.load(run_dir)` returns a `ProteinLM` (masked-residue runs) or a `Forecaster`
+(forecasting runs), dispatched on the typed task state saved in the run's config.json. Every
+CLI verb and workflow stage is a file adapter over these classes; none of them imports the
+training code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sciformer.pipelines.forecast import Forecaster
+from sciformer.pipelines.protein import ProteinLM
+from sciformer.runs import ForecastState, MaskedState, load_model, pick_device
+
+Pipeline = ProteinLM | Forecaster
+
+
+def load(run_dir: str | Path, device: str | torch.device = "auto") -> Pipeline:
+    """The pipeline of a run directory: `ProteinLM` or `Forecaster`, on `device`
+    ("auto": a GPU when there is one)."""
+    dev = device if isinstance(device, torch.device) else pick_device(device)
+    model, cfg, state = load_model(run_dir, dev)
+    if isinstance(state, MaskedState):
+        return ProteinLM(model, cfg, state, dev)
+    assert isinstance(state, ForecastState)
+    return Forecaster(model, cfg, state, dev)
+
+
+__all__ = ["load", "ProteinLM", "Forecaster", "Pipeline"]

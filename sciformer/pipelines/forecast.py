@@ -1,0 +1,230 @@
+"""`Forecaster`: probabilistic forecasts of future states from a forecasting run.
+
+    >>> fc = sciformer.load("runs/lorenz96-forecast/run")
+    >>> ds = fc.forecast(context, horizon=200)        # numpy (n_traj, n_time, ...) or xarray
+    >>> ds["median"], ds["quantiles"].sel(quantile=0.9), ds["samples"]
+
+**Sample paths.** A forecast is a set of `samples` paths per context, each rolled out by
+feeding back its own sampled values, so uncertainty accumulates with lead time (training
+feeds the true previous patch; feeding back one's own draws is what makes a multi-step path a
+draw from the model's joint forecast). The median and the quantiles are empirical quantiles
+of the paths.
+
+- ``patch`` tokenizer: the decoder predicts quantiles of the next patch (pinball loss). A patch
+  is drawn by inverse-CDF sampling of that quantile function, interpolated linearly in normal
+  scores z = Phi^-1(level) between the predicted levels and extended linearly beyond the
+  extreme ones (so a Gaussian predictive law is reproduced exactly, tails included). One
+  uniform draw per path and patch (per channel in `independent` mode) keeps the path smooth
+  inside the patch.
+- ``bins`` tokenizer: each path samples its tokens from the predicted categorical law.
+
+Rollouts longer than the trained horizon re-encode each path's own latest context chunk by
+chunk, so any horizon works. Sampling is seeded: the same call gives the same paths.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from sciformer.config import RunConfig
+from sciformer.errors import InputError
+from sciformer.runs import ForecastState
+from sciformer.tokenizers.timeseries import (BinTokenizer, PatchTokenizer,
+                                             tokenizer_from_config)
+
+SAMPLE_MEMORY_BYTES = 2**31  # refuse forecasts whose sample paths would exceed this in memory
+
+
+# ---- model I/O shared with training ----------------------------------------------------------
+def _anchor(dec_in: Tensor, tok: PatchTokenizer) -> Tensor:
+    """Last step of each decoder-input patch, repeated over the patch: (B', N, token_dim)."""
+    width = dec_in.shape[-1] // tok.patch_len  # features per step inside a token
+    return dec_in[..., -width:].repeat(1, 1, tok.patch_len)
+
+
+def patch_quantiles(model: nn.Module, tok: PatchTokenizer, h: Tensor, dec_in: Tensor,
+                    n_q: int) -> Tensor:
+    """Decoder states -> quantiles (B', N, token_dim, n_q) as increments on the last known
+    state (a persistence anchor, so the network learns the change)."""
+    out = model.values(h).unflatten(-1, (tok.token_dim, n_q))  # (B', N, token_dim, n_q)
+    return out + _anchor(dec_in, tok)[..., None]
+
+
+# ---- sampling --------------------------------------------------------------------------------
+def normal_scores(levels: list[float], device: torch.device) -> Tensor:
+    """Phi^-1 of the quantile levels, (n_q,) float64."""
+    lv = torch.tensor(levels, dtype=torch.float64, device=device)
+    return math.sqrt(2.0) * torch.erfinv(2.0 * lv - 1.0)
+
+
+def inverse_cdf(q: Tensor, z_levels: Tensor, z: Tensor) -> Tensor:
+    """Values at normal scores `z` (..., 1) of the piecewise-linear-in-z quantile function
+    through (z_levels[k], q[..., k]); linear extension beyond the end levels."""
+    n_q = z_levels.numel()
+    if n_q == 1:
+        return q[..., 0]
+    k = torch.searchsorted(z_levels, z.contiguous()).clamp(1, n_q - 1)  # (..., 1) segment
+    z0, z1 = z_levels[k - 1], z_levels[k]
+    q0 = torch.gather(q, -1, (k - 1).expand(*q.shape[:-1], 1))
+    q1 = torch.gather(q, -1, k.expand(*q.shape[:-1], 1))
+    w = ((z - z0) / (z1 - z0)).to(q.dtype)
+    return (q0 + w * (q1 - q0))[..., 0]
+
+
+def _patch_chunk(model: nn.Module, tok: PatchTokenizer, ctx: Tensor, steps: int,
+                 levels: list[float], gen: torch.Generator) -> Tensor:
+    """One chunk of sampled continuations (R, steps, F) of the R contexts `ctx` (R, C, F)."""
+    src, state = tok.encode_context(ctx)  # (R', N, token_dim)
+    memory = model.encode(src)
+    cache, dec_in, outs = model.new_cache(), src[:, -1:], []
+    z_levels = normal_scores(levels, src.device)
+    for _ in range(-(-steps // tok.patch_len)):
+        h = model.decode(dec_in, memory, cache=cache)  # (R', 1, D): only the new position
+        q = patch_quantiles(model, tok, h, dec_in, len(levels)).sort(dim=-1).values
+        u = torch.rand(q.shape[0], 1, 1, generator=gen, device=q.device, dtype=torch.float64)
+        z = math.sqrt(2.0) * torch.erfinv(2.0 * u.clamp(1e-9, 1 - 1e-9) - 1.0)  # (R', 1, 1)
+        dec_in = inverse_cdf(q, z_levels, z[..., None].expand(*q.shape[:-1], 1))  # (R', 1, D)
+        outs.append(dec_in)
+    return tok.decode(torch.cat(outs, dim=1), state)[:, :steps]  # (R, steps, F)
+
+
+def _bins_chunk(model: nn.Module, tok: BinTokenizer, ctx: Tensor, steps: int,
+                gen: torch.Generator) -> Tensor:
+    """One chunk of sampled continuations (R, steps, F): tokens drawn from the model's law."""
+    src, state = tok.encode_context(ctx)
+    memory = model.encode(src)
+    cache = model.new_cache()
+    token = torch.full((src.shape[0], 1), tok.bos_id, dtype=torch.long, device=src.device)
+    per_step = tok.n_features if tok.channels == "joint" else 1
+    ids = []
+    for _ in range(steps * per_step):
+        logits = model.token_logits(model.decode(token, memory, cache=cache))[:, -1].float()
+        logits[:, : tok.bos_id + 1] = float("-inf")  # never emit <pad>/<bos>
+        token = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)
+        ids.append(token)
+    return tok.decode(torch.cat(ids, dim=1), state)  # (R, steps, F)
+
+
+@torch.no_grad()
+def sample_paths(model: nn.Module, tok: PatchTokenizer | BinTokenizer, context: Tensor,
+                 horizon: int, chunk: int, levels: list[float], samples: int,
+                 seed: int = 0) -> Tensor:
+    """`samples` paths (S, B, H, F) of `horizon` steps after each context (B, C, F).
+
+    Decodes `chunk` steps (the trained horizon) at a time with the key/value cache, then
+    appends each path's own draws to its context and continues (closed-loop rollout).
+    """
+    b, c, f = context.shape
+    gen = torch.Generator(device=context.device).manual_seed(seed)
+    ctx = context.repeat(samples, 1, 1)  # (S*B, C, F), sample-major
+    parts, done = [], 0
+    while done < horizon:
+        steps = min(chunk, horizon - done)
+        if isinstance(tok, PatchTokenizer):
+            new = _patch_chunk(model, tok, ctx, steps, levels, gen)
+        else:
+            new = _bins_chunk(model, tok, ctx, steps, gen)
+        parts.append(new)
+        ctx = torch.cat([ctx, new], dim=1)[:, -c:]
+        done += steps
+    return torch.cat(parts, dim=1).view(samples, b, horizon, f)  # (S, B, H, F)
+
+
+def summarise(paths: np.ndarray, levels: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Empirical median (B, H, F) and quantiles (n_q, B, H, F) of sample paths (S, B, H, F)."""
+    qs = np.quantile(paths, [0.5, *levels], axis=0)
+    return qs[0], qs[1:]
+
+
+# ---- the pipeline ----------------------------------------------------------------------------
+class Forecaster:
+    """Probabilistic forecasts with a forecasting run (see the module docstring)."""
+
+    task = "forecast"
+
+    def __init__(self, model: nn.Module, cfg: RunConfig, state: ForecastState,
+                 device: torch.device) -> None:
+        self.model, self.cfg, self.state, self.device = model, cfg, state, device
+        self.tokenizer = tokenizer_from_config(state.tokenizer)
+        self.levels = list(cfg.data.quantiles)
+        self.context_length = cfg.data.context  # steps the encoder reads
+        self.trained_horizon = cfg.data.horizon
+        self.state_shape = tuple(state.state_shape)
+
+    def __repr__(self) -> str:
+        m = self.cfg.model
+        return (f"Forecaster(state {self.state_shape}, context {self.context_length}, "
+                f"trained horizon {self.trained_horizon}, {m.n_encoder_layers}+"
+                f"{m.n_decoder_layers} layers, d_model {m.d_model})")
+
+    @property
+    def min_context(self) -> int:
+        """The fewest context steps the tokenizer accepts (one patch)."""
+        return getattr(self.tokenizer, "patch_len", 1)
+
+    def check_state_shape(self, shape: tuple[int, ...], source: str) -> None:
+        """Data must have the state shape the model was trained on."""
+        if tuple(shape) != self.state_shape:
+            raise InputError(f"{source}: state shape {tuple(shape)} does not match the model's "
+                             f"{self.state_shape} (channel count differs from the trained "
+                             "model)")
+
+    def check_context_length(self, n_time: int, source: str) -> int:
+        """Steps of the context that the model reads (the last `context_length`)."""
+        if n_time < self.min_context:
+            raise InputError(f"{source}: context of {n_time} steps is shorter than the "
+                             f"{self.min_context} steps of one patch")
+        use = min(self.context_length, n_time)
+        return use - use % self.min_context  # whole patches: what the model actually sees
+
+    def check_memory(self, n_contexts: int, horizon: int, samples: int, source: str) -> None:
+        """Refuse up front a forecast whose sample paths would not fit in memory."""
+        need = 4 * n_contexts * horizon * samples * math.prod(self.state_shape)
+        if need > SAMPLE_MEMORY_BYTES:
+            raise InputError(f"{source}: {samples} sample paths x {horizon} steps x "
+                             f"{n_contexts} contexts need {need / 2**30:.1f} GiB; ask for "
+                             "fewer samples, a shorter horizon, or fewer contexts at a time")
+
+    def sample(self, context: np.ndarray, horizon: int, samples: int | None = None,
+               seed: int = 0, batch: int | None = None) -> np.ndarray:
+        """Sample paths (S, B, horizon, F) after contexts (B, C, F) of flattened states."""
+        samples = samples or self.cfg.data.samples
+        if horizon < 1 or samples < 1:
+            raise InputError(f"horizon={horizon} and samples={samples} must be >= 1")
+        use = self.check_context_length(context.shape[1], "context")
+        batch = batch or max(1, self.cfg.train.batch_size)
+        out = []
+        for first in range(0, len(context), batch):
+            part = torch.from_numpy(np.ascontiguousarray(context[first:first + batch, -use:]))
+            paths = sample_paths(self.model, self.tokenizer, part.float().to(self.device),
+                                 horizon, self.trained_horizon, self.levels, samples,
+                                 seed + first)
+            out.append(paths.cpu().numpy())
+        return np.concatenate(out, axis=1)
+
+    def forecast(self, context: Any, horizon: int | None = None, *, samples: int | None = None,
+                 seed: int = 0, return_samples: bool = True) -> Any:
+        """Forecast `horizon` steps after each context; returns an `xarray.Dataset`.
+
+        `context` is a numpy array (n_traj, n_time, *state_shape) — or (n_time, *state_shape)
+        for one trajectory — or an `xarray.DataArray` with a `time` dimension (first after an
+        optional trajectory dimension). The Dataset holds `median`, `quantiles` (a `quantile`
+        dimension) and, with `return_samples`, `samples` (a `sample` dimension), on a `time`
+        coordinate continuing the context's.
+        """
+        from sciformer.pipelines.xarray_io import as_context_array, forecast_dataset
+
+        values, times, dims = as_context_array(context, self.state_shape, self.state)
+        horizon = horizon or self.trained_horizon
+        samples = samples or self.cfg.data.samples
+        self.check_memory(len(values), horizon, samples, "forecast")
+        flat = values.reshape(len(values), values.shape[1], -1)
+        paths = self.sample(flat, horizon, samples, seed)
+        med, qs = summarise(paths, self.levels)
+        return forecast_dataset(med, qs, paths if return_samples else None,
+                                self.levels, times, dims, self.state_shape, self.state)
