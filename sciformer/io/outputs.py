@@ -68,7 +68,7 @@ def check_output(out: PathLike, *, inputs: Iterable[PathLike] = (),
 def _lstat(path: Path) -> os.stat_result | None:
     try:
         return os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # (a parent is a file: said below)
         return None
     except OSError as exc:
         raise InputError(f"{path}: cannot check the output path ({exc.strerror})") from None

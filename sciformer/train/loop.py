@@ -223,12 +223,13 @@ class Trainer:
                 if latest is not None else "nothing was saved")
         return DivergedError(
             f"training diverged at step {step}: {what} is {value} (lower train.lr, "
-            f"now {self.cfg.train.lr:g}, or raise train.warmup_steps / lower "
-            f"train.clip_norm); {kept}")
+            f"now {self.cfg.train.lr:g}, or raise train.warmup_steps); {kept}")
 
     def check_finite_weights(self) -> None:
         """DivergedError unless every weight is finite (all ranks agree: one collective)."""
-        bad = any(not bool(torch.isfinite(p).all()) for p in self.raw_model.parameters())
+        local = [p.to_local() if hasattr(p, "to_local") else p  # this rank's FSDP shard
+                 for p in self.raw_model.parameters()]
+        bad = any(not bool(torch.isfinite(p).all()) for p in local)
         if self.dist.mean({"bad": float(bad)})["bad"] > 0:
             raise self.diverged(self.step, "a weight", math.nan)
 
