@@ -276,6 +276,33 @@ def test_bom_and_cr_only_line_ends_are_accepted(tmp_path: Path, runs):
     assert split["n_records"] == 30  # every record, none merged by the CR line ends
 
 
+@pytest.mark.parametrize("chunk", [1 << 20, 1, 2, 3, 5])
+def test_fasta_bom_cr_only_and_crlf_read_alike(tmp_path: Path, monkeypatch, chunk: int):
+    """The reader level: same records and line numbers for LF, CRLF, CR-only (+ BOM), also
+    when a chunk boundary falls between CR and LF or inside the BOM-free text."""
+    from sciformer.io import fasta
+
+    monkeypatch.setattr(fasta, "_CHUNK", chunk)
+    lf = b">a x\nMKV\nla\n\n>b\nGG*\n"
+    expected = [("a", "x", "MKVLA", 1), ("b", "", "GG", 5)]
+    for name, data in [("lf", lf), ("crlf", lf.replace(b"\n", b"\r\n")),
+                       ("cr", b"\xef\xbb\xbf" + lf.replace(b"\n", b"\r")),
+                       ("bom-crlf", b"\xef\xbb\xbf" + lf.replace(b"\n", b"\r\n"))]:
+        path = tmp_path / f"{name}.fa"
+        path.write_bytes(data)
+        got = [(r.id, r.description, r.sequence, r.line) for r in fasta.read_fasta(path)]
+        assert got == expected, name
+        assert fasta.count_records(path) == 2, name
+    dup = tmp_path / "dup.fa"
+    dup.write_bytes(b"\xef\xbb\xbf>a\rMK\r\r>a\rGG\r")
+    with pytest.raises(InputError, match=r"dup.fa line 4: duplicate id 'a' \(first seen at line 1\)"):
+        list(fasta.read_fasta(dup))
+    late_bom = tmp_path / "late.fa"  # a BOM anywhere else is still not text
+    late_bom.write_bytes(b">a\nMK\n\xef\xbb\xbf>b\nGG\n")
+    with pytest.raises(InputError, match="late.fa line 3: not a text FASTA file"):
+        list(fasta.read_fasta(late_bom))
+
+
 # ---- pretrain: divergence, run directories that are not its own -------------------------------
 @pytest.mark.parametrize("lr", ["inf", "1e30"])
 def test_divergence_stops_with_the_step_and_leaves_nothing(tmp_path: Path, runs, lr: str):

@@ -293,3 +293,43 @@ def test_temp_names_are_hidden_and_beside_the_output(tmp_path: Path):
         assert tmp.parent == tmp_path and tmp.name.startswith(".x.tsv.")
         assert tmp.name.endswith(".tmp")
     assert leftovers(tmp_path) == ["x.tsv"]
+
+
+_PRETRAIN = """
+import sys
+from sciformer.config import load_config
+from sciformer.signals import Terminated, terminate_as_interrupt
+from sciformer.train.loop import pretrain
+
+data, run, *sets = sys.argv[1:]
+try:
+    with terminate_as_interrupt():
+        pretrain([data], load_config(None, sets), run, progress=False)
+except Terminated as exc:
+    sys.exit(exc.exit_code)
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_first_checkpoint_of_a_new_run_leaves_nothing(tmp_path: Path):
+    """A new run stopped by SIGTERM before its first checkpoint completes removes all it
+    wrote, its lock and the folders it created (the run would otherwise block a rerun)."""
+    import time
+
+    from tests.conftest import TINY_MASKED, write_fasta
+
+    fa = write_fasta(tmp_path / "prot.fa")
+    run = tmp_path / "new" / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "SCIFORMER_TEST_SLOW_CHECKPOINT": "60:3"}
+    proc = subprocess.Popen([sys.executable, "-c", _PRETRAIN, str(fa), str(run), *TINY_MASKED],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    half = run / "checkpoints" / ".tmp-step_00000003" / "model.safetensors"
+    deadline = time.monotonic() + 60
+    while not half.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert half.exists(), proc.stderr.read() if proc.poll() is not None else "no checkpoint"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert leftovers(tmp_path) == ["prot.fa"]

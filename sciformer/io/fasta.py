@@ -19,6 +19,7 @@ read as LF. Letters outside the ESM alphabet are kept in the sequence (the token
 from __future__ import annotations
 
 import gzip
+import itertools
 import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -105,10 +106,14 @@ def _text_chunks(fh: BinaryIO) -> Iterator[bytes]:
     """Raw chunks with a leading UTF-8 byte-order mark dropped (Excel and some Windows
     editors write one) and CR-only (classic Mac) and CRLF line ends turned into LF, so every
     line is counted; a CR at a chunk's end waits for the next chunk (it may start with LF)."""
+    reads = iter(partial(fh.read, _CHUNK), b"")
+    head = b""
+    for chunk in reads:  # enough bytes to tell whether the file starts with a BOM
+        head += chunk
+        if len(head) >= len(_BOM) or not _BOM.startswith(head):
+            break
     carry = b""
-    for k, chunk in enumerate(iter(partial(fh.read, _CHUNK), b"")):
-        if k == 0 and chunk.startswith(_BOM):
-            chunk = chunk[len(_BOM):]
+    for chunk in itertools.chain([head.removeprefix(_BOM)], reads):
         chunk, carry = carry + chunk, b""
         if b"\r" in chunk:
             if chunk.endswith(b"\r"):
