@@ -103,3 +103,13 @@ def test_pretrain_into_a_locked_run_directory_is_refused(tmp_path: Path):
     assert res.output.strip() == (f"Error: {run} is in use by another sciformer process "
                                   f"(pid {proc.pid})")
     assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]  # nothing written
+
+
+def test_file_lock_beside_an_output_file(tmp_path: Path):
+    out = tmp_path / "emb.h5"
+    with RunLock.for_file(out) as lock:
+        assert lock.path == tmp_path / ".emb.h5.lock"
+        with pytest.raises(RunLockedError, match=rf"^{out} is in use by another sciformer"):
+            RunLock.for_file(out).acquire()
+        RunLock(tmp_path).acquire().release()  # the folder's own lock is another lock
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

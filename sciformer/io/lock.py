@@ -41,6 +41,16 @@ class RunLock:
         self.path = self.run_dir / LOCK_NAME
         self._fd: int | None = None
 
+    @classmethod
+    def for_file(cls, path: str | os.PathLike) -> RunLock:
+        """A lock on one output FILE written in place over a long time (e.g. a resumable
+        ``embed`` HDF5): ``.NAME.lock`` beside it, so a second writer is refused rather than
+        deleting or interleaving the first one's partial file. Its folder must exist."""
+        path = Path(path)
+        lock = cls(path.parent)
+        lock.run_dir, lock.path = path, path.with_name(f".{path.name}.lock")
+        return lock
+
     def acquire(self) -> RunLock:
         """Take the lock or raise `RunLockedError` naming the holder's pid."""
         for _ in range(100):  # loops only when the file was replaced under us
