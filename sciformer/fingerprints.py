@@ -160,6 +160,12 @@ def bytes_fingerprint(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def combined_fingerprint(prints: Sequence[Fingerprint]) -> str:
+    """One fingerprint of a whole file's units in order, by their `exact` fingerprints (ids
+    and sequences): e.g. stored in a resumable output to tell that its input is unchanged."""
+    return _digest(b"all", *(bytes.fromhex(p.exact) for p in prints))
+
+
 # ---- what pretraining recorded, and matching against it ---------------------------------------
 @dataclass
 class RecordedPrints:
@@ -230,7 +236,7 @@ def count_statuses(statuses: Iterable[Status]) -> dict[Status, int]:
 
 
 __all__ = ["DIGEST_BYTES", "Fingerprint", "RecordedPrints", "SCHEME", "bytes_fingerprint",
-           "count_statuses", "duplicates", "fasta_fingerprints", "file_fingerprints",
+           "combined_fingerprint", "count_statuses", "duplicates", "fasta_fingerprints", "file_fingerprints",
            "iter_trajectory_fingerprints", "match_records", "record_fingerprint",
            "sampled_steps", "sequence_fingerprint", "trajectory_fingerprint",
            "trajectory_fingerprints"]

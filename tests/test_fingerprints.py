@@ -13,7 +13,8 @@ import pytest
 
 from sciformer.errors import InputError
 from sciformer.fingerprints import (SCHEME, Fingerprint, RecordedPrints, bytes_fingerprint,
-                                    count_statuses, duplicates, fasta_fingerprints,
+                                    combined_fingerprint, count_statuses, duplicates,
+                                    fasta_fingerprints,
                                     file_fingerprints, iter_trajectory_fingerprints,
                                     match_records, record_fingerprint, sampled_steps,
                                     sequence_fingerprint, trajectory_fingerprint,
@@ -159,3 +160,12 @@ def test_bytes_fingerprint(tmp_path: Path):
     assert bytes_fingerprint(p, chunk=7) == hashlib.blake2b(b"abc" * 1000, digest_size=8).hexdigest()
     with pytest.raises(InputError, match="missing.bin: cannot read"):
         bytes_fingerprint(tmp_path / "missing.bin")
+
+
+def test_combined_fingerprint_changes_with_any_id_sequence_or_order():
+    a, b = Fingerprint("a", "00" * 8, "11" * 8), Fingerprint("b", "22" * 8, "33" * 8)
+    base = combined_fingerprint([a, b])
+    assert base == combined_fingerprint([Fingerprint("x", "ff" * 8, "11" * 8), b])  # by exact
+    assert base != combined_fingerprint([b, a])
+    assert base != combined_fingerprint([a])
+    assert base != combined_fingerprint([a, Fingerprint("b", "22" * 8, "34" * 8)])
