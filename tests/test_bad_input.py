@@ -257,6 +257,154 @@ def test_100k_residue_record_is_predicted_whole(tmp_path: Path, runs):
     assert all(0 < sum(float(p) for p in r[3::2]) <= 1.0001 for r in rows)  # top-5 of 25
 
 
+def test_bom_and_cr_only_line_ends_are_accepted(tmp_path: Path, runs):
+    """Excel/Notepad write a UTF-8 byte-order mark; classic Mac text uses CR alone."""
+    query = tmp_path / "q.fa"
+    query.write_bytes(b"\xef\xbb\xbf>a\rMKV<mask>\rLA\r>b\rMK<mask>\r")
+    out = tmp_path / "p.tsv"
+    res = CliRunner().invoke(main, ["predict", str(runs["masked"]), str(query), "--out", str(out),
+                                    "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    rows = [ln.split("\t")[:2] for ln in out.read_text().splitlines()[1:]]
+    assert rows == [["a", "4"], ["b", "3"]]
+    train = tmp_path / "train.fa"
+    train.write_bytes(b"\xef\xbb\xbf" + runs["fasta"].read_bytes().replace(b"\n", b"\r"))
+    res = CliRunner().invoke(main, ["pretrain", str(train), "--out-dir", str(tmp_path / "run"),
+                                    *sets(TINY_MASKED), "--set", "train.max_steps=1"])
+    assert res.exit_code == 0, res.output
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert split["n_records"] == 30  # every record, none merged by the CR line ends
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 1, 2, 3, 5])
+def test_fasta_bom_cr_only_and_crlf_read_alike(tmp_path: Path, monkeypatch, chunk: int):
+    """The reader level: same records and line numbers for LF, CRLF, CR-only (+ BOM), also
+    when a chunk boundary falls between CR and LF or inside the BOM-free text."""
+    from sciformer.io import fasta
+
+    monkeypatch.setattr(fasta, "_CHUNK", chunk)
+    lf = b">a x\nMKV\nla\n\n>b\nGG*\n"
+    expected = [("a", "x", "MKVLA", 1), ("b", "", "GG", 5)]
+    for name, data in [("lf", lf), ("crlf", lf.replace(b"\n", b"\r\n")),
+                       ("cr", b"\xef\xbb\xbf" + lf.replace(b"\n", b"\r")),
+                       ("bom-crlf", b"\xef\xbb\xbf" + lf.replace(b"\n", b"\r\n"))]:
+        path = tmp_path / f"{name}.fa"
+        path.write_bytes(data)
+        got = [(r.id, r.description, r.sequence, r.line) for r in fasta.read_fasta(path)]
+        assert got == expected, name
+        assert fasta.count_records(path) == 2, name
+    dup = tmp_path / "dup.fa"
+    dup.write_bytes(b"\xef\xbb\xbf>a\rMK\r\r>a\rGG\r")
+    with pytest.raises(InputError, match=r"dup.fa line 4: duplicate id 'a' \(first seen at line 1\)"):
+        list(fasta.read_fasta(dup))
+    late_bom = tmp_path / "late.fa"  # a BOM anywhere else is still not text
+    late_bom.write_bytes(b">a\nMK\n\xef\xbb\xbf>b\nGG\n")
+    with pytest.raises(InputError, match="late.fa line 3: not a text FASTA file"):
+        list(fasta.read_fasta(late_bom))
+
+
+# ---- pretrain: divergence, run directories that are not its own -------------------------------
+@pytest.mark.parametrize("value", ["inf", "-inf", ".nan", "NaN"])
+def test_non_finite_config_numbers_are_refused_before_anything_runs(tmp_path: Path, runs,
+                                                                    value: str):
+    out = tmp_path / "new" / "run"
+    fail_in_one_line(["pretrain", runs["fasta"], "--out-dir", out, *sets(TINY_MASKED),
+                      "--set", f"train.lr={value}"], "'train.lr' must be a finite number")
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("lr", ["1e30"])
+def test_divergence_stops_with_the_step_and_leaves_nothing(tmp_path: Path, runs, lr: str):
+    out = tmp_path / "new" / "run"
+    fail_in_one_line(["pretrain", runs["fasta"], "--out-dir", out, *sets(TINY_MASKED),
+                      "--set", f"train.lr={lr}"],
+                     "training diverged at step 2: gradient norm is nan", "nothing was saved")
+    assert not (tmp_path / "new").exists()  # no run left, no parent folder either
+    res = CliRunner().invoke(main, ["pretrain", str(runs["fasta"]), "--out-dir", str(out),
+                                    *sets(TINY_MASKED)])  # the corrected rerun is not blocked
+    assert res.exit_code == 0, res.output
+
+
+def test_divergence_after_a_checkpoint_keeps_it_and_saves_no_nan_weights(tmp_path: Path, runs,
+                                                                          monkeypatch):
+    from safetensors.torch import load_file
+
+    from sciformer.train import loop
+
+    real_step = loop.Trainer.train_step
+
+    def poisoned(self):  # weights turn NaN during step 4 (e.g. an overflow in the update)
+        if self.step == 3:
+            with torch.no_grad():
+                next(self.raw_model.parameters()).fill_(float("nan"))
+        return real_step(self)
+
+    monkeypatch.setattr(loop.Trainer, "train_step", poisoned)
+    out = tmp_path / "run"
+    fail_in_one_line(["pretrain", runs["fasta"], "--out-dir", out, *sets(TINY_MASKED),
+                      "--set", "train.clip_norm=0"],  # no grad norm: the loss must catch it
+                     "training diverged at step 4: loss is nan",
+                     f"{out} keeps the checkpoint of step 3")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best", "step_00000003"]
+    weights = load_file(str(out / "model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_nan_weights_are_never_saved(tmp_path: Path, runs):
+    out = tmp_path / "run"
+    fail_in_one_line(["pretrain", runs["fasta"], "--out-dir", out, *sets(TINY_MASKED),
+                      "--set", "train.lr=1e38", "--set", "train.clip_norm=0",
+                      "--set", "train.checkpoint_every=1"],
+                     "training diverged at step 1: ", "nothing was saved")
+    assert not out.exists()
+
+
+def test_existing_folder_that_is_not_a_run_is_left_alone(tmp_path: Path, runs):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / ".draft.tmp").write_text("the user's")
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    fail_in_one_line(["pretrain", runs["fasta"], "--out-dir", out, *sets(TINY_MASKED)],
+                     f"{out}: is not empty (.draft.tmp, metrics.jsonl) and holds no run")
+    assert (out / ".draft.tmp").read_text() == "the user's"
+    assert (out / "metrics.jsonl").read_text() == '{"step": 1, "loss": 0.5}\n'
+    assert sorted(p.name for p in out.iterdir()) == [".draft.tmp", "metrics.jsonl"]
+
+
+def test_failed_new_run_in_an_existing_empty_folder_leaves_it_empty(tmp_path: Path, runs):
+    out = tmp_path / "empty"
+    out.mkdir()
+    fail_in_one_line(["pretrain", runs["fasta"], "--out-dir", out, *sets(TINY_MASKED),
+                      "--set", "train.lr=1e30"], "training diverged")  # after reading the data
+    assert out.is_dir() and list(out.iterdir()) == []  # not even config.json or split.json
+
+
+def test_resume_keeps_foreign_temp_files_and_refuses_other_data(tmp_path: Path, runs):
+    run = tmp_path / "run"
+    shutil.copytree(runs["masked"], run)
+    (run / ".notes.tmp").write_text("the user's")
+    (run / ".model.safetensors.abc123.tmp").write_bytes(b"left by a kill")
+    other = write_fasta(tmp_path / "other.fa", n=20, seed=5)
+    fail_in_one_line(["pretrain", other, "--out-dir", run, "--resume", "--steps", "8"],
+                     f"{run}: --resume with other data than the run was trained on",
+                     "(split.json 'heldout' differs)")
+    moved = tmp_path / "moved.fa"
+    shutil.copy(runs["fasta"], moved)  # the same data under another path resumes
+    res = CliRunner().invoke(main, ["pretrain", str(moved), "--out-dir", str(run), "--resume",
+                                    "--steps", "8"])
+    assert res.exit_code == 0, res.output
+    assert (run / ".notes.tmp").read_text() == "the user's"
+    assert not (run / ".model.safetensors.abc123.tmp").exists()
+
+
+def test_simulate_blow_up_is_an_error_not_nan_trajectories(tmp_path: Path):
+    out = tmp_path / "new" / "l63.h5"
+    fail_in_one_line(["simulate", "lorenz63", "--out", out, "--n-traj", "2", "--n-steps", "50",
+                      "--param", "dt=0.5", "--param", "substeps=1", "--param", "burn_in=0"],
+                     "system 'lorenz63': trajectory 0 blew up at step 3", "smaller dt")
+    assert not (tmp_path / "new").exists()
+
+
 # ---- property: random HDF5 structures ----------------------------------------------------------
 DTYPES = st.sampled_from(["float32", "float64", "int32", "bool"])
 SHAPES = st.lists(st.integers(0, 4), min_size=1, max_size=5).map(tuple)

@@ -11,13 +11,15 @@ magic bytes, not their suffix.
 
 Every problem with the input is an `InputError` whose one-line message names the file, the
 line and, where there is one, the record id; records before a bad one are still yielded
-first. Letters outside the ESM alphabet are kept in the sequence (the tokenizer maps them to
+first. A UTF-8 byte-order mark at the start is skipped, and CRLF and CR-only line ends are
+read as LF. Letters outside the ESM alphabet are kept in the sequence (the tokenizer maps them to
 `<unk>`) and reported by ONE warning after the last record.
 """
 
 from __future__ import annotations
 
 import gzip
+import itertools
 import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -36,6 +38,7 @@ MASK_TOKEN = "<mask>"
 
 _CHUNK = 1 << 20  # bytes per read: large enough that per-chunk Python overhead is negligible
 _GZIP_MAGIC = b"\x1f\x8b"
+_BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark
 _WHITESPACE = b" \t\r\n\v\f"
 _TEXT_BYTES = bytes(range(0x20, 0x7F)) + _WHITESPACE  # printable ASCII; the rest is binary
 _UPPER = bytes.maketrans(b"abcdefghijklmnopqrstuvwxyz", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -99,11 +102,35 @@ def _open_binary(path: Path) -> BinaryIO:
     return gzip.open(path, "rb")  # type: ignore[return-value]
 
 
+def _text_chunks(fh: BinaryIO) -> Iterator[bytes]:
+    """Raw chunks with a leading UTF-8 byte-order mark dropped (Excel and some Windows
+    editors write one) and CR-only (classic Mac) and CRLF line ends turned into LF, so every
+    line is counted; a CR at a chunk's end waits for the next chunk (it may start with LF)."""
+    reads = iter(partial(fh.read, _CHUNK), b"")
+    head = b""
+    for chunk in reads:  # enough bytes to tell whether the file starts with a BOM
+        head += chunk
+        if len(head) >= len(_BOM) or not _BOM.startswith(head):
+            break
+    carry = b""
+    for chunk in itertools.chain([head.removeprefix(_BOM)], reads):
+        chunk, carry = carry + chunk, b""
+        if b"\r" in chunk:
+            if chunk.endswith(b"\r"):
+                chunk, carry = chunk[:-1], b"\r"
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if chunk:
+            yield chunk
+    if carry:
+        yield b"\n"
+
+
 def _read_chunks(fh: BinaryIO, name: str) -> Iterator[bytes]:
-    """Yield raw chunks, checking each is text; bad bytes and corrupt gzip name the line."""
+    """Yield text chunks (see `_text_chunks`), checking each is text; bad bytes and corrupt
+    gzip name the line."""
     lines_before = 0  # newlines in the chunks already yielded
     try:
-        for chunk in iter(partial(fh.read, _CHUNK), b""):
+        for chunk in _text_chunks(fh):
             newlines = chunk.count(b"\n")
             a = np.frombuffer(chunk, dtype=np.uint8)
             # fast check (two vectorised passes): printable ASCII and newlines only

@@ -123,6 +123,18 @@ def resolve_params(system: str, params: dict[str, float] | None = None) -> Param
     return resolved
 
 
+def _check_finite(system: str, states: np.ndarray, p: ParamDict) -> None:
+    """ConfigError naming the first trajectory and step that blew up (NaN, Inf, or beyond
+    float32, the precision the file stores): unstable parameters, e.g. too large a dt."""
+    big = np.finfo(np.float32).max
+    bad = ~(np.abs(states.reshape(*states.shape[:2], -1)) <= big).all(axis=2)  # (n_traj, n_steps)
+    if bad.any():
+        i, t = (int(v) for v in np.argwhere(bad)[0])
+        raise ConfigError(f"system {system!r}: trajectory {i} blew up at step {t} (NaN, Inf or "
+                          f"beyond float32) with dt={p['dt']:g}; use a smaller dt, more "
+                          "substeps or milder parameters")
+
+
 def simulate(system: str, n_traj: int, n_steps: int, seed: int,
              params: dict[str, float] | None = None) -> SimResult:
     """Simulate `n_traj` trajectories of `n_steps` saved steps of `system` (see SYSTEMS).
@@ -133,7 +145,9 @@ def simulate(system: str, n_traj: int, n_steps: int, seed: int,
     p = resolve_params(system, params)
     if n_traj < 1 or n_steps < 1:
         raise ConfigError(f"n_traj and n_steps must be >= 1, got {n_traj} and {n_steps}")
-    states = spec.run(n_traj, n_steps, np.random.default_rng(seed), p)
+    with np.errstate(all="ignore"):  # a blow-up is reported once, by _check_finite
+        states = spec.run(n_traj, n_steps, np.random.default_rng(seed), p)
+    _check_finite(system, states, p)
     names = list(p)
     return SimResult(
         system=spec.name, states=states, dt=p["dt"], time=np.arange(n_steps) * p["dt"],

@@ -117,8 +117,9 @@ def clean_partial(run_dir: Path) -> None:
     if old_best.exists() and not (root / "best").exists():
         os.replace(old_best, root / "best")  # killed between the two renames of _replace_dir
     shutil.rmtree(old_best, ignore_errors=True)
-    for tmp in Path(run_dir).glob(".*.tmp"):  # atomic_path temp files
-        tmp.unlink(missing_ok=True)
+    for name in (WEIGHTS, STATE, CONFIG, "split.json", "metrics.jsonl"):  # the run's own
+        for tmp in Path(run_dir).glob(f".{name}.*.tmp"):  # atomic_path temp files, no others
+            tmp.unlink(missing_ok=True)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

@@ -7,6 +7,13 @@ HDF5, nor of DDP/FSDP (`sciformer.train.distributed`). Data order is a pure func
 and an exact resume needs model, optimizer, scheduler, step and every rank's RNG states, all
 of which a checkpoint holds. A run of N steps and a run stopped after k steps and resumed in
 a fresh process give identical weights and loss curves on CPU (tests/test_resume_kill.py).
+
+The run directory is the user's data, so `pretrain` (see `claim_run_dir`) holds an advisory
+lock on it for the whole run (a second process is refused), starts a new run only in a new or
+empty folder, never deletes a file it did not create, and when a new run fails before its
+first checkpoint removes everything it wrote (so a corrected rerun is not blocked). A loss or
+gradient norm that is NaN or infinite stops training with a one-line error naming the step,
+before the optimizer applies it, and weights that are not finite are never saved.
 """
 
 from __future__ import annotations
@@ -15,9 +22,11 @@ import contextlib
 import json
 import math
 import random
+import shutil
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +38,8 @@ from torch import nn
 from sciformer import compiling
 from sciformer.config import RunConfig, TrainConfig, save_config
 from sciformer.errors import CheckpointError, SciformerError
-from sciformer.io.atomic import write_json_atomic, write_text_atomic
+from sciformer.io.atomic import make_parents, remove_created, write_json_atomic, write_text_atomic
+from sciformer.io.lock import LOCK_NAME, RunLock
 from sciformer.model import SciFormer
 from sciformer.tasks import Task, build_task, micro_seed
 from sciformer.train import checkpoint as ckpt
@@ -107,6 +117,10 @@ def _step_of(line: str) -> int | None:
         return None
 
 
+class DivergedError(SciformerError):
+    """Training produced a NaN or infinite loss, gradient norm or weight."""
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA), numpy's and python's global generators."""
     torch.manual_seed(seed)
@@ -181,13 +195,40 @@ class Trainer:
                     loss, s = self.step_fn(batch)  # TaskStep: task.loss(model, batch)
                 (loss / tc.grad_accum).backward()
             stats["loss"] += float(s["loss"]) / tc.grad_accum
-        grad_norm = self.dist.clip_grad_norm(self.raw_model, tc.clip_norm)
-        self.optimizer.step()
+        grad_norm = self.dist.clip_grad_norm(self.raw_model, tc.clip_norm)  # global: same on
+        if tc.clip_norm > 0 and not math.isfinite(grad_norm):  # every rank (nan: no clipping)
+            raise self.diverged(self.step + 1, "gradient norm", grad_norm)  # before it is used
+        try:
+            self.optimizer.step()
+        except RuntimeError as exc:  # an update beyond float range (a huge train.lr)
+            if "overflow" not in str(exc):
+                raise
+            raise self.diverged(self.step + 1, "an update", math.inf) from None
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         stats.update(grad_norm=float(grad_norm), lr=self.scheduler.get_last_lr()[0])
-        return self.dist.mean(stats)
+        stats = self.dist.mean(stats)
+        if not math.isfinite(stats["loss"]):
+            raise self.diverged(self.step, "loss", stats["loss"])
+        return stats
+
+    def diverged(self, step: int, what: str, value: float) -> DivergedError:
+        """The one-line error for a non-finite `what` at `step` (1-based, as logged)."""
+        latest = ckpt.latest_checkpoint(self.run_dir)
+        kept = (f"{self.run_dir} keeps the checkpoint of step {int(latest.name.split('_')[1])}"
+                if latest is not None else "nothing was saved")
+        return DivergedError(
+            f"training diverged at step {step}: {what} is {value} (lower train.lr, "
+            f"now {self.cfg.train.lr:g}, or raise train.warmup_steps); {kept}")
+
+    def check_finite_weights(self) -> None:
+        """DivergedError unless every weight is finite (all ranks agree: one collective)."""
+        local = [p.to_local() if hasattr(p, "to_local") else p  # this rank's FSDP shard
+                 for p in self.raw_model.parameters()]
+        bad = any(not bool(torch.isfinite(p).all()) for p in local)
+        if self.dist.mean({"bad": float(bad)})["bad"] > 0:
+            raise self.diverged(self.step, "a weight", math.nan)
 
     def validate(self) -> dict[str, float]:
         """Held-out statistics (each example counted once, see `Distributed.validate`)."""
@@ -196,10 +237,19 @@ class Trainer:
             return self.dist.validate(self.task, self.raw_model)
 
     def fit(self) -> dict[str, float]:
-        """Train to `max_steps`, logging, validating and checkpointing; final validation."""
+        """Train to `max_steps`, logging, validating and checkpointing; final validation.
+        Batch workers and the progress bar are closed however it ends."""
         tc = self.cfg.train
         log = MetricsLog(self.run_dir / "metrics.jsonl", self.step) if self.dist.is_main else None
         bar = progress_bar(tc.max_steps, "pretrain", "step", self.progress, initial=self.step)
+        try:
+            return self._loop(log, bar)
+        finally:
+            self.batches.close()
+            bar.close()
+
+    def _loop(self, log: MetricsLog | None, bar: Any) -> dict[str, float]:
+        tc = self.cfg.train
         last_val: dict[str, float] = {}
         t0, seen = time.perf_counter(), 0
         while self.step < tc.max_steps:
@@ -219,12 +269,12 @@ class Trainer:
                 log.write(record)
             if self.step % tc.checkpoint_every == 0 or self.step == tc.max_steps:
                 self.save(last_val)
-        self.batches.close()
-        bar.close()
         return last_val
 
     def save(self, val: dict[str, float]) -> None:
-        """Checkpoint the step (rank 0 writes; every rank takes part in the gathers)."""
+        """Checkpoint the step (rank 0 writes; every rank takes part in the gathers); weights
+        that are not finite are refused."""
+        self.check_finite_weights()
         is_best = bool(val) and val["val_loss"] < self.best
         if is_best:
             self.best = val["val_loss"]
@@ -256,6 +306,25 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> Path | None:
     return None
 
 
+def check_same_data(run_dir: Path, task: Task) -> None:
+    """A resume must train on the data the run started with: the split the task computes
+    now (record counts, held-out ids or trajectories, and content fingerprints where the task
+    records them) must equal split.json; only the file paths may differ (moved data)."""
+    path = run_dir / "split.json"
+    if not path.exists():
+        return  # killed before split.json was written: it is written again from this data
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({exc})") from None
+    now = json.loads(json.dumps(task.split()))  # as it would be written
+    for key in sorted((set(saved) | set(now)) - {"files"}):
+        if saved.get(key) != now.get(key):
+            raise CheckpointError(f"{run_dir}: --resume with other data than the run was "
+                                  f"trained on (split.json {key!r} differs); resume with the "
+                                  "same files, or start a new run in another --out-dir")
+
+
 def build_trainer(data: list[str | Path], cfg: RunConfig, run_dir: str | Path,
                   dist: Distributed, *, resume: bool = False,
                   progress: bool | None = None) -> Trainer:
@@ -270,6 +339,8 @@ def build_trainer(data: list[str | Path], cfg: RunConfig, run_dir: str | Path,
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     task = build_task(cfg, list(data))
+    if resume:
+        check_same_data(run_dir, task)
     cfg = task.cfg  # completed for the task (derived model fields)
     seed_everything(cfg.train.seed)  # same initial weights on every rank (FSDP needs it)
     model = SciFormer(cfg.model)
@@ -293,14 +364,70 @@ def build_trainer(data: list[str | Path], cfg: RunConfig, run_dir: str | Path,
     return trainer
 
 
+#: What a run writes at the top of its directory: all a failed new run has to remove.
+RUN_OUTPUTS = (ckpt.CONFIG, "split.json", "metrics.jsonl", ckpt.WEIGHTS, ckpt.STATE,
+               "checkpoints")
+
+
+@contextlib.contextmanager
+def claim_run_dir(run_dir: Path, resume: bool) -> Iterator[None]:
+    """Hold `run_dir` for one run (rank 0 only): create it (and missing parents), lock it,
+    and check that a new run starts in an empty folder. If a new run then fails before its
+    first checkpoint, everything it wrote is removed, then the folders it created.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SciformerError(f"{run_dir}: is a file, not a run directory")
+    created = make_parents(run_dir)
+    try:
+        with RunLock(run_dir):
+            if not resume:
+                _check_empty(run_dir)
+            try:
+                yield
+            except BaseException:
+                if not resume and ckpt.latest_checkpoint(run_dir) is None:
+                    _remove_outputs(run_dir)
+                raise
+    finally:
+        remove_created(created)  # only what is empty: a run that wrote something stays
+
+
+def _check_empty(run_dir: Path) -> None:
+    """A new run goes into an empty folder: never mixes with, truncates or deletes the files
+    of another run or of the user."""
+    if (run_dir / ckpt.CONFIG).exists():
+        raise SciformerError(f"{run_dir}: already holds a run; pass --resume to continue it "
+                             "or choose another --out-dir")
+    others = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME)
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise SciformerError(f"{run_dir}: is not empty ({shown}) and holds no run; pretrain "
+                             "writes a new run into a new or empty folder")
+
+
+def _remove_outputs(run_dir: Path) -> None:
+    """Remove what a new run wrote (the folder was empty when it started, and is locked)."""
+    for name in RUN_OUTPUTS:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def pretrain(data: list[str | Path], cfg: RunConfig, run_dir: str | Path, *,
              resume: bool = False, progress: bool | None = None) -> dict[str, float]:
     """Pretrain on `data` files into `run_dir`; returns the final validation metrics.
 
-    Under ``torchrun`` (WORLD_SIZE > 1) this is one rank of a data-parallel run.
+    Under ``torchrun`` (WORLD_SIZE > 1) this is one rank of a data-parallel run; rank 0 holds
+    the run directory (`claim_run_dir`).
     """
     dist = Distributed.from_env(cfg.train)
+    run_dir = Path(run_dir)
+    claim = claim_run_dir(run_dir, resume) if dist.is_main else contextlib.nullcontext()
     try:
-        return build_trainer(data, cfg, run_dir, dist, resume=resume, progress=progress).fit()
+        with claim:
+            return build_trainer(data, cfg, run_dir, dist, resume=resume,
+                                 progress=progress).fit()
     finally:
         dist.close()
