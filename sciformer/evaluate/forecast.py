@@ -11,12 +11,17 @@ What is scored (metrics.json, DESIGN.md contract):
   the trained one; the default horizon is the larger of the trained horizon and three
   Lyapunov times (`HORIZON_LYAPUNOV_TIMES`) when the Lyapunov time is known, else four
   trained horizons, so the closed-loop rollout past the trained horizon is always tested.
-- **Predictors.** The model rolls out closed-loop (`sciformer.tasks.forecast.forecast`); the
-  baselines (persistence, climatological mean, ridge AR) are fitted on the TRAINING split of
-  the run's training files only and also roll out closed-loop from the same contexts.
+- **Predictors.** The model rolls out closed-loop (`model_forecasts`: sample paths when the
+  model gives them, else its quantiles); the baselines (persistence, climatological mean,
+  ridge AR, context parroting, NVAR; `ALL_BASELINES`) are fitted on the TRAINING split of
+  the run's training files only (parroting's motif length and NVAR's delays and ridge
+  strength are chosen there too, for this context and horizon) and also roll out closed-loop
+  from the same contexts. Point forecasts get CRPS = MAE, so every row has a CRPS.
 - **Scale.** nRMSE divides by the climatological standard deviation of the training split,
   sqrt(mean over features of the per-feature variance), so forecasting the climatological
-  mean scores about 1 whatever the offsets between variables (e.g. Lorenz-63's z ~ 23).
+  mean scores about 1 whatever the offsets between variables (e.g. Lorenz-63's z ~ 23);
+  `nrmse_ch`, `nrmse_per_channel` and `vpt` divide each channel by its own training std.
+  What every key means is written into metrics.json (`definitions`).
 - **Streaming.** Trajectories are read, forecast and scored a block at a time
   (`EVAL_BLOCK_TRAJECTORIES`, rounded up to whole model batches so the model sees the same
   batches as an all-at-once evaluation) into running sums (`ForecastScore`), so memory does not
@@ -38,8 +43,10 @@ import torch
 
 from sciformer.config import RunConfig
 from sciformer.errors import ConfigError, InputError
-from sciformer.evaluate.baselines import BASELINES, RidgeAR
-from sciformer.evaluate.metrics import ForecastScore, nrmse_at
+from sciformer.evaluate.baselines import RidgeAR
+from sciformer.evaluate.calibration import empirical_quantiles
+from sciformer.evaluate.chaos_baselines import ALL_BASELINES, NVAR, Parroting
+from sciformer.evaluate.metrics import DEFINITIONS, ForecastScore, nrmse_at
 from sciformer.io.trajectories import TrajectoryFile, TrajectoryMeta
 from sciformer.progress import progress_bar
 from sciformer.tasks.forecast import forecast, tokenizer_from_state
@@ -150,25 +157,65 @@ def training_trajectories(extra: dict[str, Any], run_dir: Path) -> list[np.ndarr
     return out
 
 
-def climatological_scale(train: list[np.ndarray]) -> float:
-    """sqrt(mean_f Var_f) over all training states: the nRMSE denominator."""
+def _feature_variance(train: list[np.ndarray]) -> np.ndarray:
+    """Per-feature variance `(F,)` over every training state (population, ddof=0)."""
     n = sum(len(x) for x in train)
     mean = sum(x.sum(axis=0, dtype=np.float64) for x in train) / n
-    var = sum(((x - mean) ** 2).sum(axis=0, dtype=np.float64) for x in train) / n
-    return float(np.sqrt(var.mean()))
+    return sum(((x - mean) ** 2).sum(axis=0, dtype=np.float64) for x in train) / n
+
+
+def climatological_scale(train: list[np.ndarray]) -> float:
+    """sqrt(mean_f Var_f) over all training states: the nRMSE denominator."""
+    return float(np.sqrt(_feature_variance(train).mean()))
+
+
+def channel_std(train: list[np.ndarray], state_shape: tuple[int, ...]) -> np.ndarray:
+    """Each channel's std over the training split `(C,)`, channels being the last state dim
+    (a field's std pools its grid points); a constant channel gets the overall scale."""
+    var = _feature_variance(train).reshape(-1, state_shape[-1]).mean(axis=0)  # (C,)
+    sd = np.sqrt(var)
+    return np.where(sd > 0, sd, climatological_scale(train) or 1.0)
 
 
 # ---- predictions ---------------------------------------------------------------------------
+@dataclass
+class ModelForecast:
+    """The model's forecast of N windows: median (N, H, F), quantiles (n_q, N, H, F) at
+    `sorted_levels`, and sample paths (S, N, H, F) when the model produces them (then the
+    median and quantiles are the paths' empirical ones: `from_samples`)."""
+
+    median: np.ndarray
+    quantiles: np.ndarray
+    samples: np.ndarray | None = None
+
+    @classmethod
+    def from_samples(cls, samples: np.ndarray, levels: list[float]) -> ModelForecast:
+        """Median and quantiles at ascending `levels` as empirical quantiles of the paths."""
+        s = np.asarray(samples, dtype=np.float64)
+        return cls(empirical_quantiles(s, [0.5])[0], empirical_quantiles(s, levels), s)
+
+    def rows(self, k: list[int]) -> ModelForecast:
+        """The forecast of windows `k` only (for the plots)."""
+        return ModelForecast(self.median[k], self.quantiles[:, k],
+                             None if self.samples is None else self.samples[:, k])
+
+
 def model_forecasts(model: torch.nn.Module, tok: Any, cfg: RunConfig, contexts: np.ndarray,
-                    horizon: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Model median (N, H, F) and quantiles (n_q, N, H, F) in the order of `sorted_levels`."""
+                    horizon: int, device: torch.device) -> ModelForecast:
+    """The model's closed-loop forecasts of `contexts` (N, C, F), a model batch at a time.
+
+    The one place evaluation calls the model: a sample-path decoder returns
+    `ModelForecast.from_samples(paths (S, N, H, F), sorted_levels(cfg))`, and everything
+    downstream (exact CRPS, coverage, PIT, plots) uses the paths; the quantile decoder
+    returns its median and quantiles (CRPS from quantiles, coverage where levels allow).
+    """
     levels = list(cfg.data.quantiles)
     meds, qs = [], []
     for part in torch.from_numpy(contexts).split(model_batch(cfg)):
         med, q = forecast(model, tok, part.to(device), horizon, cfg.data.horizon, levels)
         meds.append(med.cpu().double().numpy())
         qs.append(q.cpu().double().numpy())
-    return np.concatenate(meds), np.concatenate(qs, axis=1)[np.argsort(levels)]
+    return ModelForecast(np.concatenate(meds), np.concatenate(qs, axis=1)[np.argsort(levels)])
 
 
 def model_batch(cfg: RunConfig) -> int:
@@ -181,9 +228,19 @@ def sorted_levels(cfg: RunConfig) -> list[float]:
     return sorted(cfg.data.quantiles)
 
 
-def fit_baselines(train: list[np.ndarray]) -> dict[str, Any]:
-    """Every baseline of `BASELINES`, fitted once on the training trajectories `train`."""
-    return {name: cls().fit(train) for name, cls in BASELINES.items()}
+def fit_baselines(train: list[np.ndarray], context: int = 64,
+                  horizon: int = 32) -> dict[str, Any]:
+    """Every baseline of `ALL_BASELINES`, fitted once on the training trajectories `train`;
+    parroting and NVAR choose their hyper-parameters for this `context` and `horizon`."""
+    made = {"parroting": Parroting(context=context, horizon=horizon),
+            "nvar": NVAR(horizon=horizon)}
+    return {name: (made[name] if name in made else cls()).fit(train)
+            for name, cls in ALL_BASELINES.items()}
+
+
+def describe_baselines(fitted: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What each fitted baseline chose (hyper-parameters, notes), for metrics.json."""
+    return {name: b.describe() for name, b in fitted.items() if hasattr(b, "describe")}
 
 
 def baseline_forecasts(fitted: dict[str, Any], contexts: np.ndarray,
@@ -210,14 +267,23 @@ def summary_numbers(metrics: dict[str, Any], steps_per_lt: float | None,
 # ---- the whole evaluation ------------------------------------------------------------------
 @dataclass
 class PlotWindows:
-    """The windows drawn in the plots: context (n, c, F), truth and median (n, H, F), quantiles
-    (n_q, n, H, F), and each window's (trajectory, start)."""
+    """The windows drawn in the plots: context (n, c, F), truth (n, H, F), the model's
+    forecast of them, and each window's (trajectory, start)."""
 
     ctx: np.ndarray
     truth: np.ndarray
-    med: np.ndarray
-    q: np.ndarray
+    model: ModelForecast
     origin: list[tuple[int, int]]
+
+    @property
+    def med(self) -> np.ndarray:
+        """The model's median (n, H, F)."""
+        return self.model.median
+
+    @property
+    def q(self) -> np.ndarray:
+        """The model's quantiles (n_q, n, H, F) at ascending levels."""
+        return self.model.quantiles
 
 
 @dataclass
@@ -228,15 +294,19 @@ class Scores:
     baselines: dict[str, ForecastScore]
     shown: PlotWindows | None = None
 
-    def add(self, ctx: np.ndarray, truth: np.ndarray, med: np.ndarray, q: np.ndarray,
+    def add(self, ctx: np.ndarray, truth: np.ndarray, model: ModelForecast,
             base: dict[str, np.ndarray], origin: list[tuple[int, int]]) -> None:
-        """Score one block; keep its plotted windows if it is the first block."""
-        self.model.add(med, truth, quantiles=q)
+        """Score one block (the model's samples if it has them, else its quantiles; point
+        baselines by their forecast); keep its plotted windows if it is the first block."""
+        if model.samples is not None:
+            self.model.add(model.median, truth, samples=model.samples)
+        else:
+            self.model.add(model.median, truth, quantiles=model.quantiles)
         for name, pred in base.items():
             self.baselines[name].add(pred, truth)
         if self.shown is None:
             k = _shown_windows(origin)
-            self.shown = PlotWindows(ctx[k], truth[k], med[k], q[:, k], [origin[i] for i in k])
+            self.shown = PlotWindows(ctx[k], truth[k], model.rows(k), [origin[i] for i in k])
 
 
 def stream_scores(model: torch.nn.Module, cfg: RunConfig, extra: dict[str, Any],
@@ -258,18 +328,21 @@ def stream_scores(model: torch.nn.Module, cfg: RunConfig, extra: dict[str, Any],
             block = trajs[i:i + step]
             wins, origin = read_windows(f, block, starts, c + h)
             ctx, truth = wins[:, :c], wins[:, c:].astype(np.float64)
-            med, q = model_forecasts(model, tok, cfg, ctx, h, device)
-            scores.add(ctx, truth, med, q, baseline_forecasts(fitted, ctx, h), origin)
+            pred = model_forecasts(model, tok, cfg, ctx, h, device)
+            scores.add(ctx, truth, pred, baseline_forecasts(fitted, ctx, h), origin)
             bar.update(len(block))
     return scores
 
 
 def check_context(extra: dict[str, Any], context: int) -> None:
-    """The context must hold one patch (patch tokenizer) and the ridge baseline's lags."""
-    need = max(extra["tokenizer"].get("patch_len", 1), RidgeAR().lags)
+    """The context must hold one patch (patch tokenizer) and every baseline's history (the
+    ridge baseline's lags, NVAR's delays; parroting needs two steps)."""
+    nvar = NVAR()
+    need = max(extra["tokenizer"].get("patch_len", 1), RidgeAR().lags,
+               nvar.span(max(nvar.delays)), 2)
     if context < need:
         raise ConfigError(f"evaluate: context {context} is shorter than the {need} steps the "
-                          "model's patches and the ridge baseline's lags need")
+                          "model's patches and the baselines' lags need")
 
 
 def evaluate_forecast_run(model: torch.nn.Module, cfg: RunConfig, extra: dict[str, Any],
@@ -294,13 +367,16 @@ def evaluate_forecast_run(model: torch.nn.Module, cfg: RunConfig, extra: dict[st
     f.require_length(c + h, f"context {c} + horizon {h} (pass a smaller --context/--horizon)")
     trajs, scope = heldout_trajectories(run_dir, data, extra, meta.n_traj)
     train = training_trajectories(extra, run_dir)
-    scale = climatological_scale(train)
-    scores = stream_scores(model, cfg, extra, f, trajs, c, h, fit_baselines(train),
-                           dict(scale=scale, dt_steps_per_lyapunov=steps_per_lt), device,
-                           progress)
+    scale, ch_std = climatological_scale(train), channel_std(train, meta.state_shape)
+    fitted = fit_baselines(train, c, h)
+    scored = dict(scale=scale, dt_steps_per_lyapunov=steps_per_lt, channel_std=ch_std,
+                  state_shape=meta.state_shape)
+    scores = stream_scores(model, cfg, extra, f, trajs, c, h, fitted, scored, device, progress)
     model_m = summary_numbers(scores.model.result(), steps_per_lt, cfg.data.horizon)
     base_m = {k: summary_numbers(v.result(), steps_per_lt, cfg.data.horizon)
               for k, v in scores.baselines.items()}
+    for name, fit in describe_baselines(fitted).items():
+        base_m[name]["fit"] = fit
     metrics = {
         "task": "forecast", "n_examples": scores.model.n_windows, "n_trajectories": len(trajs),
         "context": c, "horizon": h, "trained_horizon": cfg.data.horizon, "dt": meta.dt,
@@ -309,12 +385,29 @@ def evaluate_forecast_run(model: torch.nn.Module, cfg: RunConfig, extra: dict[st
         "nrmse_scale_is": "climatological std of the training split (sqrt of the mean "
                           "per-feature variance)",
         "baseline_fit_trajectories": len(train), "quantile_levels": sorted_levels(cfg),
-        "model": model_m, "baselines": base_m,
+        "channels": _channel_names(meta), "channel_std": [float(v) for v in ch_std],
+        "definitions": _definitions(meta), "model": model_m, "baselines": base_m,
     }
     plots = draw_plots(out_dir, meta, scores.shown, metrics)
     write_summary(out_dir / "summary.md", metrics, title=f"Forecasting: {data.name}",
                   plots=plots)
     return metrics
+
+
+def _channel_names(meta: TrajectoryMeta) -> list[str]:
+    """Names of the channels (the last state dim): field names, else x0, x1, ..."""
+    n = meta.state_shape[-1]
+    names = meta.field_names if meta.field_names and len(meta.field_names) == n else None
+    return list(names) if names else [f"x{j}" for j in range(n)]
+
+
+def _definitions(meta: TrajectoryMeta) -> dict[str, str]:
+    """`DEFINITIONS` for this state: VRMSE only for fields (spatial dims)."""
+    out = dict(DEFINITIONS)
+    if len(meta.state_shape) == 1:
+        out["vrmse"] = ("not reported: the state has no spatial dims, and a variance across "
+                        "different variables is not a field's; see nrmse_ch instead")
+    return out
 
 
 # ---- plots ---------------------------------------------------------------------------------
@@ -352,19 +445,43 @@ def draw_plots(out_dir: Path, meta: TrajectoryMeta, shown: PlotWindows,
     unit, label = (lyap, "time (Lyapunov times)") if lyap else (meta.dt, "time")
     unit = unit / meta.dt  # steps per axis unit
     feat, names = _shown_features(meta)
+    paths = shown.model.samples
+    band = f"{levels[0]:g}-{levels[-1]:g} quantile band" + (
+        "" if paths is None else f" of {len(paths)} sample paths")
     report.plot_forecasts(out_dir / "forecast.png", (np.arange(c + h) - (c - 1)) / unit,
                           shown.ctx[..., feat], shown.truth[..., feat], shown.med[..., feat],
                           shown.q[0][..., feat], shown.q[-1][..., feat], feature_names=names,
-                          x_label=label,
-                          band_label=f"{levels[0]:g}-{levels[-1]:g} quantile band")
-    curves = {"model": metrics["model"]["per_step"]["nrmse"],
-              **{k: v["per_step"]["nrmse"] for k, v in metrics["baselines"].items()}}
-    report.plot_error_vs_horizon(out_dir / "error_vs_horizon.png", np.arange(1, h + 1) / unit,
-                                 curves, x_label=f"lead {label}")
-    plots = ["forecast.png", "error_vs_horizon.png"]
+                          x_label=label, band_label=band)
+    lead = np.arange(1, h + 1) / unit
+    plots = ["forecast.png"]
+    for key, name, file in (("nrmse", "nRMSE", "error_vs_horizon.png"),
+                            ("crps", "CRPS", "crps_vs_horizon.png")):
+        curves = {"model": metrics["model"]["per_step"][key],
+                  **{k: v["per_step"][key] for k, v in metrics["baselines"].items()}}
+        report.plot_error_vs_horizon(out_dir / file, lead, curves, metric=name,
+                                     x_label=f"lead {label}")
+        plots.append(file)
+    plots += _calibration_plots(out_dir, metrics["model"], lead, f"lead {label}")
     if len(meta.state_shape) == 2:
         _spacetime(out_dir / "spacetime.png", meta, shown, c, unit, label)
         plots.append("spacetime.png")
+    return plots
+
+
+def _calibration_plots(out_dir: Path, model: dict[str, Any], lead: np.ndarray,
+                       x_label: str) -> list[str]:
+    """coverage.png (per-lead interval coverage) and pit.png, where the model has them."""
+    from sciformer.evaluate import report
+
+    plots = []
+    cover = {k: model[k] for k in ("coverage_50", "coverage_80") if k in model}
+    if cover:
+        report.plot_coverage(out_dir / "coverage.png", lead, cover, x_label=x_label)
+        plots.append("coverage.png")
+    if "pit" in model:
+        report.plot_pit(out_dir / "pit.png", model["pit"]["edges"], model["pit"]["fraction"],
+                        n=model["pit"]["n"])
+        plots.append("pit.png")
     return plots
 
 
