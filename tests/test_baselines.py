@@ -215,14 +215,18 @@ def test_parroting_copies_the_most_recent_best_match():
     # before j = 3..9 are 83, 72, 59, 36, 83, 132, 131: (3, 0, 1) before j = 6 is closest
     np.testing.assert_array_equal(parrot(ctx, 3, 3)[0, :, 0], [2, 9, 0])
     np.testing.assert_array_equal(parrot(ctx[:, :9], 1, 3)[0, :, 0], [1, 2, 9])  # last 0 at 4
+    # a Theiler window of 5 leaves only the stretches before j = 2..5: (0, 1) before j = 2
+    np.testing.assert_array_equal(parrot(ctx, 2, 3, min_shift=5)[0, :, 0], [2, 3, 0])
+    with pytest.raises(ValueError, match="m \\+ min_shift <= C"):
+        parrot(ctx, 5, 3, min_shift=6)
 
 
 def test_parroting_chooses_motif_length_on_training_windows():
     """Pattern 0, 1, 0, 2 repeating: one state cannot tell the two 0s apart, two can."""
     train = [np.tile([0.0, 1.0, 0.0, 2.0], 30)[:, None]]
-    model = Parroting(context=12, horizon=6, motif_lengths=(1, 2, 3)).fit(train)
-    assert model.selection_mse_[1] > 0 and model.selection_mse_[2] == 0
-    assert model.m_ == 2 and model.describe() == {"motif_length": 2}
+    model = Parroting(context=12, horizon=6, motif_lengths=(1, 2, 3), min_shifts=(1,)).fit(train)
+    assert model.selection_mse_[1, 1] > 0 and model.selection_mse_[2, 1] == 0
+    assert model.m_ == 2 and model.describe() == {"motif_length": 2, "min_shift": 1}
     ctx = np.tile([0.0, 1.0, 0.0, 2.0], 4)[None, 1:11, None]  # 1, 0, 2, 0, ..., 0, 1, 0
     np.testing.assert_array_equal(model.predict(ctx, 4)[0, :, 0], [2, 0, 1, 0])
 

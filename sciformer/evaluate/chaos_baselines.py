@@ -36,20 +36,27 @@ def selection_windows(xs: list[np.ndarray], length: int, max_windows: int) -> np
     return np.stack(wins[:max_windows]) if wins else np.empty((0, length, xs[0].shape[1]))
 
 
-def parrot(context: np.ndarray, m: int, horizon: int) -> np.ndarray:
-    """Context parroting of `(n, C, F)` contexts with motif length m < C: `(n, horizon, F)`.
+def parrot(context: np.ndarray, m: int, horizon: int, min_shift: int = 1) -> np.ndarray:
+    """Context parroting of `(n, C, F)` contexts with motif length m: `(n, horizon, F)`.
 
-    The motif is the last m states. Every earlier stretch c[j-m:j] (j = m..C-1, so at least
-    one state follows it) is compared by the squared Euclidean distance over all m states and
-    features; the most recent best match j wins, and the forecast is c[j], c[j+1], ...,
-    c[C-1], repeated from c[j] when the horizon runs past the context's end -- so a signal of
-    period p (any j = C - k p matches exactly) is continued exactly.
+    The motif is the last m states. Every earlier stretch c[j-m:j] shifted back by at least
+    `min_shift` steps (j = m..C-min_shift; needs m + min_shift <= C) is compared by the
+    squared Euclidean distance over all m states and features; the most recent best match j
+    wins, and the forecast is c[j], c[j+1], ..., c[C-1], repeated from c[j] when the horizon
+    runs past the context's end -- so a signal of period p (any j = C - k p matches exactly)
+    is continued exactly. `min_shift` is a Theiler window (Theiler 1986, Phys. Rev. A 34:2427):
+    on a finely sampled trajectory the motif shifted by one step is always a close match,
+    and copying it is persistence, not an analogue.
     """
     n, c, _ = context.shape
-    dist = np.zeros((n, c - m))  # entry i is the stretch ending before j = i + m
+    n_cand = c - m - min_shift + 1
+    if m < 1 or n_cand < 1:
+        raise ValueError(f"parroting needs motif length m >= 1 and m + min_shift <= C; got "
+                         f"m={m}, min_shift={min_shift}, C={c}")
+    dist = np.zeros((n, n_cand))  # entry i is the stretch ending before j = i + m
     for k in range(m):  # one motif step at a time: memory O(n C F), not O(n C m F)
-        dist += ((context[:, k:c - m + k] - context[:, c - m + k][:, None]) ** 2).sum(axis=-1)
-    j = c - 1 - np.argmin(dist[:, ::-1], axis=1)  # (n,) most recent minimum
+        dist += ((context[:, k:k + n_cand] - context[:, c - m + k][:, None]) ** 2).sum(axis=-1)
+    j = m + n_cand - 1 - np.argmin(dist[:, ::-1], axis=1)  # (n,) most recent minimum
     period = c - j
     idx = j[:, None] + np.arange(horizon)[None, :] % period[:, None]  # (n, horizon)
     return np.take_along_axis(context, idx[:, :, None], axis=1)
@@ -59,23 +66,27 @@ class Parroting(_ForecastBaseline):
     """Context parroting (Zhang & Gilpin, ICLR 2026): copy the continuation of the context's
     best match to its last m steps (`parrot`).
 
-    m is chosen from `motif_lengths` (those shorter than the context) by the mean squared
-    error, each feature divided by its training std, of forecasts of `horizon` steps from
-    contexts of `context` steps cut from the training trajectories (evenly spaced windows,
-    `MAX_SELECTION_WINDOWS` at most); the method itself learns nothing else. Contexts and
-    horizon shrink to fit short training trajectories.
+    m (from `motif_lengths`) and the smallest shift of a match (`min_shifts`, a Theiler
+    window; see `parrot`) are chosen, among the pairs that fit the context, by the mean
+    squared error, each feature divided by its training std, of forecasts of `horizon` steps
+    from contexts of `context` steps cut from the training trajectories (evenly spaced
+    windows, `MAX_SELECTION_WINDOWS` at most); the method itself learns nothing else.
+    Contexts and horizon shrink to fit short training trajectories.
     """
 
     def __init__(self, context: int = 64, horizon: int = 32,
-                 motif_lengths: Sequence[int] = (1, 2, 3, 5, 8, 13, 21)) -> None:
-        if context < 2 or horizon < 1 or min(motif_lengths) < 1:
-            raise ValueError(f"Parroting needs context >= 2, horizon >= 1 and motif lengths "
-                             f">= 1; got {context}, {horizon}, {list(motif_lengths)}")
+                 motif_lengths: Sequence[int] = (1, 2, 3, 5, 8, 13, 21),
+                 min_shifts: Sequence[int] = (1, 2, 4, 8, 16, 32)) -> None:
+        if context < 2 or horizon < 1 or min(motif_lengths) < 1 or min(min_shifts) < 1:
+            raise ValueError(f"Parroting needs context >= 2, horizon >= 1, motif lengths and "
+                             f"shifts >= 1; got {context}, {horizon}, {list(motif_lengths)}, "
+                             f"{list(min_shifts)}")
         self.context, self.horizon = context, horizon
         self.motif_lengths = sorted(set(int(m) for m in motif_lengths))
+        self.min_shifts = sorted(set(int(w) for w in min_shifts))
 
     def fit(self, train: Sequence[np.ndarray]) -> Parroting:
-        """Choose the motif length m on training windows."""
+        """Choose the motif length m and the smallest shift on training windows."""
         xs = _check_train(train, min_len=3)
         self.n_features = xs[0].shape[1]
         longest = max(len(x) for x in xs)
@@ -83,21 +94,24 @@ class Parroting(_ForecastBaseline):
         h = min(self.horizon, longest - c)
         wins = selection_windows(xs, c + h, MAX_SELECTION_WINDOWS)
         sd = _safe_std(np.concatenate(xs))
-        grid = [m for m in self.motif_lengths if m < c] or [1]
-        errors = {m: float(np.mean(((parrot(wins[:, :c], m, h) - wins[:, c:]) / sd) ** 2))
-                  for m in grid}
+        grid = [(m, w) for m in self.motif_lengths for w in self.min_shifts if m + w <= c]
+        errors = {mw: float(np.mean(((parrot(wins[:, :c], mw[0], h, mw[1]) - wins[:, c:]) / sd)
+                                    ** 2))
+                  for mw in grid or [(1, 1)]}
         self.selection_mse_ = errors
-        self.m_ = min(errors, key=errors.get)
+        self.m_, self.min_shift_ = min(errors, key=errors.get)
         return self
 
     def predict(self, context: np.ndarray, horizon: int) -> np.ndarray:
-        """`(n, horizon, F)`: the continuation of the best match (m capped at C - 1)."""
+        """`(n, horizon, F)`: the continuation of the best match (m and the shift shrink to
+        fit a context shorter than the one they were chosen for)."""
         c = self._check_context(context, horizon, min_len=2)
-        return parrot(c, min(self.m_, c.shape[1] - 1), horizon)
+        m = min(self.m_, c.shape[1] - 1)
+        return parrot(c, m, horizon, min(self.min_shift_, c.shape[1] - m))
 
     def describe(self) -> dict[str, Any]:
-        """The chosen motif length, for metrics.json."""
-        return {"motif_length": self.m_}
+        """The chosen motif length and smallest shift, for metrics.json."""
+        return {"motif_length": self.m_, "min_shift": self.min_shift_}
 
 
 def quadratic_pairs(k: int, n_feat: int, budget: int) -> tuple[np.ndarray, np.ndarray, str]:
