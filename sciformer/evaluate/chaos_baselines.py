@@ -24,6 +24,9 @@ from sciformer.evaluate.baselines import (BASELINES, _add, _check_train, _Foreca
                                           _moments, _ridge_solve, _safe_std)
 
 MAX_SELECTION_WINDOWS = 256  # training windows on which a hyper-parameter is chosen
+#: NVAR's closed-loop validation: windows and steps per (k, alpha) candidate. Rollouts of a
+#: 64-point field cost ~50 MFLOP a step per 256 windows, so these bound the fit to seconds.
+NVAR_VALIDATION_WINDOWS, NVAR_VALIDATION_STEPS = 64, 128
 
 
 def selection_windows(xs: list[np.ndarray], length: int, max_windows: int) -> np.ndarray:
@@ -149,7 +152,8 @@ class NVAR(_ForecastBaseline):
     (`quadratic_pairs`, capped at `max_features` in all); a ridge readout predicts the
     increment z_{t+1} - z_t, and `predict` rolls out closed-loop. k (from `delays`) and the
     ridge strength (from `alphas`) are chosen by the closed-loop error over `horizon` steps
-    (one-step error where the blocks are too short) on a time-blocked validation part -- the
+    (at most `NVAR_VALIDATION_STEPS`, from `NVAR_VALIDATION_WINDOWS` windows; one-step error
+    where the blocks are too short) on a time-blocked validation part -- the
     last `val_fraction` of every training trajectory -- after fitting on the rest; the winner
     is refitted on all rows. Rollouts are clipped to ten training spans outside the training
     range, so a diverging rollout scores a large finite error and is counted
@@ -222,8 +226,8 @@ class NVAR(_ForecastBaseline):
         """Closed-loop MSE over the validation tails (one-step MSE if they are too short)."""
         span = self.span(k)
         tails = [z[len(z) - max(1, math.ceil(self.val_fraction * len(z))):] for z in zs]
-        h = min(self.horizon, max(len(t) for t in tails) - span)
-        wins = selection_windows(tails, span + h, MAX_SELECTION_WINDOWS) if h >= 1 else []
+        h = min(self.horizon, NVAR_VALIDATION_STEPS, max(len(t) for t in tails) - span)
+        wins = selection_windows(tails, span + h, NVAR_VALIDATION_WINDOWS) if h >= 1 else []
         if len(wins) == 0:
             x, y = val_rows
             return float(np.mean((x @ sol[0] + sol[1] - y) ** 2))
