@@ -1,6 +1,6 @@
 """Evaluate a forecasting run on held-out trajectories against the classic baselines.
 
-What is scored (metrics.json, DESIGN.md contract):
+What is scored (metrics.json; every key is defined in docs/forecast-metrics.md):
 
 - **Trajectories.** If `data` is one of the run's training files, only its held-out
   trajectories (split.json `heldout_origin`) are used and `scope` says so; any other file is
@@ -199,6 +199,14 @@ class ModelForecast:
         return ModelForecast(self.median[k], self.quantiles[:, k],
                              None if self.samples is None else self.samples[:, k])
 
+    @staticmethod
+    def concat(parts: list[ModelForecast]) -> ModelForecast:
+        """The forecasts of several sets of windows, in order."""
+        paths = [p.samples for p in parts]
+        return ModelForecast(np.concatenate([p.median for p in parts]),
+                             np.concatenate([p.quantiles for p in parts], axis=1),
+                             None if paths[0] is None else np.concatenate(paths, axis=1))
+
 
 def model_forecasts(model: torch.nn.Module, tok: Any, cfg: RunConfig, contexts: np.ndarray,
                     horizon: int, device: torch.device) -> ModelForecast:
@@ -294,19 +302,16 @@ class Scores:
     baselines: dict[str, ForecastScore]
     shown: PlotWindows | None = None
 
-    def add(self, ctx: np.ndarray, truth: np.ndarray, model: ModelForecast,
-            base: dict[str, np.ndarray], origin: list[tuple[int, int]]) -> None:
-        """Score one block (the model's samples if it has them, else its quantiles; point
-        baselines by their forecast); keep its plotted windows if it is the first block."""
+    def add(self, truth: np.ndarray, model: ModelForecast,
+            base: dict[str, np.ndarray]) -> None:
+        """Score one batch of windows: the model by its sample paths if it has them, else by
+        its quantiles; the point baselines by their forecasts."""
         if model.samples is not None:
             self.model.add(model.median, truth, samples=model.samples)
         else:
             self.model.add(model.median, truth, quantiles=model.quantiles)
         for name, pred in base.items():
             self.baselines[name].add(pred, truth)
-        if self.shown is None:
-            k = _shown_windows(origin)
-            self.shown = PlotWindows(ctx[k], truth[k], model.rows(k), [origin[i] for i in k])
 
 
 def stream_scores(model: torch.nn.Module, cfg: RunConfig, extra: dict[str, Any],
@@ -322,14 +327,22 @@ def stream_scores(model: torch.nn.Module, cfg: RunConfig, extra: dict[str, Any],
     step = block_trajectories(len(starts), model_batch(cfg))
     scores = Scores(ForecastScore(**scored, levels=sorted_levels(cfg)),
                     {name: ForecastScore(**scored) for name in fitted})
-    tok = tokenizer_from_state(extra)
+    tok, batch = tokenizer_from_state(extra), model_batch(cfg)
     with progress_bar(len(trajs), "evaluate", "traj", progress) as bar:
         for i in range(0, len(trajs), step):
             block = trajs[i:i + step]
             wins, origin = read_windows(f, block, starts, c + h)
             ctx, truth = wins[:, :c], wins[:, c:].astype(np.float64)
-            pred = model_forecasts(model, tok, cfg, ctx, h, device)
-            scores.add(ctx, truth, pred, baseline_forecasts(fitted, ctx, h), origin)
+            keep = _shown_windows(origin) if scores.shown is None else []
+            kept = []
+            for j in range(0, len(ctx), batch):  # a model batch at a time: with sample
+                part = slice(j, j + batch)  # paths (S, batch, H, F) memory stays bounded
+                pred = model_forecasts(model, tok, cfg, ctx[part], h, device)
+                scores.add(truth[part], pred, baseline_forecasts(fitted, ctx[part], h))
+                kept += [pred.rows([k - j]) for k in keep if j <= k < j + batch]
+            if keep:
+                scores.shown = PlotWindows(ctx[keep], truth[keep], ModelForecast.concat(kept),
+                                           [origin[k] for k in keep])
             bar.update(len(block))
     return scores
 
