@@ -16,6 +16,13 @@ from sciformer.evaluate.baselines import (
     RidgeAR,
     unigram_baseline,
 )
+from sciformer.evaluate.chaos_baselines import (
+    ALL_BASELINES,
+    NVAR,
+    Parroting,
+    parrot,
+    quadratic_pairs,
+)
 from sciformer.evaluate.metrics import nrmse_per_step
 
 
@@ -57,6 +64,8 @@ def _oscillator(n_traj: int, n_time: int, rng, noise: float = 0.0) -> np.ndarray
 def test_registry_names():
     assert BASELINES == {"persistence": Persistence, "mean": ClimatologyMean,
                          "ridge_ar": RidgeAR}
+    assert list(ALL_BASELINES) == ["persistence", "mean", "ridge_ar", "parroting", "nvar"]
+    assert ALL_BASELINES["parroting"] is Parroting and ALL_BASELINES["nvar"] is NVAR
 
 
 def test_persistence_repeats_last_state():
@@ -180,3 +189,107 @@ def test_unigram_default_esm_residue_ids():
     with pytest.raises(ValueError, match="true id 32"):
         unigram_baseline(counts, np.array([5, 32]))  # <mask> is never a residue
     assert unigram_baseline(counts, np.zeros(0, dtype=int))["perplexity"] is None
+
+
+# ---- context parroting ---------------------------------------------------------------------
+def _periodic(n_time: int, period: int, start: int = 0) -> np.ndarray:
+    """Two channels of an integer-period signal with harmonics, (n_time, 2)."""
+    ph = 2 * np.pi * (np.arange(n_time) + start) / period
+    return np.stack([np.sin(ph) + 0.3 * np.cos(3 * ph), 5 + np.cos(ph)], axis=1)
+
+
+def test_parroting_is_exact_on_a_periodic_signal():
+    period, c, h = 17, 40, 100  # horizon far past the context: the match is repeated
+    train = [_periodic(300, period, s) for s in (0, 5)]
+    model = Parroting(context=c, horizon=30).fit(train)
+    test = np.stack([_periodic(c + h, period, s) for s in (3, 8, 11)])
+    np.testing.assert_allclose(model.predict(test[:, :c], h), test[:, c:], atol=1e-12)
+
+
+def test_parroting_copies_the_most_recent_best_match():
+    ctx = np.array([0, 1, 2, 3, 0, 1, 2, 9, 0, 1], float)[None, :, None]
+    # the motif (0, 1) occurs before j = 2 and j = 6: the later one wins; its continuation
+    # c[6:10] = 2, 9, 0, 1 is repeated past the end of the context
+    np.testing.assert_array_equal(parrot(ctx, 2, 7)[0, :, 0], [2, 9, 0, 1, 2, 9, 0])
+    # with m = 3 the motif (9, 0, 1) has no exact copy; squared distances of the stretches
+    # before j = 3..9 are 83, 72, 59, 36, 83, 132, 131: (3, 0, 1) before j = 6 is closest
+    np.testing.assert_array_equal(parrot(ctx, 3, 3)[0, :, 0], [2, 9, 0])
+    np.testing.assert_array_equal(parrot(ctx[:, :9], 1, 3)[0, :, 0], [1, 2, 9])  # last 0 at 4
+    # a Theiler window of 5 leaves only the stretches before j = 2..5: (0, 1) before j = 2
+    np.testing.assert_array_equal(parrot(ctx, 2, 3, min_shift=5)[0, :, 0], [2, 3, 0])
+    with pytest.raises(ValueError, match="m \\+ min_shift <= C"):
+        parrot(ctx, 5, 3, min_shift=6)
+
+
+def test_parroting_chooses_motif_length_on_training_windows():
+    """Pattern 0, 1, 0, 2 repeating: one state cannot tell the two 0s apart, two can."""
+    train = [np.tile([0.0, 1.0, 0.0, 2.0], 30)[:, None]]
+    model = Parroting(context=12, horizon=6, motif_lengths=(1, 2, 3), min_shifts=(1,)).fit(train)
+    assert model.selection_mse_[1, 1] > 0 and model.selection_mse_[2, 1] == 0
+    assert model.m_ == 2 and model.describe() == {"motif_length": 2, "min_shift": 1}
+    ctx = np.tile([0.0, 1.0, 0.0, 2.0], 4)[None, 1:11, None]  # 1, 0, 2, 0, ..., 0, 1, 0
+    np.testing.assert_array_equal(model.predict(ctx, 4)[0, :, 0], [2, 0, 1, 0])
+
+
+# ---- NVAR --------------------------------------------------------------------------------------
+def _henon(n_time: int, x0: float, y0: float = 0.0) -> np.ndarray:
+    """Henon map x' = 1 - 1.4 x^2 + y, y' = 0.3 x (quadratic), after 50 burn-in steps."""
+    out = np.empty((n_time + 50, 2))
+    out[0] = x0, y0
+    for t in range(1, len(out)):
+        x, y = out[t - 1]
+        out[t] = 1 - 1.4 * x * x + y, 0.3 * x
+    return out[50:]
+
+
+def test_nvar_recovers_a_linear_system():
+    a1, a2, c = _ar2_system()
+    rng = np.random.default_rng(8)
+    model = NVAR(delays=(2,)).fit(list(_simulate_ar2(a1, a2, c, 20, 40, rng)))
+    test = _simulate_ar2(a1, a2, c, 4, 60, rng)
+    pred = model.predict(test[:, :10], 50)
+    assert np.max(np.abs(pred - test[:, 10:])) < 1e-5
+    assert model.describe()["delays"] == 2 and model.describe()["clipped_rollouts"] == 0
+
+
+def test_nvar_recovers_a_quadratic_map():
+    model = NVAR(horizon=10).fit([_henon(400, x0) for x0 in (0.1, 0.2, 0.3)])
+    test = _henon(40, 0.05, 0.02)
+    pred = model.predict(test[None, :5], 15)[0]
+    np.testing.assert_allclose(pred, test[5:20], atol=1e-6)  # chaotic: error doubles per step
+    assert model.alpha_ == 1e-8 and "all" in model.describe()["quadratic"]
+
+
+def test_nvar_caps_quadratic_features_for_wide_states():
+    a, b, note = quadratic_pairs(1, 3, 100)  # Lorenz-63: all 6 products
+    assert len(a) == 6 and note.startswith("all 6")
+    a, b, note = quadratic_pairs(2, 64, 1000)  # a 64-point field: newest state, banded
+    gap = np.minimum(b - a, 64 - (b - a))
+    assert len(a) == 64 * 15 and gap.max() == 14 and np.all(a <= b) and "newest" in note
+    a, _, note = quadratic_pairs(1, 64, 63)  # not even the squares fit: linear NVAR
+    assert len(a) == 0 and "linear only" in note
+    x = np.random.default_rng(9).standard_normal((3, 120, 64))
+    model = NVAR(delays=(1, 2), max_features=400, max_rows=300).fit(list(x))
+    assert model.describe()["n_features"] <= 400 and "newest" in model.describe()["quadratic"]
+
+
+def test_nvar_rollout_of_a_diverging_fit_is_clipped_and_counted():
+    grow = [1.2 ** np.arange(30.0)[:, None] for _ in range(2)]
+    model = NVAR(delays=(1,)).fit(grow)
+    pred = model.predict(np.array([[[100.0]]]), 500)
+    assert np.all(np.isfinite(pred)) and model.describe()["clipped_rollouts"] == 1
+    assert pred.max() == pytest.approx(model.bounds_[1][0] * model.sd_[0] + model.mu_[0])
+
+
+def test_nvar_chooses_on_the_training_tail_only():
+    """Changing the data after the training split cannot change the fit: fit sees `train`."""
+    rng = np.random.default_rng(10)
+    train = list(_oscillator(6, 150, rng, noise=0.01))
+    a = NVAR(horizon=8).fit(train)
+    b = NVAR(horizon=8).fit([x.copy() for x in train])
+    assert (a.k_, a.alpha_) == (b.k_, b.alpha_)
+    np.testing.assert_array_equal(a.coef_, b.coef_)
+    test = _oscillator(5, 80, rng)
+    scale = float(np.concatenate(train).std())
+    err = nrmse_per_step(a.predict(test[:, :30], 50), test[:, 30:], scale)
+    assert err.mean() < 0.05  # a damped linear oscillator is within NVAR's reach

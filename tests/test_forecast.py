@@ -186,8 +186,8 @@ def test_teacher_forced_loss_is_finite_for_bins(l63):
 
 
 # ---- evaluate ------------------------------------------------------------------------------
-MODEL_KEYS = {"nrmse", "vrmse", "smape", "vpt", "vpt_unit", "crps", "per_step", "nrmse_at",
-              "nrmse_1lt"}
+MODEL_KEYS = {"nrmse", "nrmse_ch", "smape", "vpt", "vpt_smape", "vpt_unit", "crps", "per_step",
+              "nrmse_at", "nrmse_1lt"}
 
 
 def test_evaluate_writes_contract_metrics_and_plots(l63):
@@ -202,9 +202,9 @@ def test_evaluate_writes_contract_metrics_and_plots(l63):
     steps_per_lt = m["lyapunov_time"] / m["dt"]
     assert m["horizon"] == int(np.ceil(3 * steps_per_lt))  # default: 3 Lyapunov times
     assert m["n_examples"] == 3 * 8 and "all 3 trajectories" in m["scope"]
-    assert set(m["baselines"]) == {"persistence", "mean", "ridge_ar"}
+    assert set(m["baselines"]) == {"persistence", "mean", "ridge_ar", "parroting", "nvar"}
     for row in [m["model"], *m["baselines"].values()]:
-        assert MODEL_KEYS - {"crps"} <= set(row)
+        assert MODEL_KEYS <= set(row) and "vrmse" not in row  # an ODE state: no VRMSE
         assert len(row["per_step"]["nrmse"]) == m["horizon"]
         assert row["vpt_unit"] == "lyapunov_times"
         first = row["per_step"]["nrmse"][: round(steps_per_lt)]

@@ -59,8 +59,11 @@ def test_known_answer_over_two_blocks():
     m = score.result()
     assert m["per_step"]["nrmse"] == pytest.approx([np.sqrt(0.09 / 4) / 0.5] * 5)  # 0.3
     assert m["smape"] == pytest.approx(200 * 0.3 / 2.3 / 4)  # one window of four
-    assert m["vpt"] == pytest.approx(5 / 2.0) and m["vpt_unit"] == "lyapunov_times"
-    assert score.n_windows == 4 and "crps" not in m
+    # sMAPE 13 % never crosses 30; error 0.3 / channel std (default scale 0.5) = 0.6 > 0.5
+    assert m["vpt_smape"] == pytest.approx(5 / 2.0) and m["vpt_unit"] == "lyapunov_times"
+    assert m["vpt"] == pytest.approx((0 + 3 * 5) / 4 / 2.0)
+    assert m["crps"] == pytest.approx(0.3 / 4) and m["crps_from"] == "point"  # CRPS = MAE
+    assert score.n_windows == 4 and "pit" not in m
 
 
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # inf - inf in the samples
@@ -70,13 +73,16 @@ def test_blocks_equal_one_shot_metrics(forecast_data, crps_from):
     ens = {"quantiles": d["q"], "samples": d["samples"]}
     kw = {} if crps_from is None else {crps_from: ens[crps_from]}
     want = forecast_metrics(d["pred"], d["truth"], scale=1.3, dt_steps_per_lyapunov=4.0,
-                            levels=LEVELS, **kw)
-    score = ForecastScore(1.3, 4.0, levels=LEVELS)
+                            levels=LEVELS, channel_std=[1.0, 2.0], state_shape=(2, 2), **kw)
+    score = ForecastScore(1.3, 4.0, levels=LEVELS, channel_std=[1.0, 2.0], state_shape=(2, 2))
     for b in BLOCKS:
         score.add(d["pred"][b], d["truth"][b], **{k: v[:, b] for k, v in kw.items()})
     got = score.result()
     _assert_same(got, want)
-    assert ("crps" in got) == (crps_from is not None)
+    assert got["crps_from"] == (crps_from or "point")
+    assert ("pit" in got) == (crps_from == "samples")  # randomised ties: same draws per window
+    assert ("coverage_80" in got) == (crps_from is not None)
+    assert len(got["vrmse_per_field"]) == 2
     assert got["per_step"]["nrmse"][6] is None and got["per_step"]["nrmse"][5] is not None
     json.dumps(got, allow_nan=False)
 
@@ -153,7 +159,8 @@ def test_evaluate_in_small_blocks_equals_one_block(small, monkeypatch):
     assert streamed["n_trajectories"] == 20
     _assert_same({k: v for k, v in streamed.items() if k != "data"},
                  {k: v for k, v in whole.items() if k != "data"})
-    assert set(streamed["baselines"]) == {"persistence", "mean", "ridge_ar"}
+    assert set(streamed["baselines"]) == {"persistence", "mean", "ridge_ar", "parroting", "nvar"}
+    assert all(b["crps_from"] == "point" for b in streamed["baselines"].values())
     # (c) the plots: written, from the first window of each of the first N_PLOTTED trajectories
     out = small["root"] / "blocks"
     for png in ("forecast.png", "error_vs_horizon.png"):
@@ -163,6 +170,30 @@ def test_evaluate_in_small_blocks_equals_one_block(small, monkeypatch):
         np.testing.assert_array_equal(shown.ctx, f.windows(0, 3, 0, 16).reshape(3, 16, -1))
         np.testing.assert_array_equal(shown.truth, f.windows(0, 3, 16, 24).reshape(3, 24, -1))
     assert shown.q.shape == (3, 3, 24, 3) and shown.med.shape == (3, 24, 3)
+
+
+def test_evaluate_scores_the_models_sample_paths(small, monkeypatch):
+    """The model's own sample paths: exact CRPS, per-lead coverage, PIT and their plots;
+    median and band are the paths' empirical quantiles."""
+    shown = []
+    monkeypatch.setattr(fc, "draw_plots", lambda out, meta, s, m: shown.append(s) or (
+        DRAW_PLOTS(out, meta, s, m)))
+    out = small["root"] / "sampled"
+    m = evaluate(small["run"], small["test"], out, device="cpu", context=16, horizon=24,
+                 samples=32)
+    model = m["model"]
+    assert m["samples"] == 32 and shown[0].model.samples.shape[0] == 32
+    assert model["crps_from"] == "samples" and len(model["coverage_80"]) == 24
+    assert len(model["coverage_50"]) == 24 and model["pit"]["n"] == 160 * 24 * 3
+    assert all(0 <= c <= 1 for c in model["coverage_80"])
+    assert "vpt_smape" in m["definitions"] and "not reported" in m["definitions"]["vrmse"]
+    paths = shown[0].model.samples
+    np.testing.assert_allclose(shown[0].med, np.quantile(paths, 0.5, axis=0), atol=1e-12)
+    np.testing.assert_allclose(shown[0].q, np.quantile(paths, LEVELS, axis=0), atol=1e-12)
+    for png in ("pit.png", "coverage.png", "crps_vs_horizon.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    text = (out / "summary.md").read_text()
+    assert "## Calibration (model)" in text and "coverage of the 80% interval" in text
 
 
 def test_evaluate_heldout_of_training_file_in_blocks(small, monkeypatch):

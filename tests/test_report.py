@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 
 from sciformer.evaluate.report import (
+    coverage_lines,
+    plot_coverage,
     plot_error_vs_horizon,
     plot_forecasts,
     plot_masked_report,
+    plot_pit,
     plot_spacetime,
     write_summary,
 )
@@ -63,6 +66,29 @@ def test_plot_error_vs_horizon(tmp_path):
     assert not (tmp_path / "e2.png").exists() and plt.get_fignums() == []
 
 
+def test_plot_coverage_and_pit(tmp_path):
+    x = np.arange(1, 21) * 0.1
+    curves = {"coverage_50": np.linspace(0.5, 0.2, 20), "coverage_80": np.linspace(0.8, 0.4, 20)}
+    _assert_png(plot_coverage(tmp_path / "c.png", x, curves))
+    with pytest.raises(ValueError, match="coverage_90"):
+        plot_coverage(tmp_path / "c2.png", x, {"coverage_90": np.ones(20)})
+    edges = np.linspace(0, 1, 11)
+    _assert_png(plot_pit(tmp_path / "p.png", edges, [0.2] + [0.075] * 8 + [0.2], n=4000))
+    with pytest.raises(ValueError, match="11 bin edges for 9 bins"):
+        plot_pit(tmp_path / "p2.png", edges, [0.1] * 9)
+    assert plt.get_fignums() == []
+
+
+def test_coverage_lines_at_summary_leads():
+    model = {"coverage_80": [0.9, 0.8, 0.7, 0.6], "coverage_50": [0.5, 0.4, 0.3, 0.25],
+             "nrmse_at": {"h1": 0.1, "h4": 0.3}}
+    lines = coverage_lines({"model": model})
+    assert lines[2] == ("| lead (steps) | coverage of the 50% interval | coverage of the 80% "
+                        "interval |")
+    assert lines[4:6] == ["| 1 | 0.5 | 0.9 |", "| 4 | 0.25 | 0.6 |"]
+    assert coverage_lines({"model": {"nrmse": 1.0}}) == []
+
+
 def test_plot_spacetime(tmp_path):
     x = np.linspace(0, 2 * np.pi, 64)
     t = np.arange(30)[:, None] * 0.1
@@ -87,9 +113,12 @@ def test_write_summary_forecast_table(tmp_path):
     metrics = {
         "task": "forecast", "n_examples": 12,
         "model": {"nrmse": 0.2, "vrmse": 0.3, "smape": 15.0, "vpt": 2.5,
-                  "vpt_unit": "lyapunov_times", "crps": 0.1, "per_step": {"nrmse": [0.1, 0.3]}},
+                  "vpt_unit": "lyapunov_times", "crps": 0.1, "per_step": {"nrmse": [0.1, 0.3]},
+                  "vpt_smape": 1.5, "nrmse_per_channel": [0.1, 0.3], "crps_from": "samples",
+                  "coverage_80": [0.8, 0.7]},
         "baselines": {
-            "persistence": {"nrmse": 0.9, "vrmse": 0.25, "smape": 40.0, "vpt": 0.5},
+            "persistence": {"nrmse": 0.9, "vrmse": 0.25, "smape": 40.0, "vpt": 0.5,
+                            "crps": 0.3, "vpt_smape": 2.0, "fit": {"note": "x"}},
             "mean": {"nrmse": 1.0, "vrmse": 1.0, "smape": 90.0, "vpt": 0.0},
             "ridge_ar": {"nrmse": None, "vrmse": 2.0, "smape": 200.0, "vpt": 2.5},
         },
@@ -99,11 +128,13 @@ def test_write_summary_forecast_table(tmp_path):
     text = path.read_text()
     assert text.startswith("# Lorenz-63")
     assert "- **n_examples**: 12" in text and "- **task**: forecast" in text
-    assert "| | nrmse | vrmse | smape | vpt (lyapunov times) | crps |" in text
-    assert "| model | **0.2** | 0.3 | **15** | **2.5** | 0.1 |" in text
-    assert "| persistence | 0.9 | **0.25** | 40 | 0.5 | — |" in text
-    assert "| mean | 1 | 1 | 90 | 0 | — |" in text
-    assert "| ridge_ar | — | 2 | 200 | **2.5** | — |" in text  # tie for best vpt: both bold
+    assert ("| | nrmse | vrmse | smape | vpt (lyapunov times) | crps | vpt_smape (lyapunov "
+            "times) |") in text
+    assert "| model | **0.2** | 0.3 | **15** | **2.5** | **0.1** | 1.5 |" in text
+    assert "| persistence | 0.9 | **0.25** | 40 | 0.5 | 0.3 | **2** |" in text
+    assert "| mean | 1 | 1 | 90 | 0 | — | — |" in text
+    assert "| ridge_ar | — | 2 | 200 | **2.5** | — | — |" in text  # tie for best vpt: both bold
+    assert "| 2 | — | 0.7 |" not in text and "## Calibration (model)" in text
     assert "![forecasts](forecasts.png)" in text and "![err](sub/err.png)" in text
     assert "per_step" not in text
 

@@ -1,6 +1,6 @@
 """Evaluate a forecasting run on held-out trajectories against the classic baselines.
 
-What is scored (metrics.json, DESIGN.md contract):
+What is scored (metrics.json; every key is defined in docs/forecast-metrics.md):
 
 - **Trajectories.** If `data` is one of the run's training files, only its held-out
   trajectories (split.json `heldout_origin`) are used and `scope` says so; any other file is
@@ -11,12 +11,17 @@ What is scored (metrics.json, DESIGN.md contract):
   the trained one; the default horizon is the larger of the trained horizon and three
   Lyapunov times (`HORIZON_LYAPUNOV_TIMES`) when the Lyapunov time is known, else four
   trained horizons, so the closed-loop rollout past the trained horizon is always tested.
-- **Predictors.** The model rolls out closed-loop (`sciformer.tasks.forecast.forecast`); the
-  baselines (persistence, climatological mean, ridge AR) are fitted on the TRAINING split of
-  the run's training files only and also roll out closed-loop from the same contexts.
+- **Predictors.** The model rolls out closed-loop (`model_forecasts`: sample paths when the
+  model gives them, else its quantiles); the baselines (persistence, climatological mean,
+  ridge AR, context parroting, NVAR; `ALL_BASELINES`) are fitted on the TRAINING split of
+  the run's training files only (parroting's motif length and NVAR's delays and ridge
+  strength are chosen there too, for this context and horizon) and also roll out closed-loop
+  from the same contexts. Point forecasts get CRPS = MAE, so every row has a CRPS.
 - **Scale.** nRMSE divides by the climatological standard deviation of the training split,
   sqrt(mean over features of the per-feature variance), so forecasting the climatological
-  mean scores about 1 whatever the offsets between variables (e.g. Lorenz-63's z ~ 23).
+  mean scores about 1 whatever the offsets between variables (e.g. Lorenz-63's z ~ 23);
+  `nrmse_ch`, `nrmse_per_channel` and `vpt` divide each channel by its own training std.
+  What every key means is written into metrics.json (`definitions`).
 - **Streaming.** Trajectories are read, forecast and scored a block at a time
   (`EVAL_BLOCK_TRAJECTORIES`, rounded up to whole model batches so the model sees the same
   batches as an all-at-once evaluation) into running sums (`ForecastScore`), so memory does not
@@ -37,8 +42,11 @@ import numpy as np
 
 from sciformer.config import RunConfig
 from sciformer.errors import ConfigError, InputError
-from sciformer.evaluate.baselines import BASELINES, RidgeAR
-from sciformer.evaluate.metrics import ForecastScore, nrmse_at
+from sciformer.evaluate.baselines import RidgeAR
+from sciformer.evaluate.calibration import empirical_quantiles
+from sciformer.evaluate.chaos_baselines import ALL_BASELINES, NVAR, Parroting
+from sciformer.evaluate.forecast_plots import draw_plots
+from sciformer.evaluate.metrics import DEFINITIONS, ForecastScore, nrmse_at
 from sciformer.io.trajectories import TrajectoryFile, TrajectoryMeta
 from sciformer.progress import progress_bar
 from sciformer.pipelines.forecast import Forecaster, summarise
@@ -146,23 +154,65 @@ def training_trajectories(state: ForecastState, run_dir: Path) -> list[np.ndarra
     return out
 
 
-def climatological_scale(train: list[np.ndarray]) -> float:
-    """sqrt(mean_f Var_f) over all training states: the nRMSE denominator."""
+def _feature_variance(train: list[np.ndarray]) -> np.ndarray:
+    """Per-feature variance `(F,)` over every training state (population, ddof=0)."""
     n = sum(len(x) for x in train)
     mean = sum(x.sum(axis=0, dtype=np.float64) for x in train) / n
-    var = sum(((x - mean) ** 2).sum(axis=0, dtype=np.float64) for x in train) / n
-    return float(np.sqrt(var.mean()))
+    return sum(((x - mean) ** 2).sum(axis=0, dtype=np.float64) for x in train) / n
+
+
+def climatological_scale(train: list[np.ndarray]) -> float:
+    """sqrt(mean_f Var_f) over all training states: the nRMSE denominator."""
+    return float(np.sqrt(_feature_variance(train).mean()))
+
+
+def channel_std(train: list[np.ndarray], state_shape: tuple[int, ...]) -> np.ndarray:
+    """Each channel's std over the training split `(C,)`, channels being the last state dim
+    (a field's std pools its grid points); a constant channel gets the overall scale."""
+    var = _feature_variance(train).reshape(-1, state_shape[-1]).mean(axis=0)  # (C,)
+    sd = np.sqrt(var)
+    return np.where(sd > 0, sd, climatological_scale(train) or 1.0)
 
 
 # ---- predictions ---------------------------------------------------------------------------
+@dataclass
+class ModelForecast:
+    """The model's forecast of N windows: median (N, H, F), quantiles (n_q, N, H, F) at
+    ascending levels, and sample paths (S, N, H, F) when the model produces them (then the
+    median and quantiles are the paths' empirical ones: `from_samples`)."""
+
+    median: np.ndarray
+    quantiles: np.ndarray
+    samples: np.ndarray | None = None
+
+    @classmethod
+    def from_samples(cls, samples: np.ndarray, levels: list[float]) -> ModelForecast:
+        """Median and quantiles at ascending `levels` as empirical quantiles of the paths."""
+        s = np.asarray(samples, dtype=np.float64)
+        return cls(empirical_quantiles(s, [0.5])[0], empirical_quantiles(s, levels), s)
+
+    def rows(self, k: list[int]) -> ModelForecast:
+        """The forecast of windows `k` only (for the plots)."""
+        return ModelForecast(self.median[k], self.quantiles[:, k],
+                             None if self.samples is None else self.samples[:, k])
+
+    @staticmethod
+    def concat(parts: list[ModelForecast]) -> ModelForecast:
+        """The forecasts of several sets of windows, in order."""
+        paths = [p.samples for p in parts]
+        return ModelForecast(np.concatenate([p.median for p in parts]),
+                             np.concatenate([p.quantiles for p in parts], axis=1),
+                             None if paths[0] is None else np.concatenate(paths, axis=1))
+
+
 def model_forecasts(fc: Forecaster, contexts: np.ndarray, horizon: int, samples: int,
-                    first: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Model median (N, H, F) and quantiles (n_q, N, H, F), empirical over `samples` paths;
-    `first` is the index of contexts[0] among all windows (it seeds the draws, so a window's
-    paths do not depend on how the windows are blocked)."""
+                    first: int = 0) -> ModelForecast:
+    """The model's forecast of `contexts` (N, C, F): `samples` sample paths per context, whose
+    empirical median and quantiles are reported. `first` is the index of contexts[0] among all
+    windows (it seeds the draws, so a window's paths do not depend on how windows are blocked).
+    """
     paths = fc.sample(contexts, horizon, samples, seed=first, batch=model_batch(fc.cfg))
-    med, q = summarise(paths.astype(np.float64), fc.levels)
-    return med, q
+    return ModelForecast.from_samples(paths, fc.levels)
 
 
 def model_batch(cfg: RunConfig) -> int:
@@ -170,9 +220,19 @@ def model_batch(cfg: RunConfig) -> int:
     return max(cfg.train.batch_size, MIN_MODEL_BATCH)
 
 
-def fit_baselines(train: list[np.ndarray]) -> dict[str, Any]:
-    """Every baseline of `BASELINES`, fitted once on the training trajectories `train`."""
-    return {name: cls().fit(train) for name, cls in BASELINES.items()}
+def fit_baselines(train: list[np.ndarray], context: int = 64,
+                  horizon: int = 32) -> dict[str, Any]:
+    """Every baseline of `ALL_BASELINES`, fitted once on the training trajectories `train`;
+    parroting and NVAR choose their hyper-parameters for this `context` and `horizon`."""
+    made = {"parroting": Parroting(context=context, horizon=horizon),
+            "nvar": NVAR(horizon=horizon)}
+    return {name: (made[name] if name in made else cls()).fit(train)
+            for name, cls in ALL_BASELINES.items()}
+
+
+def describe_baselines(fitted: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What each fitted baseline chose (hyper-parameters, notes), for metrics.json."""
+    return {name: b.describe() for name, b in fitted.items() if hasattr(b, "describe")}
 
 
 def baseline_forecasts(fitted: dict[str, Any], contexts: np.ndarray,
@@ -199,14 +259,23 @@ def summary_numbers(metrics: dict[str, Any], steps_per_lt: float | None,
 # ---- the whole evaluation ------------------------------------------------------------------
 @dataclass
 class PlotWindows:
-    """The windows drawn in the plots: context (n, c, F), truth and median (n, H, F), quantiles
-    (n_q, n, H, F), and each window's (trajectory, start)."""
+    """The windows drawn in the plots: context (n, c, F), truth (n, H, F), the model's
+    forecast of them, and each window's (trajectory, start)."""
 
     ctx: np.ndarray
     truth: np.ndarray
-    med: np.ndarray
-    q: np.ndarray
+    model: ModelForecast
     origin: list[tuple[int, int]]
+
+    @property
+    def med(self) -> np.ndarray:
+        """The model's median (n, H, F)."""
+        return self.model.median
+
+    @property
+    def q(self) -> np.ndarray:
+        """The model's quantiles (n_q, n, H, F) at ascending levels."""
+        return self.model.quantiles
 
 
 @dataclass
@@ -217,15 +286,16 @@ class Scores:
     baselines: dict[str, ForecastScore]
     shown: PlotWindows | None = None
 
-    def add(self, ctx: np.ndarray, truth: np.ndarray, med: np.ndarray, q: np.ndarray,
-            base: dict[str, np.ndarray], origin: list[tuple[int, int]]) -> None:
-        """Score one block; keep its plotted windows if it is the first block."""
-        self.model.add(med, truth, quantiles=q)
+    def add(self, truth: np.ndarray, model: ModelForecast,
+            base: dict[str, np.ndarray]) -> None:
+        """Score one batch of windows: the model by its sample paths if it has them, else by
+        its quantiles; the point baselines by their forecasts."""
+        if model.samples is not None:
+            self.model.add(model.median, truth, samples=model.samples)
+        else:
+            self.model.add(model.median, truth, quantiles=model.quantiles)
         for name, pred in base.items():
             self.baselines[name].add(pred, truth)
-        if self.shown is None:
-            k = _shown_windows(origin)
-            self.shown = PlotWindows(ctx[k], truth[k], med[k], q[:, k], [origin[i] for i in k])
 
 
 def stream_scores(fc: Forecaster, f: TrajectoryFile, trajs: list[int], c: int, h: int,
@@ -240,23 +310,34 @@ def stream_scores(fc: Forecaster, f: TrajectoryFile, trajs: list[int], c: int, h
     step = block_trajectories(len(starts), model_batch(fc.cfg))
     scores = Scores(ForecastScore(**scored, levels=fc.levels),
                     {name: ForecastScore(**scored) for name in fitted})
+    batch = model_batch(fc.cfg)
     with progress_bar(len(trajs), "evaluate", "traj", progress) as bar:
         for i in range(0, len(trajs), step):
             block = trajs[i:i + step]
             wins, origin = read_windows(f, block, starts, c + h)
             ctx, truth = wins[:, :c], wins[:, c:].astype(np.float64)
-            med, q = model_forecasts(fc, ctx, h, samples, first=i * len(starts))
-            scores.add(ctx, truth, med, q, baseline_forecasts(fitted, ctx, h), origin)
+            keep = _shown_windows(origin) if scores.shown is None else []
+            kept = []
+            for j in range(0, len(ctx), batch):  # a model batch at a time: with sample
+                part = slice(j, j + batch)  # paths (S, batch, H, F) memory stays bounded
+                pred = model_forecasts(fc, ctx[part], h, samples, first=i * len(starts) + j)
+                scores.add(truth[part], pred, baseline_forecasts(fitted, ctx[part], h))
+                kept += [pred.rows([k - j]) for k in keep if j <= k < j + batch]
+            if keep:
+                scores.shown = PlotWindows(ctx[keep], truth[keep], ModelForecast.concat(kept),
+                                           [origin[k] for k in keep])
             bar.update(len(block))
     return scores
 
 
 def check_context(fc: Forecaster, context: int) -> None:
-    """The context must hold whole patches (patch tokenizer) and the ridge baseline's lags."""
-    need = max(fc.min_context, RidgeAR().lags)
+    """The context must hold whole patches (patch tokenizer) and every baseline's history (the
+    ridge baseline's lags, NVAR's delays; parroting needs two steps)."""
+    nvar = NVAR()
+    need = max(fc.min_context, RidgeAR().lags, nvar.span(max(nvar.delays)), 2)
     if context < need:
         raise ConfigError(f"evaluate: context {context} is shorter than the {need} steps the "
-                          "model's patches and the ridge baseline's lags need")
+                          "model's patches and the baselines' lags need")
 
 
 def evaluate_forecast_run(fc: Forecaster, run_dir: Path, data: Path, out_dir: Path, *,
@@ -285,12 +366,16 @@ def evaluate_forecast_run(fc: Forecaster, run_dir: Path, data: Path, out_dir: Pa
     f.require_length(c + h, f"context {c} + horizon {h} (pass a smaller --context/--horizon)")
     trajs, scope = heldout_trajectories(run_dir, data, state, meta.n_traj)
     train = training_trajectories(state, run_dir)
-    scale = climatological_scale(train)
-    scores = stream_scores(fc, f, trajs, c, h, samples, fit_baselines(train),
-                           dict(scale=scale, dt_steps_per_lyapunov=steps_per_lt), progress)
+    scale, ch_std = climatological_scale(train), channel_std(train, meta.state_shape)
+    fitted = fit_baselines(train, c, h)
+    scored = dict(scale=scale, dt_steps_per_lyapunov=steps_per_lt, channel_std=ch_std,
+                  state_shape=meta.state_shape)
+    scores = stream_scores(fc, f, trajs, c, h, samples, fitted, scored, progress)
     model_m = summary_numbers(scores.model.result(), steps_per_lt, cfg.data.horizon)
     base_m = {k: summary_numbers(v.result(), steps_per_lt, cfg.data.horizon)
               for k, v in scores.baselines.items()}
+    for name, fit in describe_baselines(fitted).items():
+        base_m[name]["fit"] = fit
     metrics = {
         "task": "forecast", "n_examples": scores.model.n_windows, "n_trajectories": len(trajs),
         "context": c, "horizon": h, "trained_horizon": cfg.data.horizon, "dt": meta.dt,
@@ -300,7 +385,8 @@ def evaluate_forecast_run(fc: Forecaster, run_dir: Path, data: Path, out_dir: Pa
                           "per-feature variance)",
         "baseline_fit_trajectories": len(train), "quantile_levels": fc.levels,
         "samples": samples,
-        "model": model_m, "baselines": base_m,
+        "channels": _channel_names(meta), "channel_std": [float(v) for v in ch_std],
+        "definitions": _definitions(meta), "model": model_m, "baselines": base_m,
     }
     plots = draw_plots(out_dir, meta, scores.shown, metrics)
     write_summary(out_dir / "summary.md", metrics, title=f"Forecasting: {data.name}",
@@ -308,66 +394,26 @@ def evaluate_forecast_run(fc: Forecaster, run_dir: Path, data: Path, out_dir: Pa
     return metrics
 
 
-# ---- plots ---------------------------------------------------------------------------------
+def _channel_names(meta: TrajectoryMeta) -> list[str]:
+    """Names of the channels (the last state dim): field names, else x0, x1, ..."""
+    n = meta.state_shape[-1]
+    names = meta.field_names if meta.field_names and len(meta.field_names) == n else None
+    return list(names) if names else [f"x{j}" for j in range(n)]
+
+
+def _definitions(meta: TrajectoryMeta) -> dict[str, str]:
+    """`DEFINITIONS` for this state: VRMSE only for fields (spatial dims)."""
+    out = dict(DEFINITIONS)
+    if len(meta.state_shape) == 1:
+        out["vrmse"] = ("not reported: the state has no spatial dims, and a variance across "
+                        "different variables is not a field's; see nrmse_ch instead")
+    return out
+
+
+# ---- the windows drawn ----------------------------------------------------------------------
 def _shown_windows(origin: list[tuple[int, int]]) -> list[int]:
     """Indices of the first window of each of the first N_PLOTTED distinct trajectories."""
     seen: dict[int, int] = {}
     for i, (t, _) in enumerate(origin):
         seen.setdefault(t, i)
     return list(seen.values())[:N_PLOTTED]
-
-
-def _shown_features(meta: TrajectoryMeta) -> tuple[list[int], list[str]]:
-    """Three features to draw: the first channels, or three grid points of the first field."""
-    if len(meta.state_shape) == 1:
-        names = meta.field_names or [f"x{j}" for j in range(meta.state_shape[0])]
-        idx = list(range(min(3, meta.state_shape[0])))
-        return idx, [names[j] for j in idx]
-    n_x, n_f = meta.state_shape
-    points = sorted({round(k * n_x / 3) for k in range(3)})
-    field = (meta.field_names or ["u"])[0]
-    return [p * n_f for p in points], [f"{field}[x{p}]" for p in points]
-
-
-def draw_plots(out_dir: Path, meta: TrajectoryMeta, shown: PlotWindows,
-               metrics: dict[str, Any]) -> list[str]:
-    """forecast.png (every window of `shown`), error_vs_horizon.png and (1-D fields)
-    spacetime.png (the first window of `shown`); their file names.
-
-    Time axes are in Lyapunov times when the Lyapunov time is known, else in time units.
-    """
-    from sciformer.evaluate import report
-
-    c, h = shown.ctx.shape[1], shown.truth.shape[1]
-    lyap, levels = metrics["lyapunov_time"], metrics["quantile_levels"]
-    unit, label = (lyap, "time (Lyapunov times)") if lyap else (meta.dt, "time")
-    unit = unit / meta.dt  # steps per axis unit
-    feat, names = _shown_features(meta)
-    report.plot_forecasts(out_dir / "forecast.png", (np.arange(c + h) - (c - 1)) / unit,
-                          shown.ctx[..., feat], shown.truth[..., feat], shown.med[..., feat],
-                          shown.q[0][..., feat], shown.q[-1][..., feat], feature_names=names,
-                          x_label=label,
-                          band_label=f"{levels[0]:g}-{levels[-1]:g} quantile band")
-    curves = {"model": metrics["model"]["per_step"]["nrmse"],
-              **{k: v["per_step"]["nrmse"] for k, v in metrics["baselines"].items()}}
-    report.plot_error_vs_horizon(out_dir / "error_vs_horizon.png", np.arange(1, h + 1) / unit,
-                                 curves, x_label=f"lead {label}")
-    plots = ["forecast.png", "error_vs_horizon.png"]
-    if len(meta.state_shape) == 2:
-        _spacetime(out_dir / "spacetime.png", meta, shown, c, unit, label)
-        plots.append("spacetime.png")
-    return plots
-
-
-def _spacetime(path: Path, meta: TrajectoryMeta, shown: PlotWindows, c: int, unit: float,
-               label: str) -> None:
-    """Truth / forecast / error of the first shown window's first field over x and lead."""
-    from sciformer.evaluate import report
-
-    h, (n_x, n_f) = shown.truth.shape[1], meta.state_shape
-    grid = (float(meta.x[0]), float(meta.x[-1])) if meta.x is not None else None
-    traj, start = shown.origin[0]
-    report.plot_spacetime(path, shown.truth[0].reshape(h, n_x, n_f)[..., 0],
-                          shown.med[0].reshape(h, n_x, n_f)[..., 0], dt=1.0 / unit, t0=0.5 / unit,
-                          x_extent=grid, time_label=f"lead {label}",
-                          title=f"Held-out trajectory {traj} from step {start + c}")

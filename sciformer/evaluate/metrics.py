@@ -1,15 +1,18 @@
 """Forecast and masked-residue metrics.
 
-Shapes: point forecasts and truth are `(n_traj, H, F)` with F the flattened state (channels, or
-n_x * n_fields); quantile forecasts `(n_levels, n_traj, H, F)` with ascending `levels`; samples
-`(n_samples, n_traj, H, F)`. Everything is computed in float64. Per-step curves are `(H,)`,
-step h (0-based) being lead time h + 1.
+Shapes: point forecasts and truth are `(n_traj, H, F)` with F the flattened state, channels
+last (`state_shape` (F,) for an ODE, (*space, n_fields) for a field); quantile forecasts
+`(n_levels, n_traj, H, F)` with ascending `levels`; sample paths `(n_samples, n_traj, H, F)`.
+Everything is computed in float64. Per-step curves are `(H,)`, step h (0-based) being lead
+time h + 1. What each key means is written into metrics.json (`DEFINITIONS`) and
+docs/forecast-metrics.md.
 
 `forecast_metrics` returns plain Python floats and lists, ready for metrics.json. A value that
 is not finite (a diverged forecast: inf or NaN in the prediction) is written as `None` (JSON
 `null`) rather than the non-standard `NaN`/`Infinity` tokens. `ForecastScore` gives the same
 dict for windows that arrive in blocks (bounded memory on large files); `forecast_metrics` is
 its one-block use, and both it and the per-step curves share the "sum over windows" helpers.
+Probabilistic scores (CRPS, coverage, PIT) live in `sciformer.evaluate.calibration`.
 """
 
 from __future__ import annotations
@@ -19,10 +22,42 @@ from typing import Any
 
 import numpy as np
 
-#: sMAPE (percent) above which a forecast step stops counting as valid (DESIGN.md contract).
-VPT_THRESHOLD = 30.0
+from sciformer.evaluate import calibration as cal
+
+#: sMAPE (percent) above which a step stops counting as valid for `vpt_smape` (dysts).
+VPT_SMAPE_THRESHOLD = 30.0
+VPT_THRESHOLD = VPT_SMAPE_THRESHOLD  # the name the sMAPE threshold had before `vpt` changed
+#: Channel-normalised nRMSE above which a step stops counting as valid for `vpt`.
+VPT_NRMSE_THRESHOLD = 0.5
 #: Added to the spatial variance in VRMSE so a constant true state does not divide by zero.
 VRMSE_EPS = 1e-7
+
+#: What each metric is, written into metrics.json so the numbers explain themselves.
+DEFINITIONS: dict[str, str] = {
+    "nrmse": "RMSE over windows and all features / nrmse_scale (climatological std of the "
+             "training split, sqrt of the mean per-feature variance); mean over lead times",
+    "nrmse_ch": "RMSE with every feature divided by its channel's training-split std, RMS "
+                "over channels (and space); mean over lead times",
+    "nrmse_per_channel": "per channel: RMSE / that channel's training-split std, mean over "
+                         "lead times (order of `channels`)",
+    "vrmse": "fields only (The Well): per window, lead and field sqrt(mean_space err^2 / "
+             "(var_space(truth, ddof=1) + 1e-7)), mean over windows, fields and lead times",
+    "smape": "symmetric MAPE in percent, 200|p-t|/(|p|+|t|), mean over windows, features, leads",
+    "crps": "continuous ranked probability score in state units, mean over windows, features "
+            "and leads; `crps_from` says how: samples = exact ensemble form E|X-y| - "
+            "0.5 E|X-X'|, point = a point forecast (CRPS = MAE), quantiles = 2 x mean pinball "
+            "loss over the levels (biased with few levels)",
+    "vpt": f"valid prediction time: per window the number of leading steps before the first "
+           f"lead whose nrmse_ch exceeds {VPT_NRMSE_THRESHOLD}; mean over windows; in Lyapunov "
+           f"times when the Lyapunov time is known, else steps (vpt_unit)",
+    "vpt_smape": f"as vpt, but the first lead whose sMAPE (mean over features) exceeds "
+                 f"{VPT_SMAPE_THRESHOLD:g} (dysts convention; depends on offsets of the state)",
+    "coverage_50": "per lead: fraction of true values inside the central 50% interval of the "
+                   "forecast (empirical 0.25 and 0.75 quantiles of the sample paths)",
+    "coverage_80": "per lead: fraction inside the central 80% interval (0.1 and 0.9 quantiles)",
+    "pit": "histogram of the randomised probability integral transform (rank of the truth "
+           "among the samples, ties split at random); flat at 1/bins when calibrated",
+}
 
 
 def _as_forecast(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -45,18 +80,45 @@ def _n_points(truth: np.ndarray) -> int:
     return truth.shape[0] * truth.shape[2]
 
 
+def _layout(state_shape: tuple[int, ...] | None, n_features: int) -> tuple[int, int, bool]:
+    """(points in space X, channels C, is_field) of a flattened state; X * C = F.
+
+    Channels are the last state dimension; an ODE state (F,) has X = 1 and C = F.
+    """
+    shape = (n_features,) if state_shape is None else tuple(int(s) for s in state_shape)
+    if math.prod(shape) != n_features:
+        raise ValueError(f"state shape {shape} does not flatten to {n_features} features")
+    return n_features // shape[-1], shape[-1], len(shape) > 1
+
+
+def _feature_std(channel_std: np.ndarray, n_space: int) -> np.ndarray:
+    """Per-feature std `(F,)` from per-channel std `(C,)` (features are (space, channel))."""
+    return np.tile(channel_std, n_space)
+
+
 # ---- per-step sums over windows ------------------------------------------------------------
 # Every curve below is a mean over windows (and features) of a per-point or per-window value.
-# These helpers return the SUMS `(H,)` of one block of windows, so the one-shot curves divide
+# These helpers return the SUMS of one block of windows, so the one-shot curves divide
 # by the count once and `ForecastScore` adds blocks up first: one formula, two uses.
 def _sq_err_sum(p: np.ndarray, t: np.ndarray) -> np.ndarray:
     """sum_{traj,F} (p - t)^2 per lead time."""
     return ((p - t) ** 2).sum(axis=(0, 2))
 
 
-def _vrmse_sum(p: np.ndarray, t: np.ndarray, eps: float) -> np.ndarray:
-    """sum_traj sqrt(mean_F err^2 / (var_F truth + eps)) per lead time (The Well's VRMSE)."""
-    return np.sqrt(np.mean((p - t) ** 2, axis=2) / (np.var(t, axis=2) + eps)).sum(axis=0)
+def _channel_sq_err_sum(p: np.ndarray, t: np.ndarray, n_space: int, n_ch: int) -> np.ndarray:
+    """sum_{traj,space} (p - t)^2 per lead and channel, `(H, C)`."""
+    n, h, _ = t.shape
+    return ((p - t) ** 2).reshape(n, h, n_space, n_ch).sum(axis=(0, 2))
+
+
+def _vrmse_sum(p: np.ndarray, t: np.ndarray, n_space: int, n_ch: int,
+               eps: float) -> np.ndarray:
+    """sum_traj sqrt(mean_x err^2 / (var_x(truth, ddof=1) + eps)) per lead and field `(H, C)`
+    (The Well's VRMSE, one value per field: variances of different fields are never pooled)."""
+    n, h, _ = t.shape
+    err = ((p - t) ** 2).reshape(n, h, n_space, n_ch).mean(axis=2)  # (n, H, C)
+    var = t.reshape(n, h, n_space, n_ch).var(axis=2, ddof=1)
+    return np.sqrt(err / (var + eps)).sum(axis=0)
 
 
 def _smape_sum(p: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -64,37 +126,13 @@ def _smape_sum(p: np.ndarray, t: np.ndarray) -> np.ndarray:
     return _smape_points(p, t).sum(axis=(0, 2))
 
 
-def _crps_samples_sum(samples: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """sum_{traj,F} of the ensemble CRPS per lead time (see `crps_from_samples`)."""
-    s = np.asarray(samples, dtype=np.float64)
-    t = np.asarray(truth, dtype=np.float64)
-    if s.ndim != 4 or s.shape[1:] != t.shape:
-        raise ValueError(f"samples must be (n_samples, *truth.shape) with truth (n_traj, H, F); "
-                         f"got samples {s.shape} and truth {t.shape}")
-    m = s.shape[0]
-    abs_err, half_spread = np.zeros_like(t), np.zeros_like(t)  # (n, H, F) accumulators
-    for i, x in enumerate(np.sort(s, axis=0)):  # loop: no second (m, n, H, F) temporary
-        abs_err += np.abs(x - t)
-        half_spread += (2.0 * i - m + 1.0) * x
-    return (abs_err / m - half_spread / m**2).sum(axis=(0, 2))  # half_spread/m^2 = E|X-X'|/2
-
-
-def _crps_quantiles_sum(quantiles: np.ndarray, levels: np.ndarray,
-                        truth: np.ndarray) -> np.ndarray:
-    """sum_{traj,F} of the quantile-score CRPS per lead time (see `crps_from_quantiles`)."""
-    q = np.asarray(quantiles, dtype=np.float64)
-    a = np.asarray(levels, dtype=np.float64)
-    t = np.asarray(truth, dtype=np.float64)
-    if q.ndim != 4 or q.shape[1:] != t.shape or a.shape != (q.shape[0],):
-        raise ValueError(f"quantiles must be (n_levels, *truth.shape) with one level each; got "
-                         f"quantiles {q.shape}, levels {a.shape}, truth {t.shape}")
-    if np.any(a <= 0) or np.any(a >= 1) or np.any(np.diff(a) <= 0):
-        raise ValueError(f"quantile levels must be strictly ascending in (0, 1), got {a.tolist()}")
-    total = np.zeros(t.shape[1])
-    for level, qk in zip(a, q):  # one level at a time: memory O(n H F), not O(K n H F)
-        diff = t - qk
-        total += np.maximum(level * diff, (level - 1.0) * diff).sum(axis=(0, 2))
-    return 2.0 * total / len(a)
+def _first_exceed(err: np.ndarray, threshold: float) -> np.ndarray:
+    """Per row of `(n, H)`: index of the first entry above `threshold` (NaN counts as above),
+    H if none is -- the number of valid leading steps (Vlachas et al. 2020, Neural Networks
+    126:191, first-crossing definition)."""
+    bad = ~(err <= threshold)
+    first = np.argmax(bad, axis=1)  # 0 when no step is bad, fixed below
+    return np.where(bad.any(axis=1), first, bad.shape[1]).astype(np.float64)
 
 
 # ---- per-step curves of one set of windows -------------------------------------------------
@@ -109,14 +147,34 @@ def nrmse_per_step(pred: np.ndarray, truth: np.ndarray, scale: float) -> np.ndar
     return np.sqrt(_sq_err_sum(p, t) / _n_points(t)) / scale
 
 
-def vrmse_per_step(pred: np.ndarray, truth: np.ndarray, eps: float = VRMSE_EPS) -> np.ndarray:
-    """Variance-scaled RMSE per lead time, `(H,)` (The Well, Ohana et al. 2024, NeurIPS D&B).
+def channel_nrmse(pred: np.ndarray, truth: np.ndarray, channel_std: np.ndarray,
+                  state_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Per-window channel-normalised nRMSE `(n, H)`: sqrt(mean_{space,c} (err / std_c)^2).
 
-    For each trajectory and step: sqrt(mean_F err^2 / (var_F truth + eps)); then the mean over
-    trajectories. A forecast of the spatial mean of the true state scores 1 at that step.
+    Each channel is divided by its own (training) std before the RMS, so variables of very
+    different size or offset weigh the same; the curve `vpt` thresholds.
     """
     p, t = _as_forecast(pred, truth)
-    return _vrmse_sum(p, t, eps) / len(t)
+    n_space, n_ch, _ = _layout(state_shape, t.shape[2])
+    sd = np.asarray(channel_std, dtype=np.float64)
+    if sd.shape != (n_ch,) or not np.all(np.isfinite(sd) & (sd > 0)):
+        raise ValueError(f"channel_std must be {n_ch} positive finite numbers, got {sd!r}")
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.sqrt((((p - t) / _feature_std(sd, n_space)) ** 2).mean(axis=2))
+
+
+def vrmse_per_step(pred: np.ndarray, truth: np.ndarray, state_shape: tuple[int, ...],
+                   eps: float = VRMSE_EPS) -> np.ndarray:
+    """Variance-scaled RMSE per lead time and field, `(H, n_fields)` (The Well, Ohana et al.
+    2024, NeurIPS D&B): per trajectory, step and field sqrt(mean_x err^2 / (var_x(truth,
+    ddof=1) + eps)), then the mean over trajectories. Only defined for fields (spatial dims);
+    a forecast of the spatial mean of the true field scores sqrt((X - 1) / X) ~ 1."""
+    p, t = _as_forecast(pred, truth)
+    n_space, n_ch, is_field = _layout(state_shape, t.shape[2])
+    if not is_field or n_space < 2:
+        raise ValueError(f"VRMSE needs a field state (spatial dims of >= 2 points), got "
+                         f"state shape {tuple(state_shape)}")
+    return _vrmse_sum(p, t, n_space, n_ch, eps) / len(t)
 
 
 def _smape_points(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -141,44 +199,56 @@ def smape_per_step(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return _smape_sum(p, t) / _n_points(t)
 
 
-def valid_prediction_time(pred: np.ndarray, truth: np.ndarray,
-                          threshold: float = VPT_THRESHOLD) -> np.ndarray:
-    """Valid prediction time per trajectory in steps, `(n_traj,)` (integers as float64).
+def valid_prediction_time(pred: np.ndarray, truth: np.ndarray, channel_std: np.ndarray,
+                          state_shape: tuple[int, ...] | None = None,
+                          threshold: float = VPT_NRMSE_THRESHOLD) -> np.ndarray:
+    """`vpt` per trajectory in steps, `(n_traj,)`: leading steps before the first lead whose
+    channel-normalised nRMSE (`channel_nrmse`) exceeds `threshold` (0.5; Vlachas et al. 2020
+    threshold a normalised error the same way)."""
+    return _first_exceed(channel_nrmse(pred, truth, channel_std, state_shape), threshold)
 
-    The sMAPE of each step is averaged over F; VPT is the number of leading steps whose sMAPE
-    stays <= `threshold`, i.e. the 0-based index of the first step above it, H if none is
-    (the first-crossing definition of Vlachas et al. 2020, Neural Networks 126:191, which
-    thresholds the normalised error; here the error is sMAPE as the design fixes).
-    """
+
+def valid_prediction_time_smape(pred: np.ndarray, truth: np.ndarray,
+                                threshold: float = VPT_SMAPE_THRESHOLD) -> np.ndarray:
+    """`vpt_smape` per trajectory in steps, `(n_traj,)`: leading steps before the first lead
+    whose sMAPE (mean over F) exceeds `threshold` (30 %, the dysts benchmark convention;
+    Gilpin 2021). Inclusive: a step at exactly the threshold is still valid."""
     p, t = _as_forecast(pred, truth)
-    bad = _smape_points(p, t).mean(axis=2) > threshold  # (n, H)
-    first = np.argmax(bad, axis=1)  # 0 when no step is bad, fixed below
-    return np.where(bad.any(axis=1), first, bad.shape[1]).astype(np.float64)
+    return _first_exceed(_smape_points(p, t).mean(axis=2), threshold)
 
 
 def crps_from_samples(samples: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """CRPS of the empirical sample distribution per lead time, `(H,)`, mean over traj and F.
-
-    CRPS = E|X - y| - 0.5 E|X - X'| (Gneiting & Raftery 2007, JASA 102:359, eq. 21). The
-    pair term uses the sorted-sample identity sum_{i,j} |x_i - x_j| = 2 sum_i (2i - m + 1) x_(i)
-    (0-based ranks), O(m log m) time and O(m) memory per point instead of O(m^2). Expectations
-    are over the m samples with equal weight (1/m^2 for pairs), so a point mass gives the MAE.
-    """
+    """Exact CRPS of the empirical sample distribution per lead time, `(H,)`, mean over traj
+    and F: E|X - y| - 0.5 E|X - X'| (Gneiting & Raftery 2007, JASA 102:359, eq. 21), the pair
+    term in O(S log S) from the sorted samples (`calibration.crps_sorted_sum`). A point mass
+    (all samples equal) gives the MAE."""
     t = np.asarray(truth, dtype=np.float64)
-    return _crps_samples_sum(samples, t) / _n_points(t)
+    s = cal.check_samples(samples, t)
+    return cal.crps_sorted_sum(np.sort(s, axis=0), t) / _n_points(t)
 
 
 def crps_from_quantiles(quantiles: np.ndarray, levels: np.ndarray,
                         truth: np.ndarray) -> np.ndarray:
-    """Quantile-score approximation of CRPS per lead time, `(H,)`, mean over traj and F.
-
-    CRPS = 2 * integral_0^1 pinball_a(y, q_a) da (Gneiting & Raftery 2007, eq. 24 / Laio &
-    Tamea 2007), approximated by 2 * the mean over the given levels of the pinball loss
-    max(a (y - q), (a - 1)(y - q)) -- the weighted quantile loss of Chronos (Ansari et al. 2024)
-    without its normalisation by |y|. Evenly spread levels make it a midpoint-rule integral.
-    """
+    """Quantile-score approximation of CRPS per lead time, `(H,)`, mean over traj and F
+    (`calibration.crps_quantiles_sum`)."""
     t = np.asarray(truth, dtype=np.float64)
-    return _crps_quantiles_sum(quantiles, levels, t) / _n_points(t)
+    return cal.crps_quantiles_sum(quantiles, np.asarray(levels, dtype=np.float64), t) \
+        / _n_points(t)
+
+
+def coverage_per_step(samples: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-lead coverage `(H,)` of the central 50% and 80% intervals of the sample paths."""
+    t = np.asarray(truth, dtype=np.float64)
+    s = np.sort(cal.check_samples(samples, t), axis=0)
+    return {k: v / _n_points(t) for k, v in cal.coverage_from_sorted(s, t).items()}
+
+
+def pit_histogram(samples: np.ndarray, truth: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Fractions `(PIT_BINS,)` of the randomised PIT values in each equal bin of [0, 1]."""
+    t = np.asarray(truth, dtype=np.float64)
+    s = np.sort(cal.check_samples(samples, t), axis=0)
+    counts = cal.pit_counts(s, t, np.random.default_rng(seed))
+    return counts / counts.sum()
 
 
 def _json_float(x: Any) -> float | None:
@@ -199,12 +269,20 @@ class ForecastScore:
 
     Every metric is a mean over windows (and features) of a per-point or per-window value, so
     summing per block and dividing once at the end gives the all-at-once numbers up to float
-    summation order. `levels` (ascending, in (0, 1)) are needed when blocks bring quantiles.
-    Blocks must agree on (H, F) and on whether they bring quantiles/samples (CRPS).
+    summation order (the PIT's tie-breaking draws come from one seeded stream in window
+    order, so they do not depend on the blocking either).
+
+    `scale`: the nRMSE denominator; `channel_std` `(C,)`: each channel's training std (for
+    `nrmse_ch`, `nrmse_per_channel` and `vpt`; default `scale` for every channel);
+    `state_shape`: the unflattened state, channels last (default: an ODE state (F,)); VRMSE is
+    reported only when it has spatial dims. `levels` (ascending, in (0, 1)) are needed when
+    blocks bring quantiles. Blocks must agree on (H, F) and on the kind of forecast.
     """
 
     def __init__(self, scale: float, dt_steps_per_lyapunov: float | None = None,
-                 levels: np.ndarray | list[float] | None = None) -> None:
+                 levels: np.ndarray | list[float] | None = None, *,
+                 channel_std: np.ndarray | list[float] | None = None,
+                 state_shape: tuple[int, ...] | list[int] | None = None, seed: int = 0) -> None:
         _check_scale(scale)
         if dt_steps_per_lyapunov is not None and not (
                 np.isfinite(dt_steps_per_lyapunov) and dt_steps_per_lyapunov > 0):
@@ -212,80 +290,137 @@ class ForecastScore:
                              f"{dt_steps_per_lyapunov!r}")
         self.scale, self.steps_per_lt = scale, dt_steps_per_lyapunov
         self.levels = None if levels is None else np.asarray(levels, dtype=np.float64)
+        self.channel_std = None if channel_std is None else np.asarray(channel_std, np.float64)
+        self.state_shape = None if state_shape is None else tuple(state_shape)
+        self._rng = np.random.default_rng(seed)
         self.n_windows = 0
         self._shape: tuple[int, int] | None = None  # (H, F) of the first block
-        self._with_crps: bool | None = None
+        self._kind: str | None = None  # "point" | "quantiles" | "samples"
         self._sums: dict[str, np.ndarray] = {}
-        self._vpt_steps = 0.0
 
-    def _check_block(self, t: np.ndarray, with_crps: bool) -> None:
-        """ValueError unless this block matches the earlier ones in (H, F) and CRPS inputs."""
-        if self._shape is None:  # the first block sets both
-            return
-        if (t.shape[1], t.shape[2]) != self._shape:
+    def _check_block(self, t: np.ndarray, kind: str) -> tuple[int, int, bool]:
+        """The state layout; ValueError unless this block matches the earlier ones."""
+        layout = _layout(self.state_shape, t.shape[2])
+        if self.channel_std is not None and self.channel_std.shape != (layout[1],):
+            raise ValueError(f"channel_std has {self.channel_std.shape} entries, the state "
+                             f"{layout[1]} channels")
+        if self._shape is not None and (t.shape[1], t.shape[2]) != self._shape:
             raise ValueError(f"a block of windows has (H, F) = {t.shape[1:]}, earlier blocks "
                              f"{self._shape}")
-        if with_crps != self._with_crps:
-            raise ValueError("quantiles or samples (for CRPS) must come with every block of "
-                             "windows or with none")
+        if self._kind is not None and kind != self._kind:
+            raise ValueError(f"this block brings a {kind} forecast, earlier ones {self._kind}: "
+                             "quantiles or samples must come with every block or with none")
+        if kind == "quantiles" and self.levels is None:
+            raise ValueError("quantile forecasts need their `levels`")
+        return layout
 
     def add(self, pred: np.ndarray, truth: np.ndarray, quantiles: np.ndarray | None = None,
             samples: np.ndarray | None = None) -> None:
-        """Add one block: point forecast and truth `(n, H, F)`, optionally quantiles
-        `(n_levels, n, H, F)` or samples `(n_samples, n, H, F)` (exact CRPS, preferred)."""
+        """Add one block: point forecast and truth `(n, H, F)` (for sample paths, pass their
+        median as `pred`), optionally quantiles `(n_levels, n, H, F)` or sample paths
+        `(n_samples, n, H, F)` (exact CRPS, coverage and PIT; used when both are given)."""
         p, t = _as_forecast(pred, truth)
-        if samples is None and quantiles is not None and self.levels is None:
-            raise ValueError("quantile forecasts need their `levels`")
-        self._check_block(t, samples is not None or quantiles is not None)
-        sums = {"nrmse": _sq_err_sum(p, t), "vrmse": _vrmse_sum(p, t, VRMSE_EPS),
-                "smape": _smape_sum(p, t)}
-        if samples is not None:
-            sums["crps"] = _crps_samples_sum(samples, t)
-        elif quantiles is not None:
-            sums["crps"] = _crps_quantiles_sum(quantiles, self.levels, t)
+        kind = "samples" if samples is not None else "point" if quantiles is None else "quantiles"
+        n_space, n_ch, is_field = self._check_block(t, kind)
+        sums = self._point_sums(p, t, n_space, n_ch, is_field)
+        sums.update(self._ensemble_sums(p, t, kind, quantiles, samples))
         for key, value in sums.items():
             self._sums[key] = self._sums[key] + value if key in self._sums else value
-        self._vpt_steps += float(valid_prediction_time(p, t).sum())
         self.n_windows += len(t)
-        self._shape, self._with_crps = (t.shape[1], t.shape[2]), "crps" in sums
+        self._shape, self._kind = (t.shape[1], t.shape[2]), kind
+
+    def _point_sums(self, p: np.ndarray, t: np.ndarray, n_space: int, n_ch: int,
+                    is_field: bool) -> dict[str, np.ndarray]:
+        """Sums of the point-forecast metrics of one block."""
+        sd = self.channel_std if self.channel_std is not None else np.full(n_ch, self.scale)
+        with np.errstate(invalid="ignore", over="ignore"):
+            sums = {"nrmse": _sq_err_sum(p, t), "channel_sq": _channel_sq_err_sum(
+                p, t, n_space, n_ch), "smape": _smape_sum(p, t),
+                "vpt": valid_prediction_time(p, t, sd, self.state_shape).sum(keepdims=True),
+                "vpt_smape": valid_prediction_time_smape(p, t).sum(keepdims=True)}
+            if is_field and n_space > 1:
+                sums["vrmse"] = _vrmse_sum(p, t, n_space, n_ch, VRMSE_EPS)
+        return sums
+
+    def _ensemble_sums(self, p: np.ndarray, t: np.ndarray, kind: str,
+                       quantiles: np.ndarray | None,
+                       samples: np.ndarray | None) -> dict[str, np.ndarray]:
+        """CRPS (every kind), coverage and PIT (as far as the kind allows) of one block."""
+        if kind == "point":
+            return {"crps": cal.crps_point_sum(p, t)}
+        if kind == "quantiles":
+            q = np.asarray(quantiles, dtype=np.float64)
+            return {"crps": cal.crps_quantiles_sum(q, self.levels, t),
+                    **cal.coverage_from_quantiles(q, self.levels, t)}
+        with np.errstate(invalid="ignore"):  # inf - inf in diverged paths
+            s = np.sort(cal.check_samples(samples, t), axis=0)
+            return {"crps": cal.crps_sorted_sum(s, t), **cal.coverage_from_sorted(s, t),
+                    "pit": cal.pit_counts(s, t, self._rng)}
 
     def per_step(self) -> dict[str, np.ndarray]:
-        """The per-step curves `(H,)` of all windows added so far (means of the sums)."""
+        """The per-step curves `(H,)` of all windows added so far (means of the sums), and the
+        per-channel ones `(H, C)` under `nrmse_per_channel` / `vrmse_per_field`."""
         if not self.n_windows:
             raise ValueError("no windows were added to score")
-        n, points = self.n_windows, self.n_windows * self._shape[1]
-        curves = {"nrmse": np.sqrt(self._sums["nrmse"] / points) / self.scale,
-                  "vrmse": self._sums["vrmse"] / n, "smape": self._sums["smape"] / points}
-        if "crps" in self._sums:
-            curves["crps"] = self._sums["crps"] / points
+        n, s = self.n_windows, self._sums
+        points = n * self._shape[1]
+        n_ch = s["channel_sq"].shape[1]
+        sd = self.channel_std if self.channel_std is not None else np.full(n_ch, self.scale)
+        per_ch = np.sqrt(s["channel_sq"] / (points / n_ch)) / sd  # (H, C)
+        curves = {"nrmse": np.sqrt(s["nrmse"] / points) / self.scale,
+                  "nrmse_ch": np.sqrt((per_ch**2).mean(axis=1)), "smape": s["smape"] / points,
+                  "crps": s["crps"] / points, "nrmse_per_channel": per_ch}
+        if "vrmse" in s:
+            curves["vrmse_per_field"] = s["vrmse"] / n
+            curves["vrmse"] = curves["vrmse_per_field"].mean(axis=1)
+        for key in cal.COVERAGE_MASSES:
+            if key in s:
+                curves[key] = s[key] / points
         return curves
 
     def result(self) -> dict[str, Any]:
         """All metrics, JSON-ready: exactly what `forecast_metrics` returns (see there)."""
-        per_step = self.per_step()
-        vpt = self._vpt_steps / self.n_windows
-        if self.steps_per_lt is not None:
-            vpt = vpt / self.steps_per_lt
-        out: dict[str, Any] = {k: _json_float(v.mean()) for k, v in per_step.items()}
-        out["vpt"] = _json_float(vpt)
+        curves = self.per_step()
+        out: dict[str, Any] = {k: _json_float(curves[k].mean())
+                               for k in ("nrmse", "nrmse_ch", "vrmse", "smape", "crps")
+                               if k in curves}
+        unit = 1.0 if self.steps_per_lt is None else self.steps_per_lt
+        for key in ("vpt", "vpt_smape"):
+            out[key] = _json_float(self._sums[key][0] / self.n_windows / unit)
         out["vpt_unit"] = "steps" if self.steps_per_lt is None else "lyapunov_times"
-        out["per_step"] = {k: _json_list(v) for k, v in per_step.items()}
+        out["crps_from"] = self._kind
+        out["nrmse_per_channel"] = _json_list(curves["nrmse_per_channel"].mean(axis=0))
+        if "vrmse_per_field" in curves:
+            out["vrmse_per_field"] = _json_list(curves["vrmse_per_field"].mean(axis=0))
+        for key in cal.COVERAGE_MASSES:
+            if key in curves:
+                out[key] = _json_list(curves[key])
+        if "pit" in self._sums:
+            counts = self._sums["pit"]
+            out["pit"] = {"edges": _json_list(np.linspace(0, 1, len(counts) + 1).round(12)),
+                          "fraction": _json_list(counts / counts.sum()), "n": int(counts.sum())}
+        out["per_step"] = {k: _json_list(curves[k]) for k in
+                           ("nrmse", "nrmse_ch", "vrmse", "smape", "crps") if k in curves}
         return out
 
 
 def forecast_metrics(pred: np.ndarray, truth: np.ndarray, *, scale: float,
                      dt_steps_per_lyapunov: float | None = None,
                      quantiles: np.ndarray | None = None, levels: np.ndarray | None = None,
-                     samples: np.ndarray | None = None) -> dict[str, Any]:
-    """All forecast metrics of one model, JSON-ready (the metrics.json contract).
+                     samples: np.ndarray | None = None, channel_std: np.ndarray | None = None,
+                     state_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """All forecast metrics of one model, JSON-ready (the metrics.json contract; the keys are
+    explained in `DEFINITIONS`).
 
-    Scalars are means over lead times of the per-step curves; `vpt` is the mean valid
-    prediction time over trajectories, in Lyapunov times (steps / `dt_steps_per_lyapunov`, the
-    number of steps per Lyapunov time) when that is given, else in steps. `crps` is present
-    when `samples` (exact CRPS of the ensemble; preferred when both are given) or
-    `quantiles` + `levels` are. One block of `ForecastScore`, which scores many blocks.
+    Scalars are means over lead times of the per-step curves; `vpt` and `vpt_smape` are means
+    over trajectories, in Lyapunov times (steps / `dt_steps_per_lyapunov`, the number of steps
+    per Lyapunov time) when that is given, else in steps. `crps` is always present: exact from
+    `samples` (preferred), from `quantiles` + `levels`, or the MAE of a point forecast
+    (`crps_from` says which); coverage and PIT come with samples (coverage also with quantiles
+    at the interval's levels). One block of `ForecastScore`, which scores many blocks.
     """
-    score = ForecastScore(scale, dt_steps_per_lyapunov, levels)
+    score = ForecastScore(scale, dt_steps_per_lyapunov, levels, channel_std=channel_std,
+                          state_shape=state_shape)
     score.add(pred, truth, quantiles=quantiles, samples=samples)
     return score.result()
 

@@ -26,7 +26,9 @@ from sciformer.io.atomic import atomic_path, write_text_atomic  # noqa: E402
 MODEL_COLOR = "tab:blue"
 BASELINE_COLORS = ("tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:olive")
 #: Metrics where a larger value is better; every other column of the summary is an error.
-HIGHER_IS_BETTER = frozenset({"spearman", "accuracy", "vpt"})
+HIGHER_IS_BETTER = frozenset({"spearman", "accuracy", "vpt", "vpt_smape"})
+#: Nominal coverage of each per-lead coverage curve in metrics.json.
+NOMINAL_COVERAGE = {"coverage_50": 0.5, "coverage_80": 0.8}
 #: Scalars of a metrics dict that are counts, not scores: left out of the summary table.
 NOT_SCORES = frozenset({"n_masked", "n_examples"})
 DPI = 120
@@ -130,6 +132,54 @@ def plot_error_vs_horizon(path: str | os.PathLike, x: np.ndarray,
         ax.set_title(title or f"{metric} against lead time")
         ax.grid(alpha=0.3)
         ax.legend()
+    return Path(path)
+
+
+def plot_coverage(path: str | os.PathLike, x: np.ndarray,
+                  curves: Mapping[str, Sequence[float] | np.ndarray], *,
+                  x_label: str = "lead time (Lyapunov times)",
+                  title: str = "Interval coverage against lead time") -> Path:
+    """Per-lead coverage of the model's central intervals (keys of `NOMINAL_COVERAGE`), each
+    with its nominal level as a dotted line of the same colour: a calibrated forecast stays on
+    its line, an overconfident one drops below it as the lead grows."""
+    xs = _f64(x)
+    with _figure(path, figsize=(6.5, 4.2)) as (fig, axes):
+        ax = axes[0, 0]
+        for (key, curve), color in zip(curves.items(), (MODEL_COLOR, "tab:cyan", "tab:gray")):
+            y = _f64(curve)
+            if y.shape != xs.shape or key not in NOMINAL_COVERAGE:
+                raise ValueError(f"plot_coverage: curve {key!r} ({y.shape} points) must be one "
+                                 f"of {sorted(NOMINAL_COVERAGE)} with {xs.shape} points")
+            nominal = NOMINAL_COVERAGE[key]
+            ax.plot(xs, y, color=color, lw=2, label=f"central {nominal:.0%} interval")
+            ax.axhline(nominal, color=color, ls=":", lw=1.2)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel("fraction of true values inside")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(title="dotted: nominal", fontsize=8)
+    return Path(path)
+
+
+def plot_pit(path: str | os.PathLike, edges: Sequence[float], fraction: Sequence[float], *,
+             n: int | None = None, title: str = "PIT histogram of the model") -> Path:
+    """Histogram of the probability integral transform: bars at the fraction of values per bin
+    and the flat line 1/bins a calibrated forecast gives (U-shaped: too narrow; hump: too
+    wide; sloped: biased)."""
+    e, f = _f64(edges), _f64(fraction)
+    if e.shape != (len(f) + 1,):
+        raise ValueError(f"plot_pit: {len(e)} bin edges for {len(f)} bins")
+    with _figure(path, figsize=(6.0, 4.0)) as (fig, axes):
+        ax = axes[0, 0]
+        ax.bar(e[:-1], f, width=np.diff(e), align="edge", color=MODEL_COLOR, alpha=0.8,
+               edgecolor="white")
+        ax.axhline(1 / len(f), color="black", ls="--", lw=1.2, label="calibrated (uniform)")
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("PIT (rank of the truth among the samples)")
+        ax.set_ylabel("fraction of values")
+        ax.set_title(title + ("" if n is None else f" ({n:,} values)"))
+        ax.legend(fontsize=8)
     return Path(path)
 
 
@@ -245,7 +295,8 @@ def _cell(value: Any, best: float | None) -> str:
 def _table(rows: Mapping[str, Mapping[str, Any]], vpt_unit: str | None) -> list[str]:
     """Markdown table lines: one row per model/baseline, one column per scalar metric."""
     cols = _score_columns(rows)
-    head = [f"vpt ({vpt_unit.replace('_', ' ')})" if c == "vpt" and vpt_unit else c for c in cols]
+    unit = f" ({vpt_unit.replace('_', ' ')})" if vpt_unit else ""
+    head = [c + unit if c in ("vpt", "vpt_smape") else c for c in cols]
     lines = ["| | " + " | ".join(head) + " |", "|---|" + "---:|" * len(cols)]
     best = {c: _best([r.get(c) for r in rows.values()], c in HIGHER_IS_BETTER) for c in cols}
     for name, scores in rows.items():
@@ -260,6 +311,23 @@ def metrics_table(metrics: Mapping[str, Any]) -> list[str]:
     return _table(rows, metrics.get("model", {}).get("vpt_unit"))
 
 
+def coverage_lines(metrics: Mapping[str, Any]) -> list[str]:
+    """Markdown table of the model's interval coverage at the lead times of its `nrmse_at`
+    (or every tenth lead), with the nominal level in the header; [] without coverage."""
+    model = metrics.get("model", {})
+    keys = [k for k in NOMINAL_COVERAGE if k in model]
+    if not keys:
+        return []
+    n = len(model[keys[0]])
+    leads = sorted(int(k[1:]) for k in model.get("nrmse_at", {})) or list(range(1, n + 1, 10))
+    lines = ["## Calibration (model)", "", "| lead (steps) | " + " | ".join(
+        f"coverage of the {NOMINAL_COVERAGE[k]:.0%} interval" for k in keys) + " |",
+        "|---:|" + "---:|" * len(keys)]
+    for h in leads:
+        lines.append(f"| {h} | " + " | ".join(_cell(model[k][h - 1], None) for k in keys) + " |")
+    return lines + [""]
+
+
 def write_summary(path: str | os.PathLike, metrics: Mapping[str, Any], *, title: str,
                   plots: Sequence[str | os.PathLike]) -> Path:
     """Markdown summary of a metrics.json dict: the run's facts, a table of the model against
@@ -272,6 +340,7 @@ def write_summary(path: str | os.PathLike, metrics: Mapping[str, Any], *, title:
     lines += metrics_table(metrics)
     lines += ["", "Best value per column in bold; lower is better except "
               + " and ".join(sorted(HIGHER_IS_BETTER)) + ".", ""]
+    lines += coverage_lines(metrics)
     if plots:
         lines += ["## Plots", ""]
         for p in plots:

@@ -1,0 +1,95 @@
+"""The plots of a forecasting evaluation: forecast.png, error_vs_horizon.png,
+crps_vs_horizon.png, coverage.png and pit.png (when the model reports them) and, for 1-D
+fields, spacetime.png. Drawn by `sciformer.evaluate.report`; see docs/forecast-metrics.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sciformer.io.trajectories import TrajectoryMeta
+
+if TYPE_CHECKING:
+    from sciformer.evaluate.forecast import PlotWindows
+
+
+def _shown_features(meta: TrajectoryMeta) -> tuple[list[int], list[str]]:
+    """Three features to draw: the first channels, or three grid points of the first field."""
+    if len(meta.state_shape) == 1:
+        names = meta.field_names or [f"x{j}" for j in range(meta.state_shape[0])]
+        idx = list(range(min(3, meta.state_shape[0])))
+        return idx, [names[j] for j in idx]
+    n_x, n_f = meta.state_shape
+    points = sorted({round(k * n_x / 3) for k in range(3)})
+    field = (meta.field_names or ["u"])[0]
+    return [p * n_f for p in points], [f"{field}[x{p}]" for p in points]
+
+
+def draw_plots(out_dir: Path, meta: TrajectoryMeta, shown: PlotWindows,
+               metrics: dict[str, Any]) -> list[str]:
+    """forecast.png (every window of `shown`), error_vs_horizon.png and (1-D fields)
+    spacetime.png (the first window of `shown`); their file names.
+
+    Time axes are in Lyapunov times when the Lyapunov time is known, else in time units.
+    """
+    from sciformer.evaluate import report
+
+    c, h = shown.ctx.shape[1], shown.truth.shape[1]
+    lyap, levels = metrics["lyapunov_time"], metrics["quantile_levels"]
+    unit, label = (lyap, "time (Lyapunov times)") if lyap else (meta.dt, "time")
+    unit = unit / meta.dt  # steps per axis unit
+    feat, names = _shown_features(meta)
+    paths = shown.model.samples
+    band = f"{levels[0]:g}-{levels[-1]:g} quantile band" + (
+        "" if paths is None else f" of {len(paths)} sample paths")
+    report.plot_forecasts(out_dir / "forecast.png", (np.arange(c + h) - (c - 1)) / unit,
+                          shown.ctx[..., feat], shown.truth[..., feat], shown.med[..., feat],
+                          shown.q[0][..., feat], shown.q[-1][..., feat], feature_names=names,
+                          x_label=label, band_label=band)
+    lead = np.arange(1, h + 1) / unit
+    plots = ["forecast.png"]
+    for key, name, file in (("nrmse", "nRMSE", "error_vs_horizon.png"),
+                            ("crps", "CRPS", "crps_vs_horizon.png")):
+        curves = {"model": metrics["model"]["per_step"][key],
+                  **{k: v["per_step"][key] for k, v in metrics["baselines"].items()}}
+        report.plot_error_vs_horizon(out_dir / file, lead, curves, metric=name,
+                                     x_label=f"lead {label}")
+        plots.append(file)
+    plots += _calibration_plots(out_dir, metrics["model"], lead, f"lead {label}")
+    if len(meta.state_shape) == 2:
+        _spacetime(out_dir / "spacetime.png", meta, shown, c, unit, label)
+        plots.append("spacetime.png")
+    return plots
+
+
+def _calibration_plots(out_dir: Path, model: dict[str, Any], lead: np.ndarray,
+                       x_label: str) -> list[str]:
+    """coverage.png (per-lead interval coverage) and pit.png, where the model has them."""
+    from sciformer.evaluate import report
+
+    plots = []
+    cover = {k: model[k] for k in ("coverage_50", "coverage_80") if k in model}
+    if cover:
+        report.plot_coverage(out_dir / "coverage.png", lead, cover, x_label=x_label)
+        plots.append("coverage.png")
+    if "pit" in model:
+        report.plot_pit(out_dir / "pit.png", model["pit"]["edges"], model["pit"]["fraction"],
+                        n=model["pit"]["n"])
+        plots.append("pit.png")
+    return plots
+
+
+def _spacetime(path: Path, meta: TrajectoryMeta, shown: PlotWindows, c: int, unit: float,
+               label: str) -> None:
+    """Truth / forecast / error of the first shown window's first field over x and lead."""
+    from sciformer.evaluate import report
+
+    h, (n_x, n_f) = shown.truth.shape[1], meta.state_shape
+    grid = (float(meta.x[0]), float(meta.x[-1])) if meta.x is not None else None
+    traj, start = shown.origin[0]
+    report.plot_spacetime(path, shown.truth[0].reshape(h, n_x, n_f)[..., 0],
+                          shown.med[0].reshape(h, n_x, n_f)[..., 0], dt=1.0 / unit, t0=0.5 / unit,
+                          x_extent=grid, time_label=f"lead {label}",
+                          title=f"Held-out trajectory {traj} from step {start + c}")
