@@ -94,25 +94,31 @@ def test_quantiles_with_other_horizon_get_their_own_dim(tmp_path):
         assert ds["quantiles"].dims == ("quantile", "trajectory", "horizon", "field")
 
 
+def spy_reads(monkeypatch) -> list[tuple[str, object]]:
+    """Record (dataset name, key) of every h5py dataset read from now on."""
+    reads = []
+    real = h5py.Dataset.__getitem__
+
+    def spy(self, key):
+        reads.append((self.name, key))
+        return real(self, key)
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", spy)
+    return reads
+
+
 def test_window_reads_only_the_slice(tmp_path, monkeypatch):
     states = np.arange(2 * 50 * 3, dtype=np.float64).reshape(2, 50, 3)
     path = tmp_path / "w.h5"
     write_trajectories(path, states, dt=1.0)
     tf = TrajectoryFile(path)
-    keys = []
-    real = tf._dataset
-
-    class Spy:
-        def __getitem__(self, key):
-            keys.append(key)
-            return real()[key]
-
-    monkeypatch.setattr(tf, "_dataset", lambda: Spy())
+    reads = spy_reads(monkeypatch)
     np.testing.assert_array_equal(tf.window(1, 10, 5), states[1, 10:15])
-    assert keys == [(slice(1, 2), slice(10, 15))]
+    assert reads == [("/states", (slice(1, 2), slice(10, 15)))]
     for bad in [(2, 0, 1), (-1, 0, 1), (0, 46, 5), (0, -1, 2)]:
         with pytest.raises(IndexError, match="w.h5"):
             tf.window(*bad)
+    assert tf.windows(1, 1, 0, 4).shape == (0, 4, 3)
 
 
 def test_pdebench_layout(tmp_path):
@@ -179,16 +185,21 @@ def test_not_hdf5_and_missing(tmp_path):
     _raises(tmp_path / "absent.h5", "no such file")
 
 
-LAYOUTS = r"\(n_traj, n_time, n_channels\) or \(n_traj, n_time, n_x, n_fields\)"
+LAYOUTS = r"\(n_traj, n_time, n_channels\) or \(n_traj, n_time, \*space, n_fields\)"
 NO_TIME = "no time information: neither a 'time' dataset nor a root attribute 'dt'"
 DT1 = {"dt": 1.0}
 
 
 @pytest.mark.parametrize("datasets, match", [
-    ({"foo": np.zeros((2, 3, 1)), "attrs": DT1}, r"no dataset 'states'.*found foo"),
+    ({"foo": np.zeros((2, 3, 1)), "attrs": DT1},
+     r"no 'states', 'tensor', .*; present: foo \(2, 3, 1\) float64$"),
     ({"states": np.zeros((2, 3)), "attrs": DT1}, r"shape \(2, 3\), expected " + LAYOUTS),
-    ({"states": np.zeros((1, 2, 3, 4, 5)), "attrs": DT1}, r"shape \(1, 2, 3, 4, 5\)"),
-    ({"tensor": np.zeros((2, 3, 4, 1)), "attrs": DT1}, r"PDEBench \(N, T, X\)"),
+    ({"states": np.zeros((1, 2, 3, 4, 5, 6, 7)), "attrs": DT1},
+     r"shape \(1, 2, 3, 4, 5, 6, 7\).* with 1-3 spatial axes"),
+    ({"tensor": np.zeros((2, 3, 4, 5, 6, 7)), "attrs": DT1},
+     r"'tensor' has shape \(2, 3, 4, 5, 6, 7\), expected the 2 leading axes"),
+    ({"tensor": np.zeros((2, 3, 4, 5, 6)), "x-coordinate": np.arange(4.0), "attrs": DT1},
+     r"'tensor' has shape \(2, 3, 4, 5, 6\)"),
     ({"states": np.zeros((2, 3, 1))}, NO_TIME),
     ({"states": np.zeros((2, 3, 1)), "time": np.arange(4.0)},
      "'time' has 4 entries but states have 3 time steps"),
