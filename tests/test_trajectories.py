@@ -86,6 +86,50 @@ def test_field_round_trip_with_grid_and_quantiles(tmp_path):
         np.testing.assert_allclose(ds["quantiles"].values, quantiles)
 
 
+def test_2d_field_round_trip_with_named_dims(tmp_path, monkeypatch):
+    states = RNG.normal(size=(3, 7, 8, 6, 2)).astype(np.float32)
+    x, y = np.linspace(0, 1, 8), np.linspace(0, 2, 6)
+    path = tmp_path / "field2d.h5"
+    write_trajectories(path, states, dt=0.1, field_names=["u", "v"], x=x, y=y, system="demo")
+    with TrajectoryFile(path) as tf:
+        m = tf.meta
+        assert (m.n_traj, m.n_time, m.state_shape, m.n_features) == (3, 7, (8, 6, 2), 96)
+        assert (m.space_dims, m.spatial_shape, m.n_fields, m.layout) == (("x", "y"), (8, 6), 2,
+                                                                         "states")
+        assert m.field_names == ["u", "v"] and list(m.coords) == ["x", "y"]
+        np.testing.assert_allclose(m.coords["y"], y)
+        np.testing.assert_allclose(m.x, x)
+        reads = spy_reads(monkeypatch)
+        out = tf.windows(1, 3, 2, 4)
+        assert out.shape == (2, 4, 8, 6, 2)
+        np.testing.assert_array_equal(out, states[1:3, 2:6])
+        assert reads == [("/states", (slice(1, 3), slice(2, 6)))]
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        assert ds["states"].dims == ("trajectory", "time", "x", "y", "field")
+        np.testing.assert_allclose(ds["y"].values, y)
+        np.testing.assert_array_equal(ds["states"].sel(field="v").values, states[..., 1])
+
+
+def test_3d_fields_and_xarray_dimension_names(tmp_path):
+    states = RNG.normal(size=(2, 3, 4, 5, 6, 1))
+    path = tmp_path / "f3d.h5"
+    write_trajectories(path, states, dt=1.0, z=np.arange(6.0))
+    m = TrajectoryFile(path).meta
+    assert m.state_shape == (4, 5, 6, 1) and m.space_dims == ("x", "y", "z")
+    assert list(m.coords) == ["z"] and m.x is None
+    # an xarray file names its own axes; the reader keeps the names and their coordinates
+    lat, lon = np.linspace(-60, 60, 5), np.linspace(0, 350, 8)
+    geo = tmp_path / "geo.nc"
+    xr.Dataset({"states": (("trajectory", "time", "lat", "lon", "field"),
+                           RNG.normal(size=(2, 4, 5, 8, 1)))},
+               coords={"time": np.arange(4) * 6.0, "lat": lat, "lon": lon}).to_netcdf(
+        geo, engine="h5netcdf")
+    m = TrajectoryFile(geo).meta
+    assert m.space_dims == ("lat", "lon") and m.dt == 6.0
+    np.testing.assert_allclose(m.coords["lon"], lon)
+    np.testing.assert_allclose(m.x, lat)
+
+
 def test_quantiles_with_other_horizon_get_their_own_dim(tmp_path):
     path = tmp_path / "q.h5"
     write_trajectories(path, np.zeros((2, 10, 3)), dt=1.0,
@@ -279,6 +323,8 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
     ({"states": np.zeros((2, 3, 1))}, "needs dt or time"),
     ({"states": np.zeros((2, 3, 1)), "time": np.arange(4.0)}, r"time has shape \(4,\)"),
     ({"states": np.zeros((2, 3, 2)), "dt": 1.0, "field_names": ["a"]}, "1 field_names for 2"),
+    ({"states": np.zeros((2, 3, 4, 5, 1)), "dt": 1.0, "y": np.zeros(4)}, r"y has shape \(4,\)"),
+    ({"states": np.zeros((2, 3, 4, 1)), "dt": 1.0, "y": np.zeros(1)}, r"y has shape \(1,\)"),
     ({"states": np.zeros((2, 3, 1)), "dt": 1.0, "params": np.zeros(2)}, "params has shape"),
     ({"states": np.zeros((2, 3, 1)), "dt": 1.0, "quantiles": np.zeros((2, 2, 3, 1)),
       "quantile_levels": [0.5]}, "does not fit 1 levels"),
