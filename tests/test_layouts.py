@@ -332,8 +332,8 @@ def test_pdebench_sample_groups_must_match(tmp_path):
     ({"tensor": np.zeros((2, 4, 8, 6))},
      "no time information: neither a 't-coordinate' dataset nor a root attribute 'dt'"),
     ({"u": np.zeros((2, 4, 8)), "nu": np.zeros(3)},
-     r"no 'states', 'tensor', PDEBench variables \(density, Vx, Vy, Vz, pressure\), PDEBench "
-     r"sample groups \(0000/data\) or The Well's t0_fields/t1_fields/t2_fields found; "
+     r"no dataset 'states' \(nor PDEBench 'tensor', variables density, Vx, Vy, Vz, pressure or "
+     r"sample groups 0000/data, nor The Well's t0_fields/t1_fields/t2_fields\); "
      r"present: nu \(3,\) float64, u \(2, 4, 8\) float64$"),
 ])
 def test_pdebench_errors(tmp_path, datasets, match):

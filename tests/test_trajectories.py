@@ -236,7 +236,7 @@ DT1 = {"dt": 1.0}
 
 @pytest.mark.parametrize("datasets, match", [
     ({"foo": np.zeros((2, 3, 1)), "attrs": DT1},
-     r"no 'states', 'tensor', .*; present: foo \(2, 3, 1\) float64$"),
+     r"no dataset 'states' \(nor PDEBench 'tensor', .*; present: foo \(2, 3, 1\) float64$"),
     ({"states": np.zeros((2, 3)), "attrs": DT1}, r"shape \(2, 3\), expected " + LAYOUTS),
     ({"states": np.zeros((1, 2, 3, 4, 5, 6, 7)), "attrs": DT1},
      r"shape \(1, 2, 3, 4, 5, 6, 7\).* with 1-3 spatial axes"),

@@ -65,9 +65,9 @@ def detect_layout(f: h5py.File, name: str) -> Layout:
         return VariablesLayout()
     if sample_groups(f):
         return GroupsLayout()
-    raise InputError(f"{name}: no 'states', 'tensor', PDEBench variables "
-                     f"({', '.join(PDEBENCH_VARIABLES)}), PDEBench sample groups (0000/data) "
-                     f"or The Well's t0_fields/t1_fields/t2_fields found; present: {listing(f)}")
+    raise InputError(f"{name}: no dataset 'states' (nor PDEBench 'tensor', variables "
+                     f"{', '.join(PDEBENCH_VARIABLES)} or sample groups 0000/data, nor The "
+                     f"Well's t0_fields/t1_fields/t2_fields); present: {listing(f)}")
 
 
 def _first_nonfinite(layout: Layout, f: h5py.File, meta: TrajectoryMeta) -> tuple[int, int] | None:
