@@ -122,6 +122,9 @@ def test_shapes_and_metadata():
     assert simulate("lorenz96", 1, 5, 0, {**quick, "F": 5.0}).lyapunov_time is None
     assert simulate("lorenz63", 1, 5, 0, {**quick, "rho": 35}).lyapunov_time is None
     assert simulate("burgers", 1, 5, seed=0).lyapunov_time is None
+    assert pdes2d.ns2d_lyapunov_time(pdes2d.NS2D_DEFAULTS) == pytest.approx(1 / 0.123)
+    assert pdes2d.ns2d_lyapunov_time({**pdes2d.NS2D_DEFAULTS, "nx": 32}) is None
+    assert pdes2d.ns2d_lyapunov_time({**pdes2d.NS2D_DEFAULTS, "nu": 0.01}) is None
     l96 = simulate("lorenz96", 1, 5, 0, {**quick, "n": 8})
     assert l96.states.shape == (1, 5, 8) and l96.field_names == [f"x{i}" for i in range(8)]
 
