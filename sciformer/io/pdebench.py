@@ -16,7 +16,7 @@ coordinate datasets; without any it follows from the rank (see each layout).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import h5py
 import numpy as np
@@ -140,12 +140,12 @@ def sample_groups(f: h5py.File) -> list[str]:
 class GroupsLayout(Layout):
     """Per-sample groups: `NNNN/data` (T, *space, C) or (T, *space), `NNNN/grid/{x,y,z,t}`.
     Without grid coordinates the last axis of `data` is always the channel axis. Coordinates
-    and times are those of the first group."""
+    and times are those of the first group; other root members are listed in
+    meta.info["ignored"]."""
 
     kind = "pdebench-groups"
     groups: tuple[str, ...] = ()
     channels: bool = True
-    ignored: list[str] = field(default_factory=list)
 
     def describe(self, f: h5py.File, name: str) -> TrajectoryMeta:
         self.groups = tuple(sample_groups(f))

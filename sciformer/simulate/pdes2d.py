@@ -42,7 +42,8 @@ NS2D_DEFAULTS: dict[str, float] = {
 }
 # Largest Lyapunov exponent keyed by (nu, drag, forcing, kf), measured with
 # `lyapunov_exponent` at nx = 64: 0.123 +- 0.004 (16 trajectories x 500 time units,
-# renormalised every time unit, eps = 1e-7; 8 x 300 with another seed gave 0.119 +- 0.011),
+# renormalised every time unit, eps = 1e-7; other seeds gave 0.119 +- 0.011 (8 x 300) and,
+# renormalising every 2 time units from eps = 1e-6, 0.123 +- 0.006 (8 x 300)),
 # i.e. a Lyapunov time of ~8.1 time units (32 saved steps). Used only on grids of nx >= 64,
 # where the flow is resolved.
 NS2D_LAMBDA_MAX: dict[tuple[float, float, float, float], float] = {
