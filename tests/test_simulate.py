@@ -1,16 +1,17 @@
-"""Reference simulators: known answers (scipy, Cole-Hopf), conservation, convergence order,
-determinism, stored metadata and errors."""
+"""Reference simulators: known answers (scipy, Cole-Hopf, decaying and forced Fourier modes of
+2-D Navier-Stokes), conservation, convergence order, determinism, stored metadata and errors."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import xarray as xr
 from scipy.integrate import solve_ivp
 
 from sciformer.errors import ConfigError
 from sciformer.io.trajectories import TrajectoryFile
 from sciformer.simulate import SYSTEMS, resolve_params, simulate, simulate_to_file
-from sciformer.simulate import odes, pdes
+from sciformer.simulate import odes, pdes, pdes2d
 
 
 def _scipy_endpoint(rhs, x0: np.ndarray, t_end: float) -> np.ndarray:
@@ -100,6 +101,8 @@ def test_ks_conserves_a_nonzero_mean():
 @pytest.mark.parametrize("system", list(SYSTEMS))
 def test_determinism_by_seed(system):
     params = {} if system == "burgers" else {"burn_in": 5.0 if system == "ks" else 1.0}
+    if system == "ns2d":
+        params["nx"] = 16
     a = simulate(system, 2, 30, seed=7, params=params).states
     b = simulate(system, 2, 30, seed=7, params=params).states
     c = simulate(system, 2, 30, seed=8, params=params).states
@@ -119,6 +122,9 @@ def test_shapes_and_metadata():
     assert simulate("lorenz96", 1, 5, 0, {**quick, "F": 5.0}).lyapunov_time is None
     assert simulate("lorenz63", 1, 5, 0, {**quick, "rho": 35}).lyapunov_time is None
     assert simulate("burgers", 1, 5, seed=0).lyapunov_time is None
+    assert pdes2d.ns2d_lyapunov_time(pdes2d.NS2D_DEFAULTS) == pytest.approx(1 / 0.123)
+    assert pdes2d.ns2d_lyapunov_time({**pdes2d.NS2D_DEFAULTS, "nx": 32}) is None
+    assert pdes2d.ns2d_lyapunov_time({**pdes2d.NS2D_DEFAULTS, "nu": 0.01}) is None
     l96 = simulate("lorenz96", 1, 5, 0, {**quick, "n": 8})
     assert l96.states.shape == (1, 5, 8) and l96.field_names == [f"x{i}" for i in range(8)]
 
@@ -175,3 +181,113 @@ def test_bad_param_values(system, params, phrase):
 def test_bad_sizes():
     with pytest.raises(ConfigError, match="n_traj"):
         simulate("lorenz63", 0, 10, seed=0)
+
+
+# ---- 2-D Navier-Stokes (Kolmogorov flow) ----------------------------------------------------
+NS_FIXED = {**pdes2d.NS2D_DEFAULTS, "cfl": 1e9}  # the CFL limit never overrides `substeps`
+
+
+def _ns_grid(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Meshgrid (X, Y) of the periodic 2 pi grid, ij indexing like the states."""
+    axis = np.arange(n) * (2.0 * np.pi / n)
+    return np.meshgrid(axis, axis, indexing="ij")
+
+
+def test_ns2d_advection_matches_the_analytic_jacobian():
+    # omega = cos x + cos 2y: psi = cos x + cos(2y) / 4, u = psi_y = -sin(2y) / 2,
+    # v = -psi_x = sin x, so -(u omega_x + v omega_y) = 1.5 sin x sin 2y.
+    grid = pdes2d.SpectralGrid(32)
+    x, y = _ns_grid(32)
+    adv = grid.to_grid(grid.advection(grid.to_fourier(np.cos(x) + np.cos(2 * y))))
+    np.testing.assert_allclose(adv, 1.5 * np.sin(x) * np.sin(2 * y), atol=1e-12)
+
+
+def test_ns2d_taylor_green_decays_exactly_and_error_is_second_order():
+    # 2 sin x sin y lies on one wavenumber shell, so advection vanishes and the vorticity
+    # decays as exp(-(2 nu + drag) t); Crank-Nicolson's error shrinks 4x per halved step.
+    params = {**NS_FIXED, "nu": 0.05, "drag": 0.1, "forcing": 0.0, "dt": 1.0}
+    x, y = _ns_grid(16)
+    w0 = 2 * np.sin(x) * np.sin(y)
+    exact = w0 * np.exp(-(2 * 0.05 + 0.1) * 4.0)
+    errs = [np.abs(pdes2d.integrate(w0[None], {**params, "substeps": s}, 5)[0, 4] - exact).max()
+            for s in (2, 4)]
+    assert errs[1] < 2e-4
+    assert 3.8 < errs[0] / errs[1] < 4.2
+
+
+def test_ns2d_forced_flow_approaches_the_laminar_kolmogorov_solution():
+    # From rest, forcing -A k cos(k y) drives one mode (no advection):
+    # omega(t) = -A k cos(k y) (1 - exp(-lam t)) / lam with lam = nu k^2 + drag.
+    params = {**NS_FIXED, "nu": 0.05, "drag": 0.1, "forcing": 0.7, "kf": 2.0, "dt": 0.5,
+              "substeps": 10}
+    _, y = _ns_grid(16)
+    states = pdes2d.integrate(np.zeros((1, 16, 16)), params, 9)[0]  # t = 0 .. 4
+    lam = 0.05 * 4 + 0.1
+    for i, t in enumerate(np.arange(9) * 0.5):
+        exact = -0.7 * 2 * np.cos(2 * y) * (1 - np.exp(-lam * t)) / lam
+        np.testing.assert_allclose(states[i], exact, atol=2e-4)
+
+
+def test_ns2d_turbulent_error_shrinks_at_second_order():
+    params = {**NS_FIXED, "nx": 32.0, "dt": 1.0}
+    grid = pdes2d.SpectralGrid(32)
+    w0 = pdes2d.random_vorticity(np.random.default_rng(0), 2, grid, 1.0)  # max |omega| ~ 3
+
+    def run(substeps: int) -> np.ndarray:
+        return pdes2d.integrate(w0, {**params, "substeps": substeps}, 2)[:, -1]
+
+    ref = run(512)
+    errs = [np.abs(run(s) - ref).max() for s in (32, 64)]
+    assert errs[1] < errs[0] < 1e-2
+    assert errs[0] / errs[1] > 3.5  # second order: 4 (observed 4.0)
+
+
+def test_ns2d_inviscid_flow_conserves_mean_energy_and_enstrophy():
+    # Unforced, inviscid, undamped: the dealiased Galerkin system conserves the mean vorticity
+    # exactly, and energy and enstrophy up to the time-stepping error, which is second order.
+    params = {**pdes2d.NS2D_DEFAULTS, "nu": 0.0, "drag": 0.0, "forcing": 0.0, "nx": 32.0,
+              "dt": 0.5}
+    grid = pdes2d.SpectralGrid(32)
+    w0 = 0.3 + pdes2d.random_vorticity(np.random.default_rng(1), 2, grid, 1.0)
+
+    def drifts(cfl: float) -> tuple[float, float]:
+        states = pdes2d.integrate(w0, {**params, "cfl": cfl}, 9)  # (2, 9, 32, 32), t = 0 .. 4
+        np.testing.assert_allclose(states.mean(axis=(-2, -1)), 0.3, atol=1e-12)
+        u, v = grid.velocity(grid.to_fourier(states))
+        energy = (u**2 + v**2).mean(axis=(-2, -1))
+        enstrophy = ((states - 0.3) ** 2).mean(axis=(-2, -1))
+        return tuple(float(np.abs(q / q[:, :1] - 1).max()) for q in (energy, enstrophy))
+
+    coarse, fine = drifts(0.3), drifts(0.15)
+    assert coarse[0] < 5e-3 and coarse[1] < 1e-2  # observed 2.3e-3, 8.6e-3
+    assert fine[0] < coarse[0] / 3 and fine[1] < coarse[1] / 3.5
+
+
+def test_ns2d_cfl_limit_adds_substeps_for_fast_flow():
+    grid = pdes2d.SpectralGrid(32)
+    stepper = pdes2d.CNAB2(grid, 0.01, 0.0, np.zeros(grid.k2.shape))
+    x, y = _ns_grid(32)
+    w_hat = grid.to_fourier(4.0 * np.cos(y))  # u = psi_y = -4 sin y: max |u| = 4
+    dx = 2 * np.pi / 32
+    assert stepper.substeps(w_hat, 1.0, 2, 0.5) == int(np.ceil(4.0 / (0.5 * dx)))
+    assert stepper.substeps(w_hat * 1e-3, 1.0, 2, 0.5) == 2
+
+
+def test_ns2d_file_opens_in_xarray_and_the_reader(tmp_path):
+    path = simulate_to_file("ns2d", tmp_path / "ns.h5", 2, 6, seed=0,
+                            params={"nx": 16, "burn_in": 1.0})
+    expected = simulate("ns2d", 2, 6, seed=0, params={"nx": 16, "burn_in": 1.0})
+    assert expected.states.shape == (2, 6, 16, 16, 1)
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        assert ds["states"].dims == ("trajectory", "time", "x", "y", "field")
+        assert list(ds["field"].values) == ["vorticity"] and ds.attrs["system"] == "ns2d"
+        np.testing.assert_allclose(ds["y"].values, np.arange(16) * 2 * np.pi / 16)
+        np.testing.assert_allclose(ds["states"].values, expected.states, rtol=1e-6, atol=1e-6)
+    with TrajectoryFile(path) as tf:
+        m = tf.meta
+        assert (m.state_shape, m.space_dims, m.field_names) == ((16, 16, 1), ("x", "y"),
+                                                                 ["vorticity"])
+        assert m.dt == pytest.approx(0.25) and m.param_names[0] == "nu"
+        np.testing.assert_allclose(m.coords["x"], m.coords["y"])
+        np.testing.assert_allclose(tf.window(1, 2, 3), expected.states[1, 2:5], rtol=1e-6,
+                                   atol=1e-6)

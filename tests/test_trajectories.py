@@ -86,6 +86,50 @@ def test_field_round_trip_with_grid_and_quantiles(tmp_path):
         np.testing.assert_allclose(ds["quantiles"].values, quantiles)
 
 
+def test_2d_field_round_trip_with_named_dims(tmp_path, monkeypatch):
+    states = RNG.normal(size=(3, 7, 8, 6, 2)).astype(np.float32)
+    x, y = np.linspace(0, 1, 8), np.linspace(0, 2, 6)
+    path = tmp_path / "field2d.h5"
+    write_trajectories(path, states, dt=0.1, field_names=["u", "v"], x=x, y=y, system="demo")
+    with TrajectoryFile(path) as tf:
+        m = tf.meta
+        assert (m.n_traj, m.n_time, m.state_shape, m.n_features) == (3, 7, (8, 6, 2), 96)
+        assert (m.space_dims, m.spatial_shape, m.n_fields, m.layout) == (("x", "y"), (8, 6), 2,
+                                                                         "states")
+        assert m.field_names == ["u", "v"] and list(m.coords) == ["x", "y"]
+        np.testing.assert_allclose(m.coords["y"], y)
+        np.testing.assert_allclose(m.x, x)
+        reads = spy_reads(monkeypatch)
+        out = tf.windows(1, 3, 2, 4)
+        assert out.shape == (2, 4, 8, 6, 2)
+        np.testing.assert_array_equal(out, states[1:3, 2:6])
+        assert reads == [("/states", (slice(1, 3), slice(2, 6)))]
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        assert ds["states"].dims == ("trajectory", "time", "x", "y", "field")
+        np.testing.assert_allclose(ds["y"].values, y)
+        np.testing.assert_array_equal(ds["states"].sel(field="v").values, states[..., 1])
+
+
+def test_3d_fields_and_xarray_dimension_names(tmp_path):
+    states = RNG.normal(size=(2, 3, 4, 5, 6, 1))
+    path = tmp_path / "f3d.h5"
+    write_trajectories(path, states, dt=1.0, z=np.arange(6.0))
+    m = TrajectoryFile(path).meta
+    assert m.state_shape == (4, 5, 6, 1) and m.space_dims == ("x", "y", "z")
+    assert list(m.coords) == ["z"] and m.x is None
+    # an xarray file names its own axes; the reader keeps the names and their coordinates
+    lat, lon = np.linspace(-60, 60, 5), np.linspace(0, 350, 8)
+    geo = tmp_path / "geo.nc"
+    xr.Dataset({"states": (("trajectory", "time", "lat", "lon", "field"),
+                           RNG.normal(size=(2, 4, 5, 8, 1)))},
+               coords={"time": np.arange(4) * 6.0, "lat": lat, "lon": lon}).to_netcdf(
+        geo, engine="h5netcdf")
+    m = TrajectoryFile(geo).meta
+    assert m.space_dims == ("lat", "lon") and m.dt == 6.0
+    np.testing.assert_allclose(m.coords["lon"], lon)
+    np.testing.assert_allclose(m.x, lat)
+
+
 def test_quantiles_with_other_horizon_get_their_own_dim(tmp_path):
     path = tmp_path / "q.h5"
     write_trajectories(path, np.zeros((2, 10, 3)), dt=1.0,
@@ -94,25 +138,31 @@ def test_quantiles_with_other_horizon_get_their_own_dim(tmp_path):
         assert ds["quantiles"].dims == ("quantile", "trajectory", "horizon", "field")
 
 
+def spy_reads(monkeypatch) -> list[tuple[str, object]]:
+    """Record (dataset name, key) of every h5py dataset read from now on."""
+    reads = []
+    real = h5py.Dataset.__getitem__
+
+    def spy(self, key):
+        reads.append((self.name, key))
+        return real(self, key)
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", spy)
+    return reads
+
+
 def test_window_reads_only_the_slice(tmp_path, monkeypatch):
     states = np.arange(2 * 50 * 3, dtype=np.float64).reshape(2, 50, 3)
     path = tmp_path / "w.h5"
     write_trajectories(path, states, dt=1.0)
     tf = TrajectoryFile(path)
-    keys = []
-    real = tf._dataset
-
-    class Spy:
-        def __getitem__(self, key):
-            keys.append(key)
-            return real()[key]
-
-    monkeypatch.setattr(tf, "_dataset", lambda: Spy())
+    reads = spy_reads(monkeypatch)
     np.testing.assert_array_equal(tf.window(1, 10, 5), states[1, 10:15])
-    assert keys == [(slice(1, 2), slice(10, 15))]
+    assert reads == [("/states", (slice(1, 2), slice(10, 15)))]
     for bad in [(2, 0, 1), (-1, 0, 1), (0, 46, 5), (0, -1, 2)]:
         with pytest.raises(IndexError, match="w.h5"):
             tf.window(*bad)
+    assert tf.windows(1, 1, 0, 4).shape == (0, 4, 3)
 
 
 def test_pdebench_layout(tmp_path):
@@ -179,16 +229,21 @@ def test_not_hdf5_and_missing(tmp_path):
     _raises(tmp_path / "absent.h5", "no such file")
 
 
-LAYOUTS = r"\(n_traj, n_time, n_channels\) or \(n_traj, n_time, n_x, n_fields\)"
+LAYOUTS = r"\(n_traj, n_time, n_channels\) or \(n_traj, n_time, \*space, n_fields\)"
 NO_TIME = "no time information: neither a 'time' dataset nor a root attribute 'dt'"
 DT1 = {"dt": 1.0}
 
 
 @pytest.mark.parametrize("datasets, match", [
-    ({"foo": np.zeros((2, 3, 1)), "attrs": DT1}, r"no dataset 'states'.*found foo"),
+    ({"foo": np.zeros((2, 3, 1)), "attrs": DT1},
+     r"no dataset 'states' \(nor PDEBench 'tensor', .*; present: foo \(2, 3, 1\) float64$"),
     ({"states": np.zeros((2, 3)), "attrs": DT1}, r"shape \(2, 3\), expected " + LAYOUTS),
-    ({"states": np.zeros((1, 2, 3, 4, 5)), "attrs": DT1}, r"shape \(1, 2, 3, 4, 5\)"),
-    ({"tensor": np.zeros((2, 3, 4, 1)), "attrs": DT1}, r"PDEBench \(N, T, X\)"),
+    ({"states": np.zeros((1, 2, 3, 4, 5, 6, 7)), "attrs": DT1},
+     r"shape \(1, 2, 3, 4, 5, 6, 7\).* with 1-3 spatial axes"),
+    ({"tensor": np.zeros((2, 3, 4, 5, 6, 7)), "attrs": DT1},
+     r"'tensor' has shape \(2, 3, 4, 5, 6, 7\), expected the 2 leading axes"),
+    ({"tensor": np.zeros((2, 3, 4, 5, 6)), "x-coordinate": np.arange(4.0), "attrs": DT1},
+     r"'tensor' has shape \(2, 3, 4, 5, 6\)"),
     ({"states": np.zeros((2, 3, 1))}, NO_TIME),
     ({"states": np.zeros((2, 3, 1)), "time": np.arange(4.0)},
      "'time' has 4 entries but states have 3 time steps"),
@@ -268,6 +323,8 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
     ({"states": np.zeros((2, 3, 1))}, "needs dt or time"),
     ({"states": np.zeros((2, 3, 1)), "time": np.arange(4.0)}, r"time has shape \(4,\)"),
     ({"states": np.zeros((2, 3, 2)), "dt": 1.0, "field_names": ["a"]}, "1 field_names for 2"),
+    ({"states": np.zeros((2, 3, 4, 5, 1)), "dt": 1.0, "y": np.zeros(4)}, r"y has shape \(4,\)"),
+    ({"states": np.zeros((2, 3, 4, 1)), "dt": 1.0, "y": np.zeros(1)}, r"y has shape \(1,\)"),
     ({"states": np.zeros((2, 3, 1)), "dt": 1.0, "params": np.zeros(2)}, "params has shape"),
     ({"states": np.zeros((2, 3, 1)), "dt": 1.0, "quantiles": np.zeros((2, 2, 3, 1)),
       "quantile_levels": [0.5]}, "does not fit 1 levels"),

@@ -23,15 +23,16 @@ import numpy as np
 from sciformer.io.atomic import atomic_path
 
 _CHUNK_BYTES = 2**20  # target size of one stored chunk
-_LAYOUTS = "(n_traj, n_time, n_channels) or (n_traj, n_time, n_x, n_fields)"
+_LAYOUTS = ("(n_traj, n_time, n_channels) or (n_traj, n_time, *space, n_fields) with 1-3 "
+            "spatial axes")
+AXES = ("x", "y", "z")  # names of the spatial dimensions, in storage order
 
 
 def _state_dims(ndim: int) -> tuple[str, ...]:
-    """netCDF dimension names of `states`."""
-    if ndim == 3:
-        return ("trajectory", "time", "field")
-    if ndim == 4:
-        return ("trajectory", "time", "x", "field")
+    """netCDF dimension names of `states`: (trajectory, time, field) for ODE states,
+    (trajectory, time, x[, y[, z]], field) for fields."""
+    if 3 <= ndim <= 6:
+        return ("trajectory", "time", *AXES[:ndim - 3], "field")
     raise ValueError(f"states must have shape {_LAYOUTS}, got rank {ndim}")
 
 
@@ -77,7 +78,7 @@ def _add_strings(f: h5netcdf.File, key: str, values: Sequence[str]) -> None:
 
 def _check_args(shape: tuple[int, ...], dtype: np.dtype, field_names: list[str] | None,
                 params: np.ndarray | None, param_names: list[str] | None,
-                x: np.ndarray | None) -> None:
+                coords: dict[str, np.ndarray | None]) -> None:
     """ValueError for arguments that would write a file breaking the contract."""
     if dtype.kind != "f":
         raise ValueError(f"states must be float32 or float64, got {dtype}")
@@ -87,8 +88,10 @@ def _check_args(shape: tuple[int, ...], dtype: np.dtype, field_names: list[str] 
         raise ValueError(f"params has shape {params.shape}, expected ({shape[0]}, n_params)")
     if param_names is not None and (params is None or len(param_names) != params.shape[1]):
         raise ValueError("param_names needs params with one column per name")
-    if x is not None and (len(shape) != 4 or np.shape(x) != (shape[2],)):
-        raise ValueError(f"x has shape {np.shape(x)}, states have shape {shape}")
+    for i, axis in enumerate(AXES):
+        values = coords.get(axis)
+        if values is not None and (len(shape) < 4 + i or np.shape(values) != (shape[2 + i],)):
+            raise ValueError(f"{axis} has shape {np.shape(values)}, states have shape {shape}")
 
 
 class TrajectoryWriter:
@@ -109,19 +112,21 @@ class TrajectoryWriter:
                  param_names: list[str] | None = None, units: dict[str, str] | None = None,
                  quantile_levels: Sequence[float] | None = None,
                  quantile_horizon: int | None = None, attrs: dict | None = None,
-                 x: np.ndarray | None = None, n_samples: int | None = None) -> None:
+                 x: np.ndarray | None = None, y: np.ndarray | None = None,
+                 z: np.ndarray | None = None, n_samples: int | None = None) -> None:
         self.path, self.shape, self.dtype = path, tuple(int(s) for s in shape), np.dtype(dtype)
         self.dims = _state_dims(len(self.shape))
         self.params = None if params is None else np.asarray(params, dtype=np.float64)
-        _check_args(self.shape, self.dtype, field_names, self.params, param_names, x)
+        coords = {"x": x, "y": y, "z": z}
+        _check_args(self.shape, self.dtype, field_names, self.params, param_names, coords)
         self.time, self.dt = _time_axis(self.shape[1], dt, time)
-        self.units = {"time": "1", "x": "1", "states": "1", **(units or {})}
+        self.units = {"time": "1", **dict.fromkeys(AXES, "1"), "states": "1", **(units or {})}
         self.levels = None if quantile_levels is None else np.asarray(quantile_levels, np.float64)
         self.q_horizon = self.shape[1] if quantile_horizon is None else int(quantile_horizon)
         self.n_samples = n_samples
         self.meta = {"system": system, "lyapunov_time": lyapunov_time,
                      "field_names": field_names, "param_names": param_names, "attrs": attrs,
-                     "x": x}
+                     "coords": coords}
         self.written = 0
         self._stack: contextlib.ExitStack | None = None
 
@@ -147,9 +152,10 @@ class TrajectoryWriter:
         f, m = self._f, self.meta
         f.dimensions = dict(zip(self.dims, self.shape, strict=True))
         _add_variable(f, "time", ("time",), self.units["time"], data=self.time)
-        if m["x"] is not None:
-            _add_variable(f, "x", ("x",), self.units["x"],
-                          data=np.asarray(m["x"], dtype=np.float64))
+        for axis, values in m["coords"].items():
+            if values is not None:
+                _add_variable(f, axis, (axis,), self.units[axis],
+                              data=np.asarray(values, dtype=np.float64))
         if m["field_names"] is not None:
             _add_strings(f, "field", m["field_names"])
         _add_variable(f, "states", self.dims, self.units["states"], dtype=self.dtype,
@@ -225,10 +231,10 @@ def write_trajectories(path: str | os.PathLike, states: np.ndarray, *,
     """Write states (and metadata) atomically in the trajectory contract, readable by h5py and
     by `xarray.open_dataset(path, engine="h5netcdf")`.
 
-    Dimensions are (trajectory, time, field) or (trajectory, time, x, field); `time` (and `x`
-    if given) are coordinates. Keywords: dt or time, system, lyapunov_time, field_names,
-    params (n_traj, n_params) with param_names, `units` (CF unit strings for time, x, states,
-    quantiles; default "1"), `attrs` (extra root attributes), x. `quantiles`
+    Dimensions are (trajectory, time, field) or (trajectory, time, x[, y[, z]], field); `time`
+    (and `x`, `y`, `z` if given) are coordinates. Keywords: dt or time, system, lyapunov_time,
+    field_names, params (n_traj, n_params) with param_names, `units` (CF unit strings for time,
+    x, y, z, states, quantiles; default "1"), `attrs` (extra root attributes), x, y, z. `quantiles`
     (n_levels, n_traj, H, ...) use dim `time` when H == n_time, else `horizon`.
     """
     states = np.asarray(states)

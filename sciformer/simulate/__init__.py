@@ -1,4 +1,4 @@
-"""Reference simulators: chaotic ODEs and 1-D PDEs written in the trajectory HDF5 contract.
+"""Reference simulators: chaotic ODEs, 1-D and 2-D PDEs written in the trajectory HDF5 contract.
 
 `SYSTEMS` is the one explicit table of systems; `simulate` runs one of them for a batch of
 trajectories (initial conditions drawn from a seeded Generator, so a seed reproduces the data
@@ -19,7 +19,7 @@ import numpy as np
 
 from sciformer.errors import ConfigError
 from sciformer.io.trajectories import write_trajectories
-from sciformer.simulate import odes, pdes
+from sciformer.simulate import odes, pdes, pdes2d
 
 ParamDict = dict[str, float]
 
@@ -29,14 +29,15 @@ class SimResult:
     """A batch of simulated trajectories plus the metadata the file contract stores."""
 
     system: str
-    states: np.ndarray  # (n_traj, n_steps, n_channels) or (n_traj, n_steps, n_x, 1), float64
+    states: np.ndarray  # (n_traj, n_steps, n_channels) or (n_traj, n_steps, *space, 1), float64
     dt: float  # saved time step
     time: np.ndarray  # (n_steps,), 0 at the first saved state (after the burn-in)
     lyapunov_time: float | None
     field_names: list[str]
     params: np.ndarray  # (n_traj, n_params)
     param_names: list[str]
-    x: np.ndarray | None = None  # grid of 1-D fields
+    x: np.ndarray | None = None  # grid of fields along x
+    y: np.ndarray | None = None  # grid of 2-D fields along y
 
 
 @dataclass
@@ -49,7 +50,7 @@ class SystemSpec:
     lyapunov_time: Callable[[ParamDict], float | None]  # may depend on params; None if unknown
     field_names: Callable[[ParamDict], list[str]]
     integer_params: tuple[str, ...] = ("substeps",)
-    grid: Callable[[ParamDict], np.ndarray] | None = None
+    grid: Callable[[ParamDict], dict[str, np.ndarray]] | None = None  # coordinates by axis
     description: str = ""
 
     @property
@@ -68,16 +69,21 @@ SYSTEMS: dict[str, SystemSpec] = {
         description="Lorenz (1996) ring of n variables with forcing F"),
     "ks": SystemSpec(
         "ks", pdes.KS_DEFAULTS, pdes.run_ks, pdes.ks_lyapunov_time, lambda p: ["u"],
-        ("nx", "substeps"), lambda p: pdes.field_grid(p, "L"),
+        ("nx", "substeps"), lambda p: {"x": pdes.field_grid(p, "L")},
         description="Kuramoto-Sivashinsky on a periodic domain of length L"),
     "burgers": SystemSpec(
         "burgers", pdes.BURGERS_DEFAULTS, pdes.run_burgers, lambda p: None, lambda p: ["u"],
-        ("nx", "substeps", "modes"), lambda p: pdes.field_grid(p, None),
+        ("nx", "substeps", "modes"), lambda p: {"x": pdes.field_grid(p, None)},
         description="viscous Burgers on [0, 2 pi), viscosity nu"),
+    "ns2d": SystemSpec(
+        "ns2d", pdes2d.NS2D_DEFAULTS, pdes2d.run_ns2d, pdes2d.ns2d_lyapunov_time,
+        lambda p: ["vorticity"], ("nx", "substeps", "kf"), pdes2d.grid_2d,
+        description="2-D incompressible Navier-Stokes (vorticity), Kolmogorov forcing, "
+                    "on [0, 2 pi)^2 with an nx x nx grid"),
 }
 _MIN_INT = {"nx": 8, "n": 4}  # spectral grids need a few points; L96 needs i-2..i+1 distinct
-_MAY_BE_ANY = {"F"}  # forcing may be zero or negative
-_MAY_BE_ZERO = {"burn_in"}
+_MAY_BE_ANY = {"F", "forcing"}  # forcing may be zero or negative
+_MAY_BE_ZERO = {"burn_in", "drag"}
 
 
 def get_system(system: str) -> SystemSpec:
@@ -149,11 +155,12 @@ def simulate(system: str, n_traj: int, n_steps: int, seed: int,
         states = spec.run(n_traj, n_steps, np.random.default_rng(seed), p)
     _check_finite(system, states, p)
     names = list(p)
+    coords = {} if spec.grid is None else spec.grid(p)
     return SimResult(
         system=spec.name, states=states, dt=p["dt"], time=np.arange(n_steps) * p["dt"],
         lyapunov_time=spec.lyapunov_time(p), field_names=spec.field_names(p),
         params=np.tile(np.array([p[k] for k in names]), (n_traj, 1)), param_names=names,
-        x=None if spec.grid is None else spec.grid(p))
+        x=coords.get("x"), y=coords.get("y"))
 
 
 def simulate_to_file(system: str, path: str | os.PathLike, n_traj: int, n_steps: int, seed: int,
@@ -163,7 +170,7 @@ def simulate_to_file(system: str, path: str | os.PathLike, n_traj: int, n_steps:
     write_trajectories(
         path, res.states.astype(np.float32), dt=res.dt, time=res.time, system=res.system,
         lyapunov_time=res.lyapunov_time, field_names=res.field_names, params=res.params,
-        param_names=res.param_names, x=res.x, attrs={"seed": int(seed)})
+        param_names=res.param_names, x=res.x, y=res.y, attrs={"seed": int(seed)})
     return Path(path)
 
 
