@@ -24,10 +24,16 @@ class Group(click.Group):
     """Turns SciformerError into a one-line message and a non-zero exit."""
 
     def invoke(self, ctx: click.Context):
+        from sciformer.signals import Terminated, terminate_as_interrupt
+
         try:
-            return super().invoke(ctx)
+            with terminate_as_interrupt():  # SIGTERM cleans up like Ctrl-C
+                return super().invoke(ctx)
         except SciformerError as exc:
             click.echo(f"Error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except Terminated as exc:
+            click.echo(f"Error: {exc.message}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
@@ -187,7 +193,7 @@ def import_esm2(source, out, heads) -> Path:
     """Convert an ESM-2 checkpoint (HF EsmForMaskedLM folder or fair-esm .pt) into a run."""
     from sciformer.esm2 import import_esm2 as run
 
-    run(source, out, heads=heads)
+    run(source, out, heads=heads)  # refuses an existing --out
     click.echo(f"Imported {source} into {out}")
     return out
 
@@ -201,9 +207,11 @@ def import_esm2(source, out, heads) -> Path:
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
               help="System parameter, e.g. --param F=8 (repeatable).")
 def simulate(system, out, n_traj, n_steps, seed, params) -> Path:
-    """Write reference simulations (lorenz63, lorenz96, ks, burgers) as trajectory HDF5."""
+    """Write reference simulations (lorenz63, lorenz96, ks, burgers, ns2d) as trajectory HDF5."""
+    from sciformer.io.outputs import check_output
     from sciformer.simulate import simulate_to_file
 
+    check_output(out)
     simulate_to_file(system, out, n_traj, n_steps, seed, _parse_params(params))
     click.echo(f"Wrote {n_traj} trajectories x {n_steps} steps of {system} to {out}")
     return out

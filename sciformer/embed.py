@@ -39,7 +39,10 @@ import h5py
 import numpy as np
 
 from sciformer.errors import ConfigError, InputError
+from sciformer.io.atomic import make_parents, remove_created, write_failure
 from sciformer.io.fasta import grouped, read_fasta
+from sciformer.io.lock import RunLock
+from sciformer.io.outputs import check_output, run_files
 from sciformer.pipelines.protein import POOLING, ProteinLM
 from sciformer.pipelines.residues import pool
 from sciformer.tokenizers.protein import TOKENIZER
@@ -99,7 +102,6 @@ _CHANGED = {"weights": "other model weights (model.safetensors differs)",
 
 def _create(path: Path, settings: EmbedSettings, ids: list[str], lengths: list[int],
             d_model: int) -> h5py.File:
-    path.parent.mkdir(parents=True, exist_ok=True)
     f = h5py.File(path, "w")
     for name, value in vars(settings).items():
         f.attrs[name] = value
@@ -214,6 +216,9 @@ def embed(run_dir: str | Path, fasta: str | Path, out: str | Path, *,
     if pooled not in POOLING:
         raise ConfigError(f"--pooled '{pooled}': must be one of {', '.join(POOLING)}")
     fasta, out = Path(fasta), Path(out)
+    partial = out.with_name(out.name + ".partial")
+    for path in (out, partial):
+        check_output(path, inputs=[fasta], protected=run_files(run_dir))
     lm = load(run_dir, device)
     if not isinstance(lm, ProteinLM):
         raise InputError(f"{run_dir}: embed needs a protein (masked-residue) run")
@@ -223,16 +228,25 @@ def embed(run_dir: str | Path, fasta: str | Path, out: str | Path, *,
                              pooled, per_residue, lm.window, lm.window // 4)
     if out.exists() and _already_done(out, settings, ids):
         return EmbedResult(out, len(ids), 0, len(ids), 0)
-    partial = out.with_name(out.name + ".partial")
-    f = _open_partial(partial, settings, ids) or _create(partial, settings, ids, lengths,
-                                                         lm.cfg.model.d_model)
-    with f:
-        f.attrs["run"], f.attrs["fasta"] = str(Path(run_dir).resolve()), str(fasta.resolve())
-        todo = ~f["done"][()]
-        written, residues = _run_groups(lm, f, fasta, todo, settings,
-                                        tokens_per_batch or lm.tokens_per_batch, progress)
-        f.attrs["complete"] = True
-    os.replace(partial, out)
+    created = make_parents(out.parent)
+    try:
+        with RunLock.for_file(partial):  # a second writer of the same output is refused
+            f = _open_partial(partial, settings, ids) or _create(
+                partial, settings, ids, lengths, lm.cfg.model.d_model)
+            with f:
+                f.attrs["run"] = str(Path(run_dir).resolve())
+                f.attrs["fasta"] = str(fasta.resolve())
+                todo = ~f["done"][()]
+                written, residues = _run_groups(lm, f, fasta, todo, settings,
+                                                tokens_per_batch or lm.tokens_per_batch,
+                                                progress)
+                f.attrs["complete"] = True
+            os.replace(partial, out)
+    except OSError as exc:  # a full or read-only disk: one line, the partial file stays
+        raise (write_failure(partial, exc) or exc) from None
+    except BaseException:
+        remove_created(created)  # folders made for an output that never appeared
+        raise
     return EmbedResult(out, len(ids), written, len(ids) - int(todo.sum()), residues)
 
 

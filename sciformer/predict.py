@@ -20,6 +20,7 @@ from tqdm import tqdm
 from sciformer.errors import InputError
 from sciformer.io.atomic import atomic_path
 from sciformer.io.fasta import count_records, grouped, read_fasta
+from sciformer.io.outputs import check_output, run_files
 from sciformer.pipelines import Forecaster, ProteinLM, load
 from sciformer.progress import progress_bar
 
@@ -31,8 +32,10 @@ def predict(run_dir: str | Path, input_path: str | Path, out: str | Path, *,
             write_samples: bool = False, top_k: int = 5, device: str = "auto",
             progress: bool = False, variants: str | Path | None = None) -> Path:
     """Run the model of `run_dir` on `input_path` and write predictions to `out`."""
-    pipe = load(run_dir, device)
     input_path, out = Path(input_path), Path(out)
+    extra = [variants] if variants is not None else []
+    check_output(out, inputs=[input_path, *extra], protected=run_files(run_dir))
+    pipe = load(run_dir, device)
     if isinstance(pipe, Forecaster):
         _refuse(run_dir, "forecasting", score=score, variants=variants)
         return predict_forecast(pipe, input_path, out, horizon, samples, write_samples,

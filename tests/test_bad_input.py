@@ -387,7 +387,7 @@ def test_resume_keeps_foreign_temp_files_and_refuses_other_data(tmp_path: Path, 
     other = write_fasta(tmp_path / "other.fa", n=20, seed=5)
     fail_in_one_line(["pretrain", other, "--out-dir", run, "--resume", "--steps", "8"],
                      f"{run}: --resume with other data than the run was trained on",
-                     "(split.json 'heldout' differs)")
+                     "(split.json 'fingerprints' differs)")
     moved = tmp_path / "moved.fa"
     shutil.copy(runs["fasta"], moved)  # the same data under another path resumes
     res = CliRunner().invoke(main, ["pretrain", str(moved), "--out-dir", str(run), "--resume",

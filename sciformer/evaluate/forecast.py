@@ -47,6 +47,7 @@ from sciformer.evaluate.calibration import empirical_quantiles
 from sciformer.evaluate.chaos_baselines import ALL_BASELINES, NVAR, Parroting
 from sciformer.evaluate.forecast_plots import draw_plots
 from sciformer.evaluate.metrics import DEFINITIONS, ForecastScore, nrmse_at
+from sciformer.evaluate.heldout import select_unseen
 from sciformer.io.trajectories import TrajectoryFile, TrajectoryMeta
 from sciformer.progress import progress_bar
 from sciformer.pipelines.forecast import Forecaster, summarise
@@ -68,22 +69,6 @@ def open_checked(data: Path, fc: Forecaster) -> TrajectoryFile:
     f = TrajectoryFile(data)
     fc.check_state_shape(f.meta.state_shape, str(data))
     return f
-
-
-def heldout_trajectories(run_dir: Path, data: Path, state: ForecastState,
-                         n_traj: int) -> tuple[list[int], str]:
-    """Trajectory indices of `data` to score and a phrase saying which ones (for the report)."""
-    train_files = [Path(p).resolve() for p in state.train_files]
-    if data.resolve() not in train_files:
-        return list(range(n_traj)), (f"all {n_traj} trajectories of {data.name} "
-                                     "(not used in training)")
-    idx = train_files.index(data.resolve())
-    keep = sorted(t for fi, t in read_split(run_dir)["heldout_origin"] if fi == idx)
-    if not keep:
-        raise InputError(f"{data}: is a training file of this run and none of its trajectories "
-                         "was held out (data.val_fraction=0?); evaluate on another file")
-    return keep, (f"held-out trajectories of training file {data.name} ({len(keep)} of "
-                  f"{n_traj}, not used in training)")
 
 
 def default_horizon(trained: int, dt: float, lyapunov_time: float | None) -> int:
@@ -364,7 +349,8 @@ def evaluate_forecast_run(fc: Forecaster, run_dir: Path, data: Path, out_dir: Pa
                           f"{fc.min_context} steps (the model would see fewer steps)")
     samples = samples or cfg.data.samples
     f.require_length(c + h, f"context {c} + horizon {h} (pass a smaller --context/--horizon)")
-    trajs, scope = heldout_trajectories(run_dir, data, state, meta.n_traj)
+    keep, scope = select_unseen(run_dir, data, state.train_files, "trajectory")
+    trajs = list(range(meta.n_traj)) if keep is None else keep
     train = training_trajectories(state, run_dir)
     scale, ch_std = climatological_scale(train), channel_std(train, meta.state_shape)
     fitted = fit_baselines(train, c, h)

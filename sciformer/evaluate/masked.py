@@ -23,27 +23,15 @@ from sciformer.errors import InputError
 from sciformer.evaluate.baselines import unigram_baseline
 from sciformer.evaluate.metrics import masked_metrics
 from sciformer.evaluate.report import plot_masked_report, write_summary
+from sciformer.evaluate.heldout import select_unseen
 from sciformer.io.fasta import count_records, grouped, read_fasta
 from sciformer.progress import progress_bar
 from sciformer.pipelines.protein import ProteinLM
 from sciformer.pipelines.residues import evaluate_masked
-from sciformer.runs import MaskedState, read_split
 from sciformer.tokenizers.protein import STANDARD_AMINO_ACIDS, TOKENIZER
 
 EVAL_SEED = 20240601  # fixed: every evaluation of every model masks the same positions
 GROUP = 256  # records scored together: memory stays bounded on large files
-
-
-def heldout_selection(run_dir: Path, data: Path, state: MaskedState
-                      ) -> tuple[list[int] | None, str]:
-    """Indices to score in `data` and a phrase for the report (held-out part of a train file)."""
-    train_files = [Path(p).resolve() for p in state.train_files]
-    if data.resolve() not in train_files:
-        return None, f"all records of {data.name} (not used in training)"
-    split = read_split(run_dir)
-    f = train_files.index(data.resolve())
-    keep = [r for fi, r in split["heldout_origin"] if fi == f]
-    return keep, f"held-out records of training file {data.name} ({len(keep)} not used in training)"
 
 
 def confusion_matrix(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -102,7 +90,7 @@ def evaluate_masked_run(lm: ProteinLM, run_dir: Path, data: Path, out_dir: Path,
                         progress: bool = False) -> dict:
     """Score `data`, write metrics.json inputs, the PNG and the summary; return metrics."""
     cfg = lm.cfg
-    keep, scope = heldout_selection(run_dir, data, lm.state)
+    keep, scope = select_unseen(run_dir, data, lm.state.train_files, "record")
     res, n_records = score_records(lm.model, cfg, data, keep, lm.device, progress)
     counts = np.asarray(lm.state.residue_counts, dtype=np.float64)
     conf, letters = confusion_matrix(res["true"], res["pred"])

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from sciformer.errors import InputError
 from sciformer.io.atomic import write_json_atomic
+from sciformer.io.outputs import atomic_dir, check_output, run_files
 from sciformer.pipelines import Forecaster, ProteinLM, load
 
 
@@ -20,6 +21,7 @@ def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path, *,
     (`sciformer.evaluate.probe`), reading labels from column / header key `label`.
     """
     run_dir, data, out_dir = Path(run_dir), Path(data), Path(out_dir)
+    check_output(out_dir, inputs=[data], protected=run_files(run_dir), kind="dir")
     pipe = load(run_dir, device)
     forecast_only = {"context": context, "horizon": horizon, "samples": samples}
     if isinstance(pipe, ProteinLM):
@@ -28,23 +30,24 @@ def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path, *,
                 raise InputError(f"{run_dir}: --{name} does not apply to a masked-residue run")
     elif probe is not None:
         raise InputError(f"{run_dir}: --probe needs a protein (masked-residue) run")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if probe is not None:
-        from sciformer.evaluate.probe import evaluate_probe
+    with atomic_dir(out_dir) as tmp:  # the report appears whole, or not at all
+        if probe is not None:
+            from sciformer.evaluate.probe import evaluate_probe
 
-        metrics = evaluate_probe(pipe, data, out_dir, probe, label)
-    elif isinstance(pipe, Forecaster):
-        from sciformer.evaluate.forecast import evaluate_forecast_run
+            metrics = evaluate_probe(pipe, data, tmp, probe, label)
+        elif isinstance(pipe, Forecaster):
+            from sciformer.evaluate.forecast import evaluate_forecast_run
 
-        metrics = evaluate_forecast_run(pipe, run_dir, data, out_dir, context=context,
-                                        horizon=horizon, samples=samples, progress=progress)
-    else:
-        from sciformer.evaluate.masked import evaluate_masked_run
+            metrics = evaluate_forecast_run(pipe, run_dir, data, tmp, context=context,
+                                            horizon=horizon, samples=samples,
+                                            progress=progress)
+        else:
+            from sciformer.evaluate.masked import evaluate_masked_run
 
-        metrics = evaluate_masked_run(pipe, run_dir, data, out_dir, progress)
-        if pipe.state.imported_from:  # no training data: the unigram is really uniform
-            from sciformer.esm2 import relabel_untrained_baseline
+            metrics = evaluate_masked_run(pipe, run_dir, data, tmp, progress)
+            if pipe.state.imported_from:  # no training data: the unigram is really uniform
+                from sciformer.esm2 import relabel_untrained_baseline
 
-            metrics = relabel_untrained_baseline(metrics, pipe.state, out_dir)
-    write_json_atomic(out_dir / "metrics.json", metrics)
+                metrics = relabel_untrained_baseline(metrics, pipe.state, tmp)
+        write_json_atomic(tmp / "metrics.json", metrics)
     return metrics

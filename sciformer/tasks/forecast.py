@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from sciformer.config import RunConfig, for_task
 from sciformer.errors import ConfigError, InputError
+from sciformer.fingerprints import RecordedPrints, duplicates, trajectory_fingerprints
 from sciformer.io.trajectories import TrajectoryFile
 from sciformer.tasks import micro_seed
 from sciformer.tasks.masked import split_indices
@@ -117,6 +118,11 @@ class ForecastTask:
         for f in self.data.files:
             f.require_length(self.window_len, f"context {d.context} + horizon {d.horizon}")
         n = len(self.data.items)
+        self.prints = [fp for p in paths for fp in trajectory_fingerprints(p)]  # item order
+        for first, repeat in duplicates(self.prints)[:1]:
+            raise InputError(f"trajectory {self.prints[repeat].label} repeats "
+                             f"{self.prints[first].label}: a copy could land on both sides of "
+                             "the held-out split; give each trajectory once")
         if n < 2 and d.val_fraction > 0:
             raise InputError(f"{paths[0]}: a held-out split by whole trajectory needs at least "
                              "2 trajectories (or set data.val_fraction=0)")
@@ -146,6 +152,8 @@ class ForecastTask:
         items = self.data.items
         return {"unit": "trajectory", "files": [str(p) for p in self.paths],
                 "train": self.train_idx, "heldout": self.val_idx,
+                "fingerprints": RecordedPrints.from_units(self.prints, self.train_idx,
+                                                          self.val_idx).to_split(),
                 "train_origin": [list(items[i]) for i in self.train_idx],
                 "heldout_origin": [list(items[i]) for i in self.val_idx]}
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from sciformer.config import RunConfig, for_task
 from sciformer.errors import InputError
+from sciformer.fingerprints import RecordedPrints, fasta_fingerprints
 from sciformer.io.fasta import read_fasta_batches
 from sciformer.pipelines.residues import evaluate_masked
 from sciformer.runs import MaskedState
@@ -130,8 +131,11 @@ class MaskedTask:
                            residue_counts=counts.tolist())
 
     def split(self) -> dict[str, Any]:
+        prints = [fp for p in self.paths for fp in fasta_fingerprints(p)]  # in record order
         return {"unit": "record", "files": [str(p) for p in self.paths],
                 "n_records": len(self.data), "train": self.train_idx, "heldout": self.val_idx,
+                "fingerprints": RecordedPrints.from_units(prints, self.train_idx,
+                                                          self.val_idx).to_split(),
                 "heldout_origin": [list(o) for o in self.val.origin],  # (file, record) pairs
                 "heldout_ids": self.val.ids}
 
