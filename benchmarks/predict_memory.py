@@ -52,7 +52,7 @@ from pathlib import Path
 import torch
 torch.set_num_threads(1)
 from sciformer.predict import predict
-from sciformer.evaluate.run import evaluate
+from sciformer.evaluation.run import evaluate
 def kib(field):
     return int(re.search(field + r":\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1))
 kind, run, data, out = sys.argv[1:5]

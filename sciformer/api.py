@@ -47,6 +47,6 @@ def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path, **optio
     """Score the run on held-out `data` against baselines; writes metrics.json, plots and
     summary.md to `out_dir` and returns the metrics. Options as `sciformer evaluate`:
     context, horizon, samples, probe, label, device, progress."""
-    from sciformer.evaluate.run import evaluate as run
+    from sciformer.evaluation.run import evaluate as run
 
     return run(run_dir, data, out_dir, **options)

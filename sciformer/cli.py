@@ -152,8 +152,8 @@ def predict(run_dir, input_path, out, score, top_k, horizon, samples, write_samp
 @click.option("--device", default="auto", show_default=True)
 def evaluate(run_dir, data, out_dir, context, horizon, samples, probe, label, device) -> dict:
     """Score the model on held-out data against baselines; write metrics.json and plots."""
-    from sciformer.evaluate.run import evaluate as run
-    from sciformer.evaluate.summary import format_table
+    from sciformer.evaluation.run import evaluate as run
+    from sciformer.evaluation.summary import format_table
 
     metrics = run(run_dir, data, out_dir, context=context, horizon=horizon, samples=samples,
                   device=device, probe=probe, label=label, progress=_progress())

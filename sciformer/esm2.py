@@ -281,7 +281,7 @@ def relabel_untrained_baseline(metrics: dict[str, Any], state: MaskedState,
     """For runs with no training residue counts (imported weights), the 'unigram' baseline is
     add-one smoothing of zero counts, i.e. equal odds over the residue letters: name it
     'uniform', say why in the metrics, and rewrite summary.md to match."""
-    from sciformer.evaluate.report import write_summary
+    from sciformer.evaluation.report import write_summary
 
     counts = np.asarray(state.residue_counts or [0])
     baselines = metrics.get("baselines", {})

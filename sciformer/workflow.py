@@ -195,7 +195,7 @@ def _pretrain_argv(args: dict[str, Any], argv: list[str]) -> list[str] | None:
 
 def run_workflow(path: str | Path, group: click.Group) -> list[dict[str, Any]]:
     """Run every stage through `group`'s commands; returns the metrics of evaluate stages."""
-    from sciformer.evaluate.summary import format_table
+    from sciformer.evaluation.summary import format_table
 
     wf = load_workflow(path, group.commands)
     click.echo(f"Workflow {wf.get('name', Path(path).stem)}: {len(wf['parsed'])} stages")

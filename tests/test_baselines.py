@@ -1,4 +1,4 @@
-"""Known-answer tests for sciformer.evaluate.baselines."""
+"""Known-answer tests for sciformer.evaluation.baselines."""
 
 from __future__ import annotations
 
@@ -9,21 +9,21 @@ import pytest
 from sklearn.linear_model import Ridge
 
 from sciformer.errors import InputError
-from sciformer.evaluate.baselines import (
+from sciformer.evaluation.baselines import (
     BASELINES,
     ClimatologyMean,
     Persistence,
     RidgeAR,
     unigram_baseline,
 )
-from sciformer.evaluate.chaos_baselines import (
+from sciformer.evaluation.chaos_baselines import (
     ALL_BASELINES,
     NVAR,
     Parroting,
     parrot,
     quadratic_pairs,
 )
-from sciformer.evaluate.metrics import nrmse_per_step
+from sciformer.evaluation.metrics import nrmse_per_step
 
 
 def _ar2_system(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from sciformer.cli import main
 from sciformer.config import load_config
 from sciformer.errors import InputError
-from sciformer.evaluate.run import evaluate
+from sciformer.evaluation.run import evaluate
 from sciformer.io.trajectories import TrajectoryFile, write_trajectories
 from sciformer.model import SciFormer
 from sciformer.simulate import simulate_to_file
@@ -219,7 +219,7 @@ def test_evaluate_writes_contract_metrics_and_plots(l63):
 
 
 def test_evaluate_training_file_scores_only_heldout_trajectories(l63, monkeypatch):
-    monkeypatch.setattr("sciformer.evaluate.forecast.draw_plots", lambda *a, **k: [])  # speed
+    monkeypatch.setattr("sciformer.evaluation.forecast.draw_plots", lambda *a, **k: [])  # speed
     m = evaluate(l63["run"], l63["train"], l63["root"] / "eval_train", device="cpu",
                  horizon=12, context=12)
     held = json.loads((l63["run"] / "split.json").read_text())["heldout"]

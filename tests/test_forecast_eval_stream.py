@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import sciformer.evaluate.forecast as fc
-from sciformer.evaluate.metrics import ForecastScore, forecast_metrics
-from sciformer.evaluate.run import evaluate
+import sciformer.evaluation.forecast as fc
+from sciformer.evaluation.metrics import ForecastScore, forecast_metrics
+from sciformer.evaluation.run import evaluate
 from sciformer.io.trajectories import TrajectoryFile
 from tests.test_forecast import l63_run, labelled_file
 

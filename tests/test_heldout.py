@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from sciformer.cli import main
 from sciformer.errors import InputError
-from sciformer.evaluate.run import evaluate
+from sciformer.evaluation.run import evaluate
 from sciformer.io.trajectories import write_trajectories
 from tests.conftest import write_fasta
 

@@ -1,4 +1,4 @@
-"""Known-answer tests for sciformer.evaluate.metrics."""
+"""Known-answer tests for sciformer.evaluation.metrics."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from sciformer.evaluate.metrics import (
+from sciformer.evaluation.metrics import (
     DEFINITIONS,
     channel_nrmse,
     coverage_per_step,

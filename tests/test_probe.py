@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from sciformer.cli import main
 from sciformer.errors import InputError
-from sciformer.evaluate.probe import (
+from sciformer.evaluation.probe import (
     composition,
     fit_and_score,
     label_kind,

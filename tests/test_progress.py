@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from sciformer.evaluate.run import evaluate
+from sciformer.evaluation.run import evaluate
 from sciformer.predict import predict
 from tests.test_forecast import l63_run
 

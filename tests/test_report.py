@@ -1,4 +1,4 @@
-"""Tests for sciformer.evaluate.report: every plot writes a PNG and leaks no figure."""
+"""Tests for sciformer.evaluation.report: every plot writes a PNG and leaks no figure."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from sciformer.evaluate.report import (
+from sciformer.evaluation.report import (
     coverage_lines,
     plot_coverage,
     plot_error_vs_horizon,

@@ -199,7 +199,7 @@ def test_commands_do_not_import_the_compiler() -> None:
     """Marking functions for compiled steps (`sciformer.compiling.eager`) must not import
     torch._dynamo (~2 s) into commands that never compile."""
     code = ("import sys, sciformer.cli, sciformer.predict, sciformer.embed, "
-            "sciformer.evaluate.run; print('torch._dynamo' in sys.modules)")
+            "sciformer.evaluation.run; print('torch._dynamo' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

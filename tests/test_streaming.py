@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-import sciformer.evaluate.masked as evaluate_masked
+import sciformer.evaluation.masked as evaluate_masked
 import sciformer.predict as predict_mod
 from sciformer.io import fasta as fasta_mod
 from sciformer.runs import load_model as load_run

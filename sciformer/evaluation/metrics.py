@@ -12,7 +12,7 @@ is not finite (a diverged forecast: inf or NaN in the prediction) is written as 
 `null`) rather than the non-standard `NaN`/`Infinity` tokens. `ForecastScore` gives the same
 dict for windows that arrive in blocks (bounded memory on large files); `forecast_metrics` is
 its one-block use, and both it and the per-step curves share the "sum over windows" helpers.
-Probabilistic scores (CRPS, coverage, PIT) live in `sciformer.evaluate.calibration`.
+Probabilistic scores (CRPS, coverage, PIT) live in `sciformer.evaluation.calibration`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from sciformer.evaluate import calibration as cal
+from sciformer.evaluation import calibration as cal
 
 #: sMAPE (percent) above which a step stops counting as valid for `vpt_smape` (dysts).
 VPT_SMAPE_THRESHOLD = 30.0

@@ -206,7 +206,7 @@ def split(data: Labelled, kind: str, seed: int = SPLIT_SEED) -> tuple[np.ndarray
 def evaluate_probe(lm: ProteinLM, data_path: Path, out_dir: Path, probe: str,
                    label: str = "label") -> dict[str, Any]:
     """Fit and score the probe and its baselines; write summary.md; return the metrics."""
-    from sciformer.evaluate.summary import format_table
+    from sciformer.evaluation.summary import format_table
 
     if probe not in PROBES:
         raise InputError(f"--probe '{probe}': must be one of {', '.join(PROBES)}")

@@ -18,7 +18,7 @@ def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path, *,
     `progress` shows a bar of records / trajectories scored.
 
     With `probe` ("sequence" | "residue"), fit a linear probe on frozen embeddings instead
-    (`sciformer.evaluate.probe`), reading labels from column / header key `label`.
+    (`sciformer.evaluation.probe`), reading labels from column / header key `label`.
     """
     run_dir, data, out_dir = Path(run_dir), Path(data), Path(out_dir)
     check_output(out_dir, inputs=[data], protected=run_files(run_dir), kind="dir")
@@ -32,17 +32,17 @@ def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path, *,
         raise InputError(f"{run_dir}: --probe needs a protein (masked-residue) run")
     with atomic_dir(out_dir) as tmp:  # the report appears whole, or not at all
         if probe is not None:
-            from sciformer.evaluate.probe import evaluate_probe
+            from sciformer.evaluation.probe import evaluate_probe
 
             metrics = evaluate_probe(pipe, data, tmp, probe, label)
         elif isinstance(pipe, Forecaster):
-            from sciformer.evaluate.forecast import evaluate_forecast_run
+            from sciformer.evaluation.forecast import evaluate_forecast_run
 
             metrics = evaluate_forecast_run(pipe, run_dir, data, tmp, context=context,
                                             horizon=horizon, samples=samples,
                                             progress=progress)
         else:
-            from sciformer.evaluate.masked import evaluate_masked_run
+            from sciformer.evaluation.masked import evaluate_masked_run
 
             metrics = evaluate_masked_run(pipe, run_dir, data, tmp, progress)
             if pipe.state.imported_from:  # no training data: the unigram is really uniform

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sciformer.evaluate.report import coverage_lines, metrics_table
+from sciformer.evaluation.report import coverage_lines, metrics_table
 
 
 def format_table(metrics: dict[str, Any]) -> str:

@@ -1,6 +1,6 @@
 """Probabilistic scores of a forecast ensemble: CRPS, central-interval coverage and PIT.
 
-Shapes follow `sciformer.evaluate.metrics`: truth `(n, H, F)`, sample paths `(S, n, H, F)`,
+Shapes follow `sciformer.evaluation.metrics`: truth `(n, H, F)`, sample paths `(S, n, H, F)`,
 quantile forecasts `(n_levels, n, H, F)` with ascending levels. Each helper returns SUMS over
 windows and features per lead time `(H,)` (or histogram counts), so the streaming
 `ForecastScore` adds blocks first and divides once.

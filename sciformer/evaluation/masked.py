@@ -20,10 +20,10 @@ import torch
 
 from sciformer.config import RunConfig
 from sciformer.errors import InputError
-from sciformer.evaluate.baselines import unigram_baseline
-from sciformer.evaluate.metrics import masked_metrics
-from sciformer.evaluate.report import plot_masked_report, write_summary
-from sciformer.evaluate.heldout import select_unseen
+from sciformer.evaluation.baselines import unigram_baseline
+from sciformer.evaluation.metrics import masked_metrics
+from sciformer.evaluation.report import plot_masked_report, write_summary
+from sciformer.evaluation.heldout import select_unseen
 from sciformer.io.fasta import count_records, grouped, read_fasta
 from sciformer.progress import progress_bar
 from sciformer.pipelines.protein import ProteinLM

@@ -7,7 +7,7 @@
   Commun. 12:5564, 2021). A nonlinear vector autoregression: constant, linear and quadratic
   monomials of k delayed states, a ridge readout for the next increment, closed-loop rollout.
 
-Both share the interface of `sciformer.evaluate.baselines` (`fit(train) -> self`,
+Both share the interface of `sciformer.evaluation.baselines` (`fit(train) -> self`,
 `predict(context (n, C, F), horizon) -> (n, horizon, F)`) and take their hyper-parameters from
 the TRAINING trajectories only. `ALL_BASELINES` is every forecast baseline by metrics.json name.
 """
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from sciformer.evaluate.baselines import (BASELINES, _add, _check_train, _ForecastBaseline,
+from sciformer.evaluation.baselines import (BASELINES, _add, _check_train, _ForecastBaseline,
                                           _moments, _ridge_solve, _safe_std)
 
 MAX_SELECTION_WINDOWS = 256  # training windows on which a hyper-parameter is chosen

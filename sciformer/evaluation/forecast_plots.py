@@ -1,6 +1,6 @@
 """The plots of a forecasting evaluation: forecast.png, error_vs_horizon.png,
 crps_vs_horizon.png, coverage.png and pit.png (when the model reports them) and, for 1-D
-fields, spacetime.png. Drawn by `sciformer.evaluate.report`; see docs/forecast-metrics.md."""
+fields, spacetime.png. Drawn by `sciformer.evaluation.report`; see docs/forecast-metrics.md."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 from sciformer.io.trajectories import TrajectoryMeta
 
 if TYPE_CHECKING:
-    from sciformer.evaluate.forecast import PlotWindows
+    from sciformer.evaluation.forecast import PlotWindows
 
 
 def _shown_features(meta: TrajectoryMeta) -> tuple[list[int], list[str]]:
@@ -34,7 +34,7 @@ def draw_plots(out_dir: Path, meta: TrajectoryMeta, shown: PlotWindows,
 
     Time axes are in Lyapunov times when the Lyapunov time is known, else in time units.
     """
-    from sciformer.evaluate import report
+    from sciformer.evaluation import report
 
     c, h = shown.ctx.shape[1], shown.truth.shape[1]
     lyap, levels = metrics["lyapunov_time"], metrics["quantile_levels"]
@@ -67,7 +67,7 @@ def draw_plots(out_dir: Path, meta: TrajectoryMeta, shown: PlotWindows,
 def _calibration_plots(out_dir: Path, model: dict[str, Any], lead: np.ndarray,
                        x_label: str) -> list[str]:
     """coverage.png (per-lead interval coverage) and pit.png, where the model has them."""
-    from sciformer.evaluate import report
+    from sciformer.evaluation import report
 
     plots = []
     cover = {k: model[k] for k in ("coverage_50", "coverage_80") if k in model}
@@ -84,7 +84,7 @@ def _calibration_plots(out_dir: Path, model: dict[str, Any], lead: np.ndarray,
 def _spacetime(path: Path, meta: TrajectoryMeta, shown: PlotWindows, c: int, unit: float,
                label: str) -> None:
     """Truth / forecast / error of the first shown window's first field over x and lead."""
-    from sciformer.evaluate import report
+    from sciformer.evaluation import report
 
     h, (n_x, n_f) = shown.truth.shape[1], meta.state_shape
     grid = (float(meta.x[0]), float(meta.x[-1])) if meta.x is not None else None

@@ -42,12 +42,12 @@ import numpy as np
 
 from sciformer.config import RunConfig
 from sciformer.errors import ConfigError, InputError
-from sciformer.evaluate.baselines import RidgeAR
-from sciformer.evaluate.calibration import empirical_quantiles
-from sciformer.evaluate.chaos_baselines import ALL_BASELINES, NVAR, Parroting
-from sciformer.evaluate.forecast_plots import draw_plots
-from sciformer.evaluate.metrics import DEFINITIONS, ForecastScore, nrmse_at
-from sciformer.evaluate.heldout import select_unseen
+from sciformer.evaluation.baselines import RidgeAR
+from sciformer.evaluation.calibration import empirical_quantiles
+from sciformer.evaluation.chaos_baselines import ALL_BASELINES, NVAR, Parroting
+from sciformer.evaluation.forecast_plots import draw_plots
+from sciformer.evaluation.metrics import DEFINITIONS, ForecastScore, nrmse_at
+from sciformer.evaluation.heldout import select_unseen
 from sciformer.io.trajectories import TrajectoryFile, TrajectoryMeta
 from sciformer.progress import progress_bar
 from sciformer.pipelines.forecast import Forecaster, summarise
@@ -333,7 +333,7 @@ def evaluate_forecast_run(fc: Forecaster, run_dir: Path, data: Path, out_dir: Pa
     Returns the metrics dict (the caller writes metrics.json). See the module docstring for
     what is scored and how the defaults of `context` and `horizon` are chosen.
     """
-    from sciformer.evaluate.report import write_summary
+    from sciformer.evaluation.report import write_summary
 
     run_dir, data, out_dir = Path(run_dir), Path(data), Path(out_dir)
     cfg, state = fc.cfg, fc.state
