@@ -37,17 +37,17 @@ class ModelConfig:
     # on attention probabilities; off by default (as LLaMA / ESM-2 pretraining): any value > 0
     # makes CPU attention leave the fused kernel for the ~3x slower explicit softmax path
     attention_dropout: float = 0.0
-    attention: str = "scaled_dot"  # scaled_dot | dot | additive | linear | local
+    attention: str = "scaled_dot"  # attention kernel (model.attention.KERNELS)
     window: int = 128  # local attention: each query sees keys within +-window positions
-    positions: str = "sinusoidal"  # sinusoidal | learned | rotary
-    norm: str = "pre"  # pre-LN is stable without warm-up tricks; post-LN as in Vaswani et al.
-    activation: str = "gelu"  # gelu | relu
+    positions: str = "sinusoidal"  # position encoding (model.positions.POSITIONS)
+    norm: str = "pre"  # LayerNorm placement (model.layers.NORMS)
+    activation: str = "gelu"  # feed-forward nonlinearity (model.layers.ACTIVATIONS)
     max_len: int = 1024  # size of the learned position table (learned positions only)
     vocab_size: int = 33  # discrete input vocabulary; set by the tokenizer
     input_dim: int = 0  # >0: continuous inputs of this width enter through a linear adapter
     output_dim: int = 0  # >0: continuous head of this width (forecast patches x quantiles)
     tie_embeddings: bool = True  # token head shares the input embedding matrix (as ESM-2)
-    lm_head: str = "linear"  # linear | roberta (dense + GELU + LayerNorm first, as ESM-2)
+    lm_head: str = "linear"  # token head (model.heads.LM_HEADS; roberta as ESM-2)
     final_norm: bool = True  # LayerNorm after the last layer (needed with pre-LN)
     embed_scale: bool = True  # multiply token embeddings by sqrt(d_model); ESM-2 does not
     token_dropout: bool = False  # ESM-2: zero <mask> embeddings, rescale the rest (see model)
@@ -68,16 +68,21 @@ class ModelConfig:
         _check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
         _check(0.0 <= self.attention_dropout < 1.0, "model.attention_dropout", "must be in [0, 1)")
         _check(self.window >= 1, "model.window", "must be at least 1")
-        from sciformer.model.attention import KERNELS  # the registries are the source of truth
+        from sciformer.model.attention import DROPOUT_KINDS, KERNELS  # the registries are the
+        from sciformer.model.heads import LM_HEADS  # one source of truth for valid choices
+        from sciformer.model.layers import ACTIVATIONS, NORMS
         from sciformer.model.positions import POSITIONS
 
-        _check(self.attention in KERNELS, "model.attention",
-               f"unknown kind '{self.attention}' (valid: {', '.join(KERNELS)})")
-        _check(self.positions in POSITIONS, "model.positions",
-               f"unknown kind '{self.positions}' (valid: {', '.join(POSITIONS)})")
-        _check(self.norm in ("pre", "post"), "model.norm", "must be 'pre' or 'post'")
-        _check(self.activation in ("gelu", "relu"), "model.activation", "must be gelu or relu")
-        _check(self.lm_head in ("linear", "roberta"), "model.lm_head", "must be linear or roberta")
+        for key, value, valid in (("attention", self.attention, KERNELS),
+                                  ("positions", self.positions, POSITIONS),
+                                  ("norm", self.norm, NORMS),
+                                  ("activation", self.activation, ACTIVATIONS),
+                                  ("lm_head", self.lm_head, LM_HEADS)):
+            _check(value in valid, f"model.{key}",
+                   f"unknown kind '{value}' (valid: {', '.join(valid)})")
+        _check(self.attention_dropout == 0 or self.attention in DROPOUT_KINDS,
+               "model.attention_dropout", f"'{self.attention}' attention has no attention "
+               f"weights to drop out (kinds that do: {', '.join(DROPOUT_KINDS)})")
         _check(self.max_len >= 1, "model.max_len", "must be at least 1")
         _check(self.vocab_size >= 0, "model.vocab_size", "must be >= 0")
         _check(self.input_dim >= 0 and self.output_dim >= 0, "model.input_dim", "must be >= 0")

@@ -1,6 +1,6 @@
 """Attention kernels and multi-head attention against references computed another way.
 
-- `MultiHeadAttention("scaled_dot")` against `torch.nn.MultiheadAttention` with shared weights.
+- `MultiHeadAttention(cfg, "scaled_dot")` against `torch.nn.MultiheadAttention` with shared weights.
 - Each kernel against a by-hand dense formula: the blocked `local` path against the dense band
   mask, the chunked causal `linear` path against the dense causal form, `additive` against
   w^T tanh(q + k) written as loops (Bahdanau et al. 2015).
@@ -34,6 +34,11 @@ from sciformer.model.positions import POSITIONS, Rotary, build_positions
 D, H = 16, 4
 DH = D // H
 TOL = 1e-10
+
+
+def kcfg(**kw) -> ModelConfig:
+    """A ModelConfig for building kernels: d_model D, H heads (Dh = 4) unless given."""
+    return ModelConfig(**{"d_model": D, "n_heads": H, **kw})
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +88,7 @@ def shared_mha() -> tuple[MultiHeadAttention, nn.MultiheadAttention]:
     ref = nn.MultiheadAttention(D, H, batch_first=True, dtype=torch.float64)
     nn.init.normal_(ref.in_proj_bias)
     nn.init.normal_(ref.out_proj.bias)
-    ours = MultiHeadAttention(D, H, kind="scaled_dot").double()
+    ours = MultiHeadAttention(kcfg(), "scaled_dot").double()
     wq, wk, wv = ref.in_proj_weight.detach().chunk(3)
     bq, bk, bv = ref.in_proj_bias.detach().chunk(3)
     with torch.no_grad():
@@ -120,7 +125,7 @@ def test_mha_matches_torch_causal(with_pad: bool) -> None:
 def test_scaled_dot_kernel_by_hand() -> None:
     q, k, v = qkv(2, H, 6, 9, DH)
     pad = right_pad([9, 4], 9)
-    got = build_kernel("scaled_dot", DH, H, 4, 0.0)(q, k, v, AttnMask(key_pad=pad))
+    got = build_kernel("scaled_dot", kcfg(window=4))(q, k, v, AttnMask(key_pad=pad))
     want = dense_softmax(q @ k.transpose(-2, -1) / math.sqrt(DH), v, allowed_mask(6, 9, pad))
     assert (got - want).abs().max().item() < TOL
 
@@ -128,7 +133,7 @@ def test_scaled_dot_kernel_by_hand() -> None:
 def test_dot_kernel_is_unscaled_softmax() -> None:
     q, k, v = qkv(2, H, 6, 9, DH)
     pad = right_pad([9, 4], 9)
-    got = build_kernel("dot", DH, H, 4, 0.0)(q, k, v, AttnMask(key_pad=pad))
+    got = build_kernel("dot", kcfg(window=4))(q, k, v, AttnMask(key_pad=pad))
     want = dense_softmax(q @ k.transpose(-2, -1), v, allowed_mask(6, 9, pad))
     assert (got - want).abs().max().item() < TOL
 
@@ -137,7 +142,7 @@ def test_additive_kernel_by_hand() -> None:
     """e_ij = sum_d w_hd tanh(q_id + k_jd), written as explicit loops over i, j."""
     b, tq, tk = 2, 3, 5
     q, k, v = qkv(b, H, tq, tk, DH)
-    kernel = build_kernel("additive", DH, H, 4, 0.0).double()
+    kernel = build_kernel("additive", kcfg(window=4)).double()
     w = kernel.score.detach()  # (H, Dh)
     scores = torch.empty(b, H, tq, tk, dtype=torch.float64)
     for i in range(tq):
@@ -162,7 +167,7 @@ def linear_reference(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor) -> Tensor
 def test_linear_noncausal_matches_dense() -> None:
     q, k, v = qkv(2, H, 10, 10, DH)
     pad = right_pad([10, 6], 10)
-    got = build_kernel("linear", DH, H, 4, 0.0)(q, k, v, AttnMask(key_pad=pad))
+    got = build_kernel("linear", kcfg(window=4))(q, k, v, AttnMask(key_pad=pad))
     assert (got - linear_reference(q, k, v, allowed_mask(10, 10, pad))).abs().max().item() < TOL
 
 
@@ -171,7 +176,7 @@ def test_linear_causal_chunked_matches_dense(with_pad: bool) -> None:
     t = 2 * LinearKernel.chunk + 23  # three chunks, the last one partial
     q, k, v = qkv(2, 2, t, t, DH)
     pad = right_pad([t, t - 40], t) if with_pad else None
-    got = LinearKernel(DH, 2, 4, 0.0)(q, k, v, AttnMask(key_pad=pad, causal=True))
+    got = LinearKernel(kcfg(n_heads=2, d_model=2 * DH))(q, k, v, AttnMask(key_pad=pad, causal=True))
     want = linear_reference(q, k, v, allowed_mask(t, t, pad, causal=True))
     assert (got - want).abs().max().item() < TOL
 
@@ -179,7 +184,7 @@ def test_linear_causal_chunked_matches_dense(with_pad: bool) -> None:
 def test_linear_cached_queries_match_dense() -> None:
     """The decoding form (few new queries at an offset) against the dense causal form."""
     q, k, v = qkv(2, 2, 3, 11, DH)
-    got = LinearKernel(DH, 2, 4, 0.0)(q, k, v, AttnMask(causal=True, q_offset=8))
+    got = LinearKernel(kcfg(n_heads=2, d_model=2 * DH))(q, k, v, AttnMask(causal=True, q_offset=8))
     want = linear_reference(q, k, v, allowed_mask(3, 11, None, causal=True, q_offset=8))
     assert (got - want).abs().max().item() < TOL
 
@@ -189,7 +194,7 @@ def test_linear_cached_queries_match_dense() -> None:
 def test_local_blocked_matches_dense_band(causal: bool, t: int,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     w = 4
-    kernel = LocalKernel(DH, 2, w, 0.0)
+    kernel = LocalKernel(kcfg(n_heads=2, d_model=2 * DH, window=w))
     calls = []
     blocked = LocalKernel._blocked
     monkeypatch.setattr(LocalKernel, "_blocked",
@@ -208,7 +213,7 @@ def test_local_blocked_matches_dense_band(causal: bool, t: int,
 def test_local_short_sequence_dense_path_matches_band() -> None:
     w, t = 4, 7  # t <= 2w: the dense path
     q, k, v = qkv(2, 2, t, t, DH)
-    got = LocalKernel(DH, 2, w, 0.0)(q, k, v, AttnMask(causal=True))
+    got = LocalKernel(kcfg(n_heads=2, d_model=2 * DH, window=w))(q, k, v, AttnMask(causal=True))
     allowed = allowed_mask(t, t, None, causal=True, window=w)
     want = dense_softmax(q @ k.transpose(-2, -1) / math.sqrt(DH), v, allowed)
     assert (got - want).abs().max().item() < TOL
@@ -218,7 +223,7 @@ def test_local_short_sequence_dense_path_matches_band() -> None:
 def test_kernels_keep_float64(kind: str) -> None:
     """float64 in, float64 out, and the mixing is not done at a lower precision."""
     q, k, v = qkv(1, 2, 5, 5, DH)
-    kernel = build_kernel(kind, DH, 2, 2, 0.0).double()
+    kernel = build_kernel(kind, kcfg(n_heads=2, d_model=2 * DH, window=2)).double()
     out = kernel(q, k, v, AttnMask(causal=True))
     assert out.dtype == torch.float64
     # each output row is a convex combination of value rows: sum of weights is exactly 1
@@ -254,7 +259,7 @@ def test_rotary_rejects_odd_head_width() -> None:
 # ---- 9. configuration errors --------------------------------------------------------------
 def test_unknown_attention_lists_valid_names() -> None:
     with pytest.raises(ConfigError) as err:
-        build_kernel("flash9", DH, H, 4, 0.0)
+        build_kernel("flash9", kcfg(window=4))
     msg = str(err.value)
     assert "model.attention" in msg and "flash9" in msg
     assert all(name in msg for name in KERNELS)

@@ -104,3 +104,54 @@ def test_workflow_errors(tmp_path):
     bad.write_text("stages:\n  - pretrain: {data: x, out: y}\n")
     with pytest.raises(ConfigError, match="unknown keys"):
         load_workflow(bad, main.commands)
+
+
+# ---- derived fields, task settings, registries ----------------------------------------------
+def test_linear_attention_refuses_attention_dropout():
+    with pytest.raises(ConfigError, match="model.attention_dropout.*'linear'"):
+        apply_overrides(RunConfig(), ["model.attention=linear",
+                                      "model.attention_dropout=0.1"]).validate()
+    apply_overrides(RunConfig(), ["model.attention=local", "model.attention_dropout=0.1"]
+                    ).validate()
+
+
+@pytest.mark.parametrize("key", ["model.vocab_size=40", "model.input_dim=3",
+                                 "model.output_dim=9", "model.mask_id=1"])
+def test_derived_fields_cannot_be_set(key):
+    with pytest.raises(ConfigError, match="computed from the data"):
+        apply_overrides(RunConfig(), [key])
+
+
+@pytest.mark.parametrize("task, item, words", [
+    ("masked", "data.context=32", "'data.context' does not apply to masked-residue"),
+    ("masked", "train.batch_size=4", "'train.batch_size' does not apply to masked-residue"),
+    ("masked", "model.n_decoder_layers=2", "encoder-only"),
+    ("forecast", "data.crop_length=128", "'data.crop_length' does not apply to forecasting"),
+    ("forecast", "model.n_decoder_layers=0", "at least one decoder layer"),
+])
+def test_settings_of_the_other_task_are_errors(task, item, words):
+    from sciformer.config import for_task
+
+    with pytest.raises(ConfigError, match=words):
+        for_task(apply_overrides(RunConfig(), [item]), task)
+
+
+def test_for_task_fills_derived_fields_without_touching_the_users_config():
+    from sciformer.config import for_task
+
+    user = apply_overrides(RunConfig(), ["model.d_model=64"])
+    done = for_task(user, "masked", vocab_size=33, input_dim=0, output_dim=0, mask_id=32)
+    assert done.model.n_decoder_layers == 0 and done.model.d_model == 64
+    assert user.model.n_decoder_layers == 4  # the user's object is unchanged
+
+
+def test_a_saved_run_config_is_not_a_users_setting(tmp_path):
+    """config.json holds derived fields and every setting; reading it back must not trip the
+    user-setting checks (a resumed or loaded run)."""
+    from sciformer.config import explicit_keys, for_task
+
+    cfg = for_task(RunConfig(), "masked", vocab_size=33, mask_id=32)
+    save_config(cfg, tmp_path / "config.json", extra={"task": "masked"})
+    back, extra = read_run_config(tmp_path / "config.json")
+    assert back == cfg and not explicit_keys(back) and extra == {"task": "masked"}
+    for_task(back, "masked", vocab_size=33)

@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sciformer.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sciformer.config import ModelConfig
 
 
 @dataclass
@@ -73,9 +77,9 @@ def _masked_softmax_attention(scores: Tensor, v: Tensor, allowed: Tensor | None,
 class ScaledDotKernel(nn.Module):
     """softmax(QK^T/sqrt(d))V via PyTorch's fused SDPA."""
 
-    def __init__(self, d_head: int, n_heads: int, window: int, dropout: float) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.dropout = dropout
+        self.dropout = cfg.attention_dropout
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: AttnMask) -> Tensor:
         p = self.dropout if self.training else 0.0
@@ -89,9 +93,9 @@ class ScaledDotKernel(nn.Module):
 class DotKernel(nn.Module):
     """softmax(QK^T)V: unscaled dot-product scores."""
 
-    def __init__(self, d_head: int, n_heads: int, window: int, dropout: float) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.dropout = dropout
+        self.dropout = cfg.attention_dropout
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: AttnMask) -> Tensor:
         scores = q @ k.transpose(-2, -1)  # (B, H, Tq, Tk)
@@ -102,10 +106,11 @@ class DotKernel(nn.Module):
 class AdditiveKernel(nn.Module):
     """Bahdanau scores e_ij = w_h^T tanh(q_i + k_j); q, k are already projected per head."""
 
-    def __init__(self, d_head: int, n_heads: int, window: int, dropout: float) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.dropout = dropout
-        self.score = nn.Parameter(torch.randn(n_heads, d_head) / math.sqrt(d_head))  # w per head
+        self.dropout = cfg.attention_dropout
+        d_head = cfg.d_model // cfg.n_heads
+        self.score = nn.Parameter(torch.randn(cfg.n_heads, d_head) / math.sqrt(d_head))  # w/head
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: AttnMask) -> Tensor:
         hidden = torch.tanh(q[:, :, :, None, :] + k[:, :, None, :, :])  # (B, H, Tq, Tk, Dh)
@@ -115,11 +120,14 @@ class AdditiveKernel(nn.Module):
 
 
 class LinearKernel(nn.Module):
-    """Kernelised attention phi(Q)(phi(K)^T V), phi = elu + 1; O(T * Dh^2) memory."""
+    """Kernelised attention phi(Q)(phi(K)^T V), phi = elu + 1; O(T * Dh^2) memory.
+
+    There is no attention matrix to drop out of: `ModelConfig.validate` refuses
+    `attention_dropout` > 0 with this kind."""
 
     chunk = 64  # causal prefix sums are carried between chunks of this many steps
 
-    def __init__(self, d_head: int, n_heads: int, window: int, dropout: float) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: AttnMask) -> Tensor:
@@ -161,10 +169,10 @@ class LinearKernel(nn.Module):
 class LocalKernel(nn.Module):
     """Sliding-window softmax attention, |i - j| <= window, computed block by block."""
 
-    def __init__(self, d_head: int, n_heads: int, window: int, dropout: float) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.window = window
-        self.dropout = dropout
+        self.window = cfg.window
+        self.dropout = cfg.attention_dropout
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: AttnMask) -> Tensor:
         band = AttnMask(mask.key_pad, mask.causal, mask.q_offset, self.window)
@@ -209,26 +217,30 @@ KERNELS: dict[str, type[nn.Module]] = {
 }
 
 
-def build_kernel(name: str, d_head: int, n_heads: int, window: int, dropout: float) -> nn.Module:
+#: Kinds that take attention dropout (the others have no attention weights to drop).
+DROPOUT_KINDS = ("scaled_dot", "dot", "additive", "local")
+
+
+def build_kernel(name: str, cfg: ModelConfig) -> nn.Module:
     """Look up an attention kernel by name; unknown names list the valid ones."""
     if name not in KERNELS:
         raise ConfigError(f"config field 'model.attention': unknown kind '{name}' "
                           f"(valid: {', '.join(KERNELS)})")
-    return KERNELS[name](d_head, n_heads, window, dropout)
+    return KERNELS[name](cfg)
 
 
 class MultiHeadAttention(nn.Module):
     """Project to heads, run the kernel, merge heads; optional rotary positions and KV cache."""
 
-    def __init__(self, d_model: int, n_heads: int, kind: str = "scaled_dot",
-                 dropout: float = 0.0, window: int = 128) -> None:
+    def __init__(self, cfg: ModelConfig, kind: str | None = None) -> None:
         super().__init__()
-        self.n_heads, self.d_head = n_heads, d_model // n_heads
+        d_model, self.n_heads = cfg.d_model, cfg.n_heads
+        self.d_head = d_model // cfg.n_heads
         self.q_proj = nn.Linear(d_model, d_model)
         self.k_proj = nn.Linear(d_model, d_model)
         self.v_proj = nn.Linear(d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model)
-        self.kernel = build_kernel(kind, self.d_head, n_heads, window, dropout)
+        self.kernel = build_kernel(kind or cfg.attention, cfg)
 
     def heads(self, x: Tensor, proj: nn.Linear) -> Tensor:
         b, t, _ = x.shape

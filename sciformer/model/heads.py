@@ -14,6 +14,9 @@ from torch import Tensor, nn
 from sciformer.config import ModelConfig
 
 
+LM_HEADS = ("linear", "roberta")  # roberta: dense + GELU + LayerNorm first, as ESM-2
+
+
 class TokenHead(nn.Module):
     """Hidden states (B, T, D) -> logits over the vocabulary (B, T, V).
 

@@ -14,6 +14,7 @@ from sciformer.config import ModelConfig
 from sciformer.model.attention import AttnMask, MultiHeadAttention
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
+NORMS = ("pre", "post")  # pre-LN (stable without warm-up tricks) or post-LN (Vaswani et al.)
 
 
 class FeedForward(nn.Module):
@@ -58,17 +59,12 @@ class Residual(nn.Module):
         return self.norm(xq + self.dropout(self.block(xq, kv=x, q_positions=index, **kwargs)))
 
 
-def _attention(cfg: ModelConfig, kind: str | None = None) -> MultiHeadAttention:
-    return MultiHeadAttention(cfg.d_model, cfg.n_heads, kind or cfg.attention,
-                              cfg.attention_dropout, cfg.window)
-
-
 class EncoderLayer(nn.Module):
     """Bidirectional self-attention, then feed-forward."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.self_attn = Residual(cfg, _attention(cfg))
+        self.self_attn = Residual(cfg, MultiHeadAttention(cfg))
         self.ff = Residual(cfg, FeedForward(cfg))
 
     def forward(self, x: Tensor, mask: AttnMask, rotary: nn.Module | None = None,
@@ -92,8 +88,8 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         cross_kind = cfg.attention if cfg.attention in ("scaled_dot", "dot", "additive") else "scaled_dot"
-        self.self_attn = Residual(cfg, _attention(cfg))
-        self.cross_attn = Residual(cfg, _attention(cfg, cross_kind))
+        self.self_attn = Residual(cfg, MultiHeadAttention(cfg))
+        self.cross_attn = Residual(cfg, MultiHeadAttention(cfg, cross_kind))
         self.ff = Residual(cfg, FeedForward(cfg))
 
     def forward(self, x: Tensor, memory: Tensor, self_mask: AttnMask, cross_mask: AttnMask,
