@@ -96,7 +96,7 @@ class ModelConfig:
 class DataConfig:
     """How files become training examples, for both tasks."""
 
-    task: str = "auto"  # auto (from the file type) | masked | forecast
+    task: str = "auto"  # which task; auto: from the data files (FASTA masked, HDF5 forecast)
     val_fraction: float = 0.1  # held out by whole sequence / trajectory, seeded
     val_max: int = 200  # cap on held-out examples so validation stays quick
     # masked residues (BERT / ESM recipe)
@@ -106,8 +106,8 @@ class DataConfig:
     random_token_rate: float = 0.1
     tokens_per_batch: int = 8192  # token budget per batch (length-sorted batches, fair-esm style)
     # forecasting
-    tokenizer: str = "patch"  # patch | bins
-    channels: str = "joint"  # joint: one token holds the whole state | independent: per channel
+    tokenizer: str = "patch"  # values to tokens: continuous patches, or Chronos-style bins
+    channels: str = "joint"  # joint: one token holds the whole state; independent: per channel
     context: int = 64  # time steps the encoder reads
     horizon: int = 32  # time steps the decoder predicts in training (longer: fewer rollout chunks)
     patch_len: int = 8  # time steps per patch token (8 halves the tokens, and the cost, of 4)
@@ -117,7 +117,9 @@ class DataConfig:
     # sampler a finer inverse CDF
     quantiles: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.25, 0.5, 0.75, 0.9,
                                                             0.95])
-    samples: int = 100  # sample paths per forecast (predict, evaluate); quantiles come from them
+    # sample paths per forecast (predict, evaluate); median, quantiles and CRPS come from
+    # them. 32 estimates 10-90% quantiles and CRPS well at a third of the cost of 100
+    samples: int = 32
     stride: int = 1  # time steps between consecutive training windows
     num_workers: int = 0  # DataLoader worker processes building training batches ahead
 

@@ -76,11 +76,20 @@ def inverse_cdf(q: Tensor, z_levels: Tensor, z: Tensor) -> Tensor:
     return (q0 + w * (q1 - q0))[..., 0]
 
 
+def _encode(model: nn.Module, src: Tensor, copies: int) -> Tensor:
+    """Encoder memory of `src` (R', N, D); with `copies` > 1 the rows are that many identical
+    sample-major blocks, so one block is encoded and tiled (the first chunk of a rollout)."""
+    if copies == 1:
+        return model.encode(src)
+    block = src.shape[0] // copies
+    return model.encode(src[:block]).repeat(copies, 1, 1)  # (R', N, D)
+
+
 def _patch_chunk(model: nn.Module, tok: PatchTokenizer, ctx: Tensor, steps: int,
-                 levels: list[float], gen: torch.Generator) -> Tensor:
+                 levels: list[float], gen: torch.Generator, copies: int = 1) -> Tensor:
     """One chunk of sampled continuations (R, steps, F) of the R contexts `ctx` (R, C, F)."""
     src, state = tok.encode_context(ctx)  # (R', N, token_dim)
-    memory = model.encode(src)
+    memory = _encode(model, src, copies)
     cache, dec_in, outs = model.new_cache(), src[:, -1:], []
     z_levels = normal_scores(levels, src.device)
     for _ in range(-(-steps // tok.patch_len)):
@@ -94,10 +103,10 @@ def _patch_chunk(model: nn.Module, tok: PatchTokenizer, ctx: Tensor, steps: int,
 
 
 def _bins_chunk(model: nn.Module, tok: BinTokenizer, ctx: Tensor, steps: int,
-                gen: torch.Generator) -> Tensor:
+                gen: torch.Generator, copies: int = 1) -> Tensor:
     """One chunk of sampled continuations (R, steps, F): tokens drawn from the model's law."""
     src, state = tok.encode_context(ctx)
-    memory = model.encode(src)
+    memory = _encode(model, src, copies)
     cache = model.new_cache()
     token = torch.full((src.shape[0], 1), tok.bos_id, dtype=torch.long, device=src.device)
     per_step = tok.n_features if tok.channels == "joint" else 1
@@ -125,10 +134,11 @@ def sample_paths(model: nn.Module, tok: PatchTokenizer | BinTokenizer, context: 
     parts, done = [], 0
     while done < horizon:
         steps = min(chunk, horizon - done)
+        copies = samples if done == 0 else 1  # the paths share their first context
         if isinstance(tok, PatchTokenizer):
-            new = _patch_chunk(model, tok, ctx, steps, levels, gen)
+            new = _patch_chunk(model, tok, ctx, steps, levels, gen, copies)
         else:
-            new = _bins_chunk(model, tok, ctx, steps, gen)
+            new = _bins_chunk(model, tok, ctx, steps, gen, copies)
         parts.append(new)
         ctx = torch.cat([ctx, new], dim=1)[:, -c:]
         done += steps
