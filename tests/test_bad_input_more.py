@@ -130,6 +130,7 @@ def _eio_available() -> bool:
 @pytest.mark.parametrize("suffix, verb", [
     (".fa", "pretrain"), (".fa", "predict"), (".fa", "evaluate"), (".fa", "embed"),
     (".csv", "variants"), (".csv", "probe"), (".yaml", "config"), (".yaml", "run"),
+    (".h5", "predict"),
 ])
 def test_an_io_error_while_reading_is_one_line(tmp_path: Path, runs, suffix: str, verb: str):
     bad = tmp_path / f"bad{suffix}"
@@ -145,7 +146,10 @@ def test_an_io_error_while_reading_is_one_line(tmp_path: Path, runs, suffix: str
                       "--device", "cpu"],
             "config": ["pretrain", fa, "--out-dir", out, "--config", bad],
             "run": ["run", bad]}[verb]
-    fail_in_one_line(args, str(bad), "Input/output error")
+    if suffix == ".h5":
+        args[1] = runs["forecast"]
+    fail_in_one_line(args, str(bad), "cannot open as HDF5 ([Errno 5]" if suffix == ".h5"
+                     else "(Input/output error)")
     assert not (tmp_path / "new").exists()
 
 
