@@ -13,7 +13,9 @@ Labelled input, one of:
 `--probe sequence`: one label per protein, features = mean of the residue vectors. Labels
 are numeric (Ridge, scored by Spearman rho) when every label is a number and they are not
 just a few integers (at most 10 distinct integer values read as classes); otherwise
-categorical (logistic regression, accuracy). Baseline features: the 20 amino-acid fractions.
+categorical (logistic regression, accuracy). A missing or non-finite label (`nan`, `NA`,
+`inf`, ...) is an error naming the record, never a class of its own. Baseline features: the
+20 amino-acid fractions.
 `--probe residue`: the label is a string with one character per residue (e.g. `--HHHH--`
 for transmembrane segments); every character is a class. Baseline features per residue: its
 own amino acid (one-hot) and the amino-acid fractions of the 15 residues around it.
