@@ -80,6 +80,9 @@ def pretrain(data, out_dir, config_file, overrides, resume, steps, seed, device,
     if resume and not any(s.startswith("train.max_steps=") for s in sets):
         sets.append(f"train.max_steps={_saved_max_steps(out_dir)}")  # keep the run's length
     cfg = load_config(config_file, sets)  # a bad config fails here, before any launch
+    from sciformer.train.distributed import check_launch_env
+
+    check_launch_env()  # a stray WORLD_SIZE / RANK: one line from every process
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         from sciformer.train.distributed import launch
 
@@ -203,7 +206,7 @@ def import_esm2(source, out, heads) -> Path:
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--n-traj", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--n-steps", default=2000, show_default=True, type=click.IntRange(min=2))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1))
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
               help="System parameter, e.g. --param F=8 (repeatable).")
 def simulate(system, out, n_traj, n_steps, seed, params) -> Path:

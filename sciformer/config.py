@@ -276,12 +276,33 @@ def for_task(cfg: RunConfig, task: str, **derived: Any) -> RunConfig:
     if task == "forecast" and decoder < 1:
         raise ConfigError("config field 'model.n_decoder_layers': forecasting needs at least "
                           "one decoder layer")
+    _check_learned_positions(cfg, task)
     out = copy.deepcopy(cfg)
     if task == "masked":
         out.model.n_decoder_layers = 0
     for name, value in derived.items():
         setattr(out.model, name, value)
     return out.validate()
+
+
+def _check_learned_positions(cfg: RunConfig, task: str) -> None:
+    """A learned position table must cover the longest sequence the task builds: a masked
+    crop plus its two special tokens, or the forecast context / horizon in tokens (patches;
+    for the bins tokenizer at least one token per time step)."""
+    if cfg.model.positions != "learned":
+        return
+    d = cfg.data
+    if task == "masked":
+        need, what = d.crop_length + 2, f"data.crop_length={d.crop_length} + 2 special tokens"
+    else:
+        steps = max(d.context, d.horizon)
+        need = -(-steps // d.patch_len) if d.tokenizer == "patch" else steps
+        what = (f"data.context={d.context} / data.horizon={d.horizon} steps as "
+                + (f"patches of {d.patch_len}" if d.tokenizer == "patch" else "bin tokens"))
+    if cfg.model.max_len < need:
+        raise ConfigError(f"config field 'model.max_len': {cfg.model.max_len} learned "
+                          f"positions are fewer than the {need} tokens of {what}; raise "
+                          f"model.max_len to at least {need}")
 
 
 def _check(ok: bool, key: str, why: str) -> None:
@@ -411,8 +432,16 @@ def read_run_config(path: str | Path) -> tuple[RunConfig, dict[str, Any]]:
         raise ConfigError(f"{path}: not found (is this a sciformer run directory?)") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a JSON object")
+    missing = [k for k in _SECTIONS if k not in raw]
+    if missing:  # defaults would silently stand in for the run's own settings
+        raise ConfigError(f"{path}: no '{missing[0]}' section; config.json of a run holds "
+                          f"{', '.join(_SECTIONS)}")
     sections = {k: raw.pop(k) for k in list(raw) if k in _SECTIONS}
     cfg = RunConfig.from_dict(sections, source=str(path), derived_ok=True).validate()
     explicit_keys(cfg).clear()  # a saved run's settings are not a user's new settings

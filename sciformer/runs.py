@@ -117,7 +117,21 @@ def read_run(run_dir: str | Path) -> tuple[RunConfig, TaskState]:
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: run directory not found")
     cfg, extra = read_run_config(run_dir / CONFIG)
-    return cfg, state_from_dict(extra, str(run_dir / CONFIG))
+    source = str(run_dir / CONFIG)
+    state = state_from_dict(extra, source)
+    if isinstance(state, MaskedState):
+        _check_masked_state(state, cfg, source)
+    return cfg, state
+
+
+def _check_masked_state(s: MaskedState, cfg: RunConfig, source: str) -> None:
+    """Residue counts (the unigram baseline) have one non-negative count per token id."""
+    counts = s.residue_counts
+    if counts and len(counts) != cfg.model.vocab_size:
+        raise CheckpointError(f"{source}: 'residue_counts' has {len(counts)} entries, "
+                              f"model.vocab_size is {cfg.model.vocab_size}")
+    if any(c < 0 for c in counts):
+        raise CheckpointError(f"{source}: 'residue_counts' holds a negative count")
 
 
 def read_weights(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:

@@ -29,6 +29,7 @@ import numpy as np
 
 from sciformer.errors import InputError
 from sciformer.io.atomic import atomic_path
+from sciformer.io.csvfile import read_rows
 from sciformer.io.fasta import read_fasta
 from sciformer.tokenizers.protein import TOKENIZER
 
@@ -98,20 +99,14 @@ class VariantRow:
 
 def read_variants(path: Path, wild_types: dict[str, str]) -> tuple[list[str], list[VariantRow]]:
     """(CSV columns, validated rows) of a variants CSV against the wild-type sequences."""
-    try:
-        fh = open(path, newline="")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot open variants CSV ({exc.strerror or exc})") from None
-    with fh:
-        reader = csv.DictReader(fh)
-        columns = list(reader.fieldnames or [])
-        if "mutant" not in columns:
-            raise InputError(f"{path} line 1: no 'mutant' column (columns: {', '.join(columns)})")
-        clash = [c for c in SCORE_COLUMNS if c in columns]
-        if clash:
-            raise InputError(f"{path} line 1: column '{clash[0]}' would be overwritten by "
-                             "the scores")
-        rows = [_row(path, reader.line_num, cells, wild_types) for cells in reader]
+    columns, cells_by_line = read_rows(path, "variants CSV")
+    if "mutant" not in columns:
+        raise InputError(f"{path} line 1: no 'mutant' column (columns: {', '.join(columns)})")
+    clash = [c for c in SCORE_COLUMNS if c in columns]
+    if clash:
+        raise InputError(f"{path} line 1: column '{clash[0]}' would be overwritten by the "
+                         "scores")
+    rows = [_row(path, line, cells, wild_types) for line, cells in cells_by_line]
     if not rows:
         raise InputError(f"{path}: no variants (only a header)")
     return columns, rows
@@ -119,8 +114,6 @@ def read_variants(path: Path, wild_types: dict[str, str]) -> tuple[list[str], li
 
 def _row(path: Path, line: int, cells: dict, wild_types: dict[str, str]) -> VariantRow:
     where = f"{path} line {line}"
-    if None in cells:
-        raise InputError(f"{where}: more cells than columns in the header")
     record = (cells.get("record") or "").strip()
     if not record:
         if len(wild_types) > 1:

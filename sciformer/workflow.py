@@ -44,6 +44,8 @@ def load_workflow(path: str | Path, commands: dict[str, click.Command]) -> dict[
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if not isinstance(wf, dict) or not isinstance(wf.get("stages"), list) or not wf["stages"]:
         raise ConfigError(f"{path}: a workflow needs a non-empty 'stages' list")
     verbs = {k: v for k, v in commands.items() if k != "run"}
@@ -184,7 +186,7 @@ def _pretrain_argv(args: dict[str, Any], argv: list[str]) -> list[str] | None:
             raise ConfigError(f"{out}: holds an unfinished run with no checkpoint; remove it "
                               "first")
         return argv
-    step = int(ckpt.load_state(latest / ckpt.STATE)["step"])
+    step = int(ckpt.load_train_state(latest / ckpt.STATE)["step"])
     saved = ckpt.read_run_config(out / ckpt.CONFIG)[0].train.max_steps
     if step >= saved:
         click.echo(f"[pretrain] {out} is complete ({step} steps); skipping")

@@ -13,7 +13,9 @@ Labelled input, one of:
 `--probe sequence`: one label per protein, features = mean of the residue vectors. Labels
 are numeric (Ridge, scored by Spearman rho) when every label is a number and they are not
 just a few integers (at most 10 distinct integer values read as classes); otherwise
-categorical (logistic regression, accuracy). Baseline features: the 20 amino-acid fractions.
+categorical (logistic regression, accuracy). A missing or non-finite label (`nan`, `NA`,
+`inf`, ...) is an error naming the record, never a class of its own. Baseline features: the
+20 amino-acid fractions.
 `--probe residue`: the label is a string with one character per residue (e.g. `--HHHH--`
 for transmembrane segments); every character is a class. Baseline features per residue: its
 own amino acid (one-hot) and the amino-acid fractions of the 15 residues around it.
@@ -24,7 +26,6 @@ sides), so the probe is scored on proteins it was not fitted to.
 
 from __future__ import annotations
 
-import csv
 import math
 import re
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from sklearn.preprocessing import StandardScaler
 
 from sciformer.errors import InputError
 from sciformer.io.atomic import write_text_atomic
+from sciformer.io.csvfile import read_rows
 from sciformer.io.fasta import read_fasta
 from sciformer.pipelines.protein import ProteinLM
 from sciformer.tokenizers.protein import STANDARD_AMINO_ACIDS, TOKENIZER
@@ -74,26 +76,22 @@ def read_labelled(path: Path, key: str = "label") -> Labelled:
 
 def _read_csv(path: Path, key: str) -> Labelled:
     out, seen = Labelled(), {}
-    try:
-        fh = open(path, newline="")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot open labelled CSV ({exc.strerror or exc})") from None
-    with fh:
-        reader = csv.DictReader(fh, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-        missing = [c for c in ("id", "sequence", key) if c not in (reader.fieldnames or [])]
-        if missing:
-            raise InputError(f"{path} line 1: no '{missing[0]}' column "
-                             f"(columns: {', '.join(reader.fieldnames or [])})")
-        for cells in reader:
-            where, rid = f"{path} line {reader.line_num}", (cells["id"] or "").strip()
-            seq = re.sub(r"\s+", "", cells["sequence"] or "").upper().removesuffix("*")
-            label = (cells[key] or "").strip()
-            if not rid or not seq or not label:
-                raise InputError(f"{where}: empty id, sequence or '{key}' (record '{rid}')")
-            if rid in seen:
-                raise InputError(f"{where}: duplicate id '{rid}' (first at line {seen[rid]})")
-            seen[rid] = reader.line_num
-            _add(out, rid, seq, label)
+    columns, rows = read_rows(path, "labelled CSV",
+                              delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    missing = [c for c in ("id", "sequence", key) if c not in columns]
+    if missing:
+        raise InputError(f"{path} line 1: no '{missing[0]}' column "
+                         f"(columns: {', '.join(columns)})")
+    for line, cells in rows:
+        where, rid = f"{path} line {line}", cells["id"].strip()
+        seq = re.sub(r"\s+", "", cells["sequence"]).upper().removesuffix("*")
+        label = cells[key].strip()
+        if not rid or not seq or not label:
+            raise InputError(f"{where}: empty id, sequence or '{key}' (record '{rid}')")
+        if rid in seen:
+            raise InputError(f"{where}: duplicate id '{rid}' (first at line {seen[rid]})")
+        seen[rid] = line
+        _add(out, rid, seq, label)
     return out
 
 
@@ -125,6 +123,21 @@ def label_kind(labels: list[str]) -> str:
         return "categorical"
     few_integers = np.all(values == np.round(values)) and len(set(values)) <= 10
     return "categorical" if few_integers else "numeric"
+
+
+#: Label cells that mean "no value" in spreadsheets and R/pandas exports.
+_MISSING = {"na", "n/a", "nan", "none", "null", "-", "?", "inf", "+inf", "-inf", "infinity",
+            "+infinity", "-infinity"}
+
+
+def check_missing_labels(data: Labelled, path: Path, key: str) -> None:
+    """Refuse a missing-value marker (`nan`, `NA`, `inf`, ...) among sequence labels: one
+    such cell would otherwise turn a numeric (regression) probe into a classification with
+    every distinct number as a class."""
+    for rid, lab in zip(data.ids, data.labels):
+        if lab.strip().lower() in _MISSING:
+            raise InputError(f"{path}: record '{rid}' has '{key}' {lab!r}, a missing or "
+                             "non-finite value; remove the record or give its label")
 
 
 def check_residue_labels(data: Labelled, path: Path) -> None:
@@ -213,6 +226,8 @@ def evaluate_probe(lm: ProteinLM, data_path: Path, out_dir: Path, probe: str,
     data = read_labelled(data_path, label)
     if probe == "residue":
         check_residue_labels(data, data_path)
+    if probe == "sequence":
+        check_missing_labels(data, data_path, label)
     kind = label_kind(data.labels) if probe == "sequence" else "categorical"
     train, test = split(data, kind)
     feats = model_features(lm, data.tokens, mean=probe == "sequence")

@@ -49,5 +49,5 @@ def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path, *,
                 from sciformer.esm2 import relabel_untrained_baseline
 
                 metrics = relabel_untrained_baseline(metrics, pipe.state, tmp)
-        write_json_atomic(tmp / "metrics.json", metrics)
+        write_json_atomic(tmp / "metrics.json", metrics, non_finite="null")
     return metrics

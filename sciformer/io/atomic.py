@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -150,6 +151,45 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write `obj` as indented JSON to `path` atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def write_json_atomic(path: str | os.PathLike, obj: Any, non_finite: str = "error") -> None:
+    """Write `obj` as indented, strict JSON to `path` atomically.
+
+    NaN and Infinity are not JSON (Python would write them as bare words other readers
+    refuse). With `non_finite="error"` (settings: config.json, split.json) such a value is a
+    one-line `SciformerError` naming the file and the entry, and nothing is written; with
+    "null" (results: metrics.json, where a score can be undefined) it is written as `null`.
+    """
+    if non_finite == "null":
+        obj = _nulls(obj)
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False)
+    except ValueError:
+        raise SciformerError(f"{path}: refused to write {_non_finite_entry(obj)}, which is "
+                             "NaN or infinite (not valid JSON)") from None
+    write_text_atomic(path, text + "\n")
+
+
+def _nulls(obj: Any) -> Any:
+    """A copy of nested dicts/lists with every NaN/Inf float replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _nulls(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nulls(v) for v in obj]
+    return obj
+
+
+def _non_finite_entry(obj: Any, where: str = "") -> str:
+    """The dotted key of the first NaN/Inf float in nested dicts/lists, e.g. 'train.lr'."""
+    items = obj.items() if isinstance(obj, dict) else \
+        enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        here = f"{where}.{key}" if where else str(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"'{here}' = {value}"
+        if isinstance(value, (dict, list, tuple)):
+            found = _non_finite_entry(value, here)
+            if found:
+                return found
+    return "" if where else "a value"

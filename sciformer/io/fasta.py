@@ -96,7 +96,12 @@ def _open_binary(path: Path) -> BinaryIO:
         fh = open(path, "rb")
     except OSError as exc:
         raise InputError(f"{path}: cannot open FASTA file ({exc.strerror or exc})") from None
-    if fh.peek(2)[:2] != _GZIP_MAGIC:
+    try:
+        magic = fh.peek(2)[:2]
+    except OSError as exc:  # e.g. an I/O error of the disk or network file system
+        fh.close()
+        raise InputError(f"{path}: cannot read FASTA file ({exc.strerror or exc})") from None
+    if magic != _GZIP_MAGIC:
         return fh
     fh.close()
     return gzip.open(path, "rb")  # type: ignore[return-value]
@@ -145,6 +150,9 @@ def _read_chunks(fh: BinaryIO, name: str) -> Iterator[bytes]:
             lines_before += newlines
             yield chunk
     except (OSError, EOFError, zlib.error) as exc:
+        if type(exc) is OSError and exc.errno is not None:  # the disk, not the gzip stream
+            raise InputError(f"{name} near line {lines_before + 1}: cannot read "
+                             f"({exc.strerror})") from None
         raise InputError(
             f"{name} near line {lines_before + 1}: corrupt or truncated gzip data ({exc})"
         ) from None

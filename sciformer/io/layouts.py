@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import h5py
@@ -91,6 +92,15 @@ def scalar(value: Any, name: str, what: str) -> float:
     return float(arr.reshape(-1)[0])
 
 
+def positive(value: Any, name: str, what: str) -> float:
+    """A finite number > 0 from a scalar attribute (a time scale), else InputError."""
+    number = scalar(value, name, what)
+    if not (number > 0 and math.isfinite(number)):
+        raise InputError(f"{name}: attribute '{what}' must be positive and finite, found "
+                         f"{number}")
+    return number
+
+
 def string_list(value: Any, name: str, what: str, expected: int | None = None) -> list[str]:
     """A list of str from an attribute, checked to have `expected` entries when given."""
     items = [value] if isinstance(value, str | bytes) else list(np.asarray(value).reshape(-1))
@@ -129,7 +139,40 @@ def float_dataset(f: h5py.Group, key: str, name: str) -> h5py.Dataset:
         raise InputError(f"{name}: '{key}' has dtype {ds.dtype}, expected float32 or float64")
     if 0 in ds.shape:
         raise InputError(f"{name}: '{key}' is empty, shape {ds.shape}")
+    check_virtual_sources(ds, name)
     return ds
+
+
+def check_virtual_sources(ds: h5py.Dataset, name: str) -> None:
+    """InputError when `ds` is a virtual dataset (HDF5 VDS) one of whose source files or
+    source datasets is missing: HDF5 reads the unmapped parts as the fill value (zeros)
+    without a word, so a moved source file would silently become all-zero trajectories."""
+    if not ds.is_virtual:
+        return
+    here = Path(ds.file.filename).resolve().parent
+    for vmap in ds.virtual_sources():
+        if vmap.file_name == ".":  # a source inside this very file
+            ok = vmap.dset_name in ds.file
+            where = "this file"
+        else:
+            src = Path(vmap.file_name)
+            found = next((p for p in (src, here / src) if p.is_file()), None)
+            ok = found is not None and _holds(found, vmap.dset_name)
+            where = f"'{vmap.file_name}'"
+        if not ok:
+            raise InputError(f"{name}: '{ds.name.lstrip('/')}' is a virtual dataset whose source "
+                             f"'{vmap.dset_name}' in {where} is missing (HDF5 would read it as "
+                             "fill values); put the source file beside it or give the data "
+                             "itself")
+
+
+def _holds(path: Path, key: str) -> bool:
+    """Whether the HDF5 file at `path` opens and holds dataset `key`."""
+    try:
+        with h5py.File(path, "r") as f:
+            return isinstance(f.get(key), h5py.Dataset)
+    except (OSError, ValueError):
+        return False
 
 
 def resolve_time(values: np.ndarray | None, dt_attr: Any, n_time: int, key: str, name: str,
@@ -153,8 +196,8 @@ def resolve_time(values: np.ndarray | None, dt_attr: Any, n_time: int, key: str,
             raise InputError(f"{name}: '{key}' is not strictly increasing")
         if dt is None:
             dt = float(values[1] - values[0]) if n_time > 1 else float("nan")
-    if not (dt > 0 or (math.isnan(dt) and values is not None)):
-        raise InputError(f"{name}: attribute 'dt' must be positive, found {dt}")
+    if not ((dt > 0 and math.isfinite(dt)) or (math.isnan(dt) and values is not None)):
+        raise InputError(f"{name}: attribute 'dt' must be positive and finite, found {dt}")
     return values, dt
 
 
@@ -210,7 +253,7 @@ def _root_meta(f: h5py.File, name: str, n_fields: int) -> dict[str, Any]:
     lyap = attrs.get("lyapunov_time")
     fields = attrs.get("field_names")
     return {"system": text(attrs["system"]) if "system" in attrs else None,
-            "lyapunov_time": None if lyap is None else scalar(lyap, name, "lyapunov_time"),
+            "lyapunov_time": None if lyap is None else positive(lyap, name, "lyapunov_time"),
             "field_names": None if fields is None else string_list(fields, name, "field_names",
                                                                    n_fields)}
 

@@ -70,8 +70,14 @@ def detect_layout(f: h5py.File, name: str) -> Layout:
                      f"Well's t0_fields/t1_fields/t2_fields); present: {listing(f)}")
 
 
-def _first_nonfinite(layout: Layout, f: h5py.File, meta: TrajectoryMeta) -> tuple[int, int] | None:
-    """(trajectory, step) of the first NaN/Inf, reading blocks of at most _SCAN_BYTES."""
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _first_nonfinite(layout: Layout, f: h5py.File,
+                     meta: TrajectoryMeta) -> tuple[int, int, str] | None:
+    """(trajectory, step, what) of the first value that is NaN/Inf, or (float64 data) beyond
+    float32 range, which reads as Inf once cast to the float32 the model works in; reads
+    blocks of at most _SCAN_BYTES."""
     n_traj, n_time = meta.n_traj, meta.n_time
     steps = max(1, _SCAN_BYTES // (layout.itemsize * meta.n_features))
     t_block = min(steps, n_time)
@@ -80,10 +86,17 @@ def _first_nonfinite(layout: Layout, f: h5py.File, meta: TrajectoryMeta) -> tupl
         i1 = min(i0 + traj_block, n_traj)
         for t0 in range(0, n_time, t_block):
             block = layout.read(f, i0, i1, t0, min(t_block, n_time - t0))
-            bad = ~np.isfinite(block.reshape(block.shape[0], block.shape[1], -1)).all(axis=2)
+            flat = block.reshape(block.shape[0], block.shape[1], -1)  # (traj, step, features)
+            with np.errstate(invalid="ignore"):
+                bad = ~(np.isfinite(flat) & (np.abs(flat) <= _FLOAT32_MAX))
+            bad = bad.any(axis=2)
             if bad.any():
                 i, t = np.argwhere(bad)[0]  # row-major: earliest trajectory, then earliest step
-                return i0 + int(i), t0 + int(t)
+                row = flat[i, t]
+                what = "NaN or Inf in states" if not np.isfinite(row).all() else \
+                    (f"value {row[np.abs(row) > _FLOAT32_MAX][0]:.4g} in states is beyond the "
+                     f"float32 range (+-{_FLOAT32_MAX:.4g}) the model computes in")
+                return i0 + int(i), t0 + int(t), what
     return None
 
 
@@ -109,8 +122,7 @@ class TrajectoryFile:
         finally:
             f.close()
         if bad is not None:
-            raise InputError(f"{self.name}: trajectory {bad[0]} step {bad[1]}: "
-                             "NaN or Inf in states")
+            raise InputError(f"{self.name}: trajectory {bad[0]} step {bad[1]}: {bad[2]}")
 
     def _file(self) -> h5py.File:
         """The open file, (re)opening it in this process if needed."""

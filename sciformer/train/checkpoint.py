@@ -150,7 +150,7 @@ def load_state(path: Path) -> dict[str, Any]:
     try:
         with warnings.catch_warnings():  # torch warns about foreign pickle protocols first
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: train state not found") from None
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "refuse"
@@ -162,7 +162,43 @@ def load_state(path: Path) -> dict[str, Any]:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: refused to load train state, not a readable torch file "
                               f"({first[:200]})") from None
+    return state
+
+
+def load_train_state(path: Path) -> dict[str, Any]:
+    """A train state saved by `Trainer.state` (`load_state`, then `check_state`)."""
+    state = load_state(path)
+    check_state(state, path)
+    return state
+
+
+#: The entries of a train state and the type each must have (`Trainer.state` writes them).
+_STATE_TYPES: dict[str, tuple[type, ...]] = {
+    "step": (int,), "best": (int, float), "optimizer": (dict,), "scheduler": (dict,),
+    "rank_rng": (list,)}
+
+
+def check_state(state: Any, path: Path) -> None:
+    """CheckpointError unless `state` has the structure `Trainer.state` saves: a dict with an
+    int step >= 0, a number best, optimizer and scheduler state dicts and per-rank RNG
+    states, so a tampered or foreign file is refused before anything is restored."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a sciformer train state (a "
+                              f"{type(state).__name__}, expected a dict)")
+    for key, types in _STATE_TYPES.items():
+        value = state.get(key)
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise CheckpointError(f"{path}: not a sciformer train state ('{key}' is "
+                                  f"{'missing' if key not in state else type(value).__name__})")
+    if state["step"] < 0:
+        raise CheckpointError(f"{path}: not a sciformer train state (step {state['step']})")
+    opt = state["optimizer"]
+    if not (isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)
+            and all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                    for g in opt["param_groups"])):
+        raise CheckpointError(f"{path}: not a sciformer train state (the optimizer state has "
+                              "no 'state' and 'param_groups')")
 
 
 __all__ = ["RunConfig", "save_checkpoint", "latest_checkpoint", "load_weights", "read_weights",
-           "load_state", "read_split", "save_weights", "save_state", "clean_partial"]
+           "load_state", "load_train_state", "check_state", "read_split", "save_weights", "save_state", "clean_partial"]

@@ -41,6 +41,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from sciformer.config import TrainConfig
+from sciformer.errors import SciformerError
 
 
 class TaskStep(nn.Module):
@@ -69,7 +70,7 @@ class Distributed:
     @classmethod
     def from_env(cls, cfg: TrainConfig) -> Distributed:
         """One process unless WORLD_SIZE > 1 (set by torchrun); then join the process group."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        world = check_launch_env()
         if world <= 1:
             return cls()
         use_nccl = torch.cuda.is_available() and cfg.device != "cpu"
@@ -255,6 +256,39 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+#: What torchrun (and `launch`) set besides WORLD_SIZE; all are needed to join the group.
+LAUNCH_VARS = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def check_launch_env() -> int:
+    """The number of processes the environment says this run has (1 without WORLD_SIZE).
+
+    A WORLD_SIZE or RANK left in the shell (a job script, an earlier torchrun session)
+    without the rest of torchrun's variables is a one-line `SciformerError`, not a failed
+    rendezvous or a rank that trains silently.
+    """
+    env = os.environ
+    text = env.get("WORLD_SIZE", "1")
+    try:
+        world = int(text)
+    except ValueError:
+        raise SciformerError(f"environment variable WORLD_SIZE={text!r} is not a number of "
+                             "processes; unset it (sciformer --nproc N starts processes itself)"
+                             ) from None
+    if world < 1:
+        raise SciformerError(f"environment variable WORLD_SIZE={text} must be at least 1")
+    if world > 1:
+        missing = [k for k in LAUNCH_VARS if k not in env]
+        if missing:
+            raise SciformerError(f"environment variable WORLD_SIZE={world} is set but "
+                                 f"{', '.join(missing)} are not: this is not a torchrun "
+                                 "launch; unset WORLD_SIZE, or pass --nproc N")
+    elif env.get("RANK", "0") != "0":
+        raise SciformerError(f"environment variable RANK={env['RANK']} is set without "
+                             "WORLD_SIZE > 1: this is not a torchrun launch; unset RANK")
+    return world
 
 
 def launch(nproc: int, args: list[str]) -> int:

@@ -169,16 +169,20 @@ class Trainer:
     def restore(self, folder: Path) -> None:
         """Continue from a complete checkpoint folder (every rank reads the same files)."""
         tensors = ckpt.read_weights(self.raw_model, folder / ckpt.WEIGHTS)
-        state = ckpt.load_state(folder / ckpt.STATE)
+        state = ckpt.load_train_state(folder / ckpt.STATE)
         saved = (state.get("world", 1), bool(state.get("fsdp", False)))
         if saved != (self.dist.world, self.dist.fsdp):
             raise CheckpointError(f"{folder}: saved with {saved[0]} processes (fsdp={saved[1]}), "
                                   f"resumed with {self.dist.world} (fsdp={self.dist.fsdp})")
         self.dist.load_model_state(self.raw_model, tensors)
-        self.dist.load_optimizer_state(self.raw_model, self.optimizer, state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        try:  # a state of the right structure but not of this run (e.g. another model)
+            self.dist.load_optimizer_state(self.raw_model, self.optimizer, state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.dist.restore_rng(state)
+        except (ValueError, KeyError, IndexError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(f"{folder / ckpt.STATE}: does not fit this run "
+                                  f"({str(exc).splitlines()[0] if str(exc) else exc!r})") from None
         self.step, self.best = int(state["step"]), float(state["best"])
-        self.dist.restore_rng(state)
 
     # ---- loop -------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
