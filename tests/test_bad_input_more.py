@@ -385,7 +385,7 @@ def test_huge_horizon_is_refused_up_front(tmp_path: Path, runs):
     out = tmp_path / "new" / "p.h5"
     fail_in_one_line(["predict", runs["forecast"], runs["forecast"].parent / "l63.h5", "--out",
                       out, "--horizon", "100000000", "--device", "cpu"],
-                     "100 sample paths x 100000000 steps x 4 contexts need 447.0 GiB")
+                     "sample paths x 100000000 steps x 4 contexts need")
     assert not (tmp_path / "new").exists()
 
 
