@@ -10,6 +10,7 @@ import pytest
 
 from sciformer.errors import InputError
 from sciformer.io.trajectories import TrajectoryFile
+from tests.test_trajectories import spy_reads
 
 RNG = np.random.default_rng(0)
 B, T, W, H = 3, 6, 5, 4  # trajectories, steps, grid points along x and y
@@ -20,19 +21,6 @@ def _raises(path, match: str) -> None:
     with pytest.raises(InputError, match=match) as info:
         TrajectoryFile(path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
-
-
-def _spy_reads(monkeypatch) -> list[tuple[str, object]]:
-    """Record (dataset name, key) of every h5py dataset read from now on."""
-    reads = []
-    real = h5py.Dataset.__getitem__
-
-    def spy(self, key):
-        reads.append((self.name, key))
-        return real(self, key)
-
-    monkeypatch.setattr(h5py.Dataset, "__getitem__", spy)
-    return reads
 
 
 def _flags(ds: h5py.Dataset, sample: bool, time: bool, dims=(True, True)) -> None:
@@ -123,7 +111,7 @@ def test_well_layout_meta_and_windows(tmp_path, monkeypatch):
         assert m.info["time_varying_scalars"] == ["energy"]
         assert m.info["boundary_conditions"] == {"x_periodic": {"type": "periodic", "dims": ["x"]},
                                                  "y_wall": {"type": "wall", "dims": ["y"]}}
-        reads = _spy_reads(monkeypatch)
+        reads = spy_reads(monkeypatch)
         out = tf.windows(1, 3, 2, 3)
         assert out.shape == (2, 3, W, H, 10) and out.dtype == np.float32
         np.testing.assert_array_equal(out, expected[1:3, 2:5])
@@ -211,7 +199,7 @@ def test_pdebench_2d_tensor_single_field(tmp_path, monkeypatch):
         assert m.space_dims == ("x", "y") and m.field_names is None
         assert m.dt == pytest.approx(0.05) and len(m.time) == 5  # the T + 1-th time dropped
         np.testing.assert_allclose(m.coords["y"], np.linspace(0, 2, 6))
-        reads = _spy_reads(monkeypatch)
+        reads = spy_reads(monkeypatch)
         np.testing.assert_array_equal(tf.window(2, 1, 3), tensor[2, 1:4, ..., None])
         assert reads == [("/tensor", (slice(2, 3), slice(1, 4)))]
 
@@ -250,7 +238,7 @@ def test_pdebench_2d_variables(tmp_path, monkeypatch):
         # PDEBench's channel order, then other datasets of the same shape (never dropped)
         assert m.field_names == ["density", "Vx", "Vy", "pressure", "temperature"]
         assert len(m.time) == 4 and m.dt == pytest.approx(0.05)
-        reads = _spy_reads(monkeypatch)
+        reads = spy_reads(monkeypatch)
         out = tf.windows(0, 2, 1, 2)
         expected = np.stack([data[k][:, 1:3] for k in m.field_names], axis=-1)
         np.testing.assert_array_equal(out, expected)
@@ -291,7 +279,7 @@ def test_pdebench_sample_groups_2d(tmp_path, monkeypatch):
                                                                  (8, 6, 2))
         assert m.dt == pytest.approx(0.25) and m.space_dims == ("x", "y")
         np.testing.assert_allclose(m.coords["x"], np.linspace(-1, 1, 8))
-        reads = _spy_reads(monkeypatch)
+        reads = spy_reads(monkeypatch)
         np.testing.assert_array_equal(tf.windows(9, 11, 2, 3), data[9:11, 2:5])
         assert reads == [("/0009/data", slice(2, 5)), ("/0010/data", slice(2, 5))]
 
