@@ -259,10 +259,15 @@ def test_evaluate_rejects_too_short_file(l63, tmp_path):
 def test_predict_writes_states_and_quantiles_readable_by_xarray(l63, tmp_path):
     out = tmp_path / "pred.h5"
     res = CliRunner().invoke(main, ["predict", str(l63["run"]), str(l63["test"]), "--out",
-                                    str(out), "--horizon", "20", "--device", "cpu"])
+                                    str(out), "--horizon", "20", "--device", "cpu",
+                                    "--samples", "12", "--write-samples"])
     assert res.exit_code == 0, res.output
     with xr.open_dataset(out, engine="h5netcdf") as ds:
         assert ds["states"].shape == (3, 20, 3)
+        assert ds["samples"].dims == ("sample", "trajectory", "time", "field")
+        assert ds["samples"].shape == (12, 3, 20, 3) and ds.attrs["samples"] == 12
+        np.testing.assert_allclose(ds["states"].values, ds["samples"].median("sample").values,
+                                   rtol=1e-5, atol=1e-5)
         assert ds["quantiles"].shape == (3, 3, 20, 3)
         assert list(ds["quantiles"].attrs["levels"]) == LEVELS
         q = ds["quantiles"].values
