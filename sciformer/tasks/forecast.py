@@ -34,7 +34,7 @@ from sciformer.config import ModelConfig, RunConfig
 from sciformer.errors import ConfigError, InputError
 from sciformer.io.trajectories import TrajectoryFile
 from sciformer.tasks import micro_seed
-from sciformer.tasks.masked import split_indices
+from sciformer.splits import split_indices
 from sciformer.tokenizers.timeseries import (BinTokenizer, PatchTokenizer, ScaleState,
                                              build_tokenizer, pinball_loss)
 
