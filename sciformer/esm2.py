@@ -11,9 +11,10 @@ Two sources are read, neither needs `transformers` or `fair-esm` installed:
   "model" (the state dict) and "args" / "cfg" entries holding pickled `argparse.Namespace`
   and omegaconf objects, which ``weights_only=True`` refuses. These are read by
   `SafeUnpickler`, which runs no code of the file: every class the pickle names is looked up
-  in a short allow-list (tensor rebuilding, `OrderedDict`, plain builtin types) or replaced by
-  an inert `PickledObject` record (argparse / omegaconf configuration objects, whose state is
-  captured as plain data); any other global is refused with an error naming it. The
+  in a short allow-list (tensor rebuilding, `OrderedDict`, `defaultdict`, plain builtin types)
+  or replaced by an inert `PickledObject` record (argparse / omegaconf / fairseq configuration
+  objects, whose state is captured as plain data); any other global is refused with an error
+  naming it. The
   configuration's layers, width and heads are read from it and checked against the tensors.
 
 ESM-2 is the shared `SciFormer` encoder with the options ESM-2 needs: rotary positions, pre-LN,
@@ -37,7 +38,7 @@ import pickle
 import re
 import shutil
 import zipfile
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -215,12 +216,14 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): lambda data, *_: data,
     ("collections", "OrderedDict"): OrderedDict,
+    ("collections", "defaultdict"): defaultdict,  # omegaconf metadata caches
     ("copyreg", "_reconstructor"): _reconstructor,
     **{("builtins", t.__name__): t for t in (dict, list, tuple, set, frozenset, str, int,
                                              float, bool, bytes, object)},
 }
-#: Modules whose classes become inert PickledObject records (configuration objects).
-_STAND_IN_MODULES = ("argparse", "omegaconf", "typing")
+#: Modules whose classes become inert PickledObject records: the configuration objects of
+#: fairseq-trained checkpoints (argparse / omegaconf containers, fairseq config enums).
+_STAND_IN_MODULES = ("argparse", "omegaconf", "typing", "fairseq")
 
 
 class SafeUnpickler(pickle.Unpickler):
