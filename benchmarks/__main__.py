@@ -36,7 +36,7 @@ from benchmarks import train_throughput as train_bench
 from sciformer.io.atomic import write_json_atomic
 
 RESULTS = Path(__file__).parent / "results" / "latest.json"
-SECTIONS = ("train", "decode", "samples", "speedups", "scaling", "fasta")
+SECTIONS = ("train", "decode", "samples", "speedups", "scaling", "fasta", "protein")
 ON_GPU = ("train", "decode")  # the sections that measure a device rather than the CPU
 
 
@@ -135,6 +135,11 @@ def speedups_section(args: argparse.Namespace) -> dict[str, Any]:
                      *(["--quick"] if args.quick else []))
 
 
+def protein_section(args: argparse.Namespace) -> dict[str, Any]:
+    """embed and pseudo-perplexity vs HF EsmForMaskedLM (benchmarks.protein_inference)."""
+    return _in_child("benchmarks.protein_inference", args, *(["--quick"] if args.quick else []))
+
+
 def fasta_section(args: argparse.Namespace) -> dict[str, Any]:
     return fasta_speed.run(8 if args.quick else 64, 2 if args.quick else 3)
 
@@ -225,6 +230,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"padding waste at {results['fasta']['padding_waste']['budget']} tokens/batch: "
               f"length-sorted {results['fasta']['padding_waste']['sorted']:.1%}, "
               f"file order {results['fasta']['padding_waste']['file_order']:.1%}")
+    if "protein" in args.only:
+        results["protein"] = protein_section(args)
+        print(table(results["protein"]["rows"], ["task", "precision", "peer", "residues_per_s",
+                                                 "peak_mb", "sciformer_x", "max_abs_diff"],
+                    "\nProtein inference vs HF EsmForMaskedLM (ESM-2 8M shape)"))
     results["machine_after"] = machine()
     results["seconds"] = time.time() - started
     write_json_atomic(args.out, results)

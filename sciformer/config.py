@@ -99,6 +99,10 @@ class DataConfig:
     task: str = "auto"  # which task; auto: from the data files (FASTA masked, HDF5 forecast)
     val_fraction: float = 0.1  # held out by whole sequence / trajectory, seeded
     val_max: int = 200  # cap on held-out examples so validation stays quick
+    # FASTA: identity keeps proteins sharing > split_identity of their k-mers on one side
+    split_by: str = "identity"  # k-mer similarity clusters or random (forecasts: random)
+    split_identity: float = 0.5  # max fraction of a held-out protein's k-mers in a training one
+    split_kmer: int = 8  # k of those k-mers
     # masked residues (BERT / ESM recipe)
     crop_length: int = 256  # residues per training crop; longer sequences are randomly cropped
     mask_rate: float = 0.15  # fraction of residues chosen for the loss
@@ -126,6 +130,9 @@ class DataConfig:
     def validate(self) -> None:
         _check(self.task in ("auto", "masked", "forecast"), "data.task", "must be auto|masked|forecast")
         _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
+        _check(self.split_by in ("identity", "random"), "data.split_by", "must be identity|random")
+        _check(0.0 < self.split_identity <= 1.0, "data.split_identity", "must be in (0, 1]")
+        _check(1 <= self.split_kmer <= 14, "data.split_kmer", "must be in 1..14")
         _check(self.crop_length >= 3, "data.crop_length", "must be at least 3")
         _check(0.0 < self.mask_rate < 1.0, "data.mask_rate", f"{self.mask_rate} is not in (0, 1)")
         _check(
@@ -244,7 +251,7 @@ DERIVED_FIELDS = ("model.vocab_size", "model.input_dim", "model.output_dim", "mo
 
 #: Settings that only one task reads; setting one for the other task is an error naming it.
 TASK_ONLY = {
-    "masked": ("data.crop_length", "data.mask_rate", "data.mask_token_rate",
+    "masked": ("data.split_identity", "data.split_kmer", "data.crop_length", "data.mask_rate", "data.mask_token_rate",
                "data.random_token_rate", "data.tokens_per_batch", "model.token_dropout"),
     "forecast": ("data.tokenizer", "data.channels", "data.context", "data.horizon",
                  "data.patch_len", "data.n_bins", "data.bin_limit", "data.quantiles",

@@ -29,7 +29,8 @@ def _choices() -> dict[str, str]:
     return {"model.attention": ", ".join(KERNELS), "model.positions": ", ".join(POSITIONS),
             "model.norm": ", ".join(NORMS), "model.activation": ", ".join(ACTIVATIONS),
             "model.lm_head": ", ".join(LM_HEADS), "data.tokenizer": ", ".join(TOKENIZERS),
-            "data.channels": ", ".join(CHANNEL_MODES), "data.task": "auto, masked, forecast"}
+            "data.channels": ", ".join(CHANNEL_MODES), "data.task": "auto, masked, forecast",
+            "data.split_by": "identity, random"}
 
 
 def _comments(cls: type) -> dict[str, str]:

@@ -6,7 +6,16 @@ Two sources are read, neither needs `transformers` or `fair-esm` installed:
   `pytorch_model.bin`), as `save_pretrained` writes it;
 - a fair-esm state dict (`.pt`, the `ESM2` module's own key names such as
   `layers.0.self_attn.q_proj.weight`, optionally under a "model" entry with the `encoder.` /
-  `encoder.sentence_encoder.` prefixes of the hub files), loaded with ``weights_only=True``.
+  `encoder.sentence_encoder.` prefixes of the hub files), loaded with ``weights_only=True``;
+- a fair-esm hub file as distributed (`esm2_t6_8M_UR50D.pt` and its siblings): a dict with
+  "model" (the state dict) and "args" / "cfg" entries holding pickled `argparse.Namespace`
+  and omegaconf objects, which ``weights_only=True`` refuses. These are read by
+  `SafeUnpickler`, which runs no code of the file: every class the pickle names is looked up
+  in a short allow-list (tensor rebuilding, `OrderedDict`, `defaultdict`, plain builtin types)
+  or replaced by an inert `PickledObject` record (argparse / omegaconf / fairseq configuration
+  objects, whose state is captured as plain data); any other global is refused with an error
+  naming it. The
+  configuration's layers, width and heads are read from it and checked against the tensors.
 
 ESM-2 is the shared `SciFormer` encoder with the options ESM-2 needs: rotary positions, pre-LN,
 exact (erf) GELU, a final LayerNorm (`emb_layer_norm_after`), the RoBERTa LM head tied to the
@@ -22,10 +31,14 @@ held-out records, and `evaluate` labels its context-free baseline "uniform" acco
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
 import re
 import shutil
+import zipfile
+from collections import OrderedDict, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -152,10 +165,178 @@ def _hf_model_config(folder: Path) -> tuple[ModelConfig, int]:
     return cfg, int(hf.get("max_position_embeddings", 1026))
 
 
+# ---- fair-esm hub files: a restricted unpickler ------------------------------------------
+class PickledObject:
+    """Inert record of a pickled object whose class is not imported: the class's dotted name,
+    the constructor arguments and the state given to it. Nothing of the real class runs."""
+
+    qualname = "?"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> PickledObject:
+        obj = super().__new__(cls)
+        obj.args, obj.state = args, {}
+        return obj
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # REDUCE calls the class
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        """BUILD: keep the state (a dict, or (dict, slot dict)) as plain data."""
+        if isinstance(state, tuple) and len(state) == 2:
+            state = {**(state[0] or {}), **(state[1] or {})}
+        self.state = state if isinstance(state, dict) else {"__state__": state}
+
+
+_STAND_INS: dict[str, type] = {}
+
+
+def _stand_in(qualname: str) -> type:
+    """One PickledObject subclass per pickled class name."""
+    if qualname not in _STAND_INS:
+        _STAND_INS[qualname] = type(qualname.rsplit(".", 1)[-1], (PickledObject,),
+                                    {"qualname": qualname})
+    return _STAND_INS[qualname]
+
+
+def _rebuild_tensor(storage: Any, offset: int, size: tuple, stride: tuple, *_: Any) -> torch.Tensor:
+    """What torch's `_rebuild_tensor_v2` does for a CPU tensor: a view on the storage."""
+    t = torch.empty((0,), dtype=storage.dtype)
+    return t.set_(storage._untyped_storage, offset, size, stride)
+
+
+def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
+    """copyreg._reconstructor (pickle protocols 0/1), for stand-in classes only."""
+    if not (isinstance(cls, type) and issubclass(cls, PickledObject)):
+        raise pickle.UnpicklingError(f"refused: copyreg._reconstructor of {cls!r}")
+    return cls.__new__(cls)
+
+
+#: Globals that are safe to hand to the unpickler as themselves (or a safe equivalent).
+_ALLOWED: dict[tuple[str, str], Any] = {
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): lambda data, *_: data,
+    ("collections", "OrderedDict"): OrderedDict,
+    ("collections", "defaultdict"): defaultdict,  # omegaconf metadata caches
+    ("copyreg", "_reconstructor"): _reconstructor,
+    **{("builtins", t.__name__): t for t in (dict, list, tuple, set, frozenset, str, int,
+                                             float, bool, bytes, object)},
+}
+#: Modules whose classes become inert PickledObject records: the configuration objects of
+#: fairseq-trained checkpoints (argparse / omegaconf containers, fairseq config enums).
+_STAND_IN_MODULES = ("argparse", "omegaconf", "typing", "fairseq")
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """Unpickles the `data.pkl` of a torch zip archive without running any of its code.
+
+    Storages come from the archive's `data/<key>` records (torch's persistent-id scheme);
+    see the module docstring for the classes allowed.
+    """
+
+    def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str, source: Path) -> None:
+        super().__init__(io.BytesIO(data))
+        self.archive, self.prefix, self.source = archive, prefix, source
+        self.storages: dict[str, Any] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "torch" and name.endswith("Storage"):
+            try:
+                return torch.storage._get_dtype_from_pickle_storage_type(name)
+            except KeyError:
+                pass
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[(module, name)]
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        if module.split(".")[0] in _STAND_IN_MODULES:
+            return _stand_in(f"{module}.{name}")
+        raise CheckpointError(f"{self.source}: refused to unpickle global '{module}.{name}' "
+                              "(only tensors and plain configuration objects are read)")
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
+                and isinstance(pid[1], torch.dtype)):
+            raise CheckpointError(f"{self.source}: unexpected persistent id {pid!r:.80}")
+        _, dtype, key, _location, _numel = pid
+        if key not in self.storages:
+            raw = self.archive.read(f"{self.prefix}/data/{key}")
+            untyped = torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8) if raw else \
+                torch.UntypedStorage(0)
+            self.storages[key] = torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype,
+                                                            _internal=True)
+        return self.storages[key]
+
+
+def safe_load(path: Path) -> Any:
+    """The object in a torch zip-format file, read by `SafeUnpickler` (nothing executed)."""
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not a zip-format torch file (the legacy format is not "
+                              "read without executing code)")
+    with zipfile.ZipFile(path) as archive:
+        pkls = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+        if len(pkls) != 1:
+            raise CheckpointError(f"{path}: expected one <name>/data.pkl in the archive")
+        prefix = pkls[0].split("/")[0]
+        if f"{prefix}/byteorder" in archive.namelist() and \
+                archive.read(f"{prefix}/byteorder").decode().strip() != "little":
+            raise CheckpointError(f"{path}: big-endian tensors are not supported")
+        try:
+            return SafeUnpickler(archive.read(pkls[0]), archive, prefix, path).load()
+        except CheckpointError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a malformed pickle is a bad checkpoint
+            raise CheckpointError(f"{path}: cannot unpickle ({type(exc).__name__}: "
+                                  f"{str(exc)[:160]})") from None
+
+
+def plain(obj: Any) -> Any:
+    """Stand-ins and containers as plain data: a Namespace as its dict, an omegaconf
+    container as its content, a value node as its value; tensors are left as they are."""
+    if isinstance(obj, PickledObject):
+        st = obj.state
+        if "_content" in st:  # omegaconf DictConfig / ListConfig
+            return plain(st["_content"])
+        if "_val" in st:  # omegaconf value nodes
+            return plain(st["_val"])
+        if obj.qualname == "argparse.Namespace" or st:
+            return {str(k): plain(v) for k, v in st.items()}
+        return obj.qualname  # a bare type reference such as typing.Any
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    return obj
+
+
+#: Hyper-parameter name in fair-esm configurations (ESM-2 cfg, ESM-1 args) -> our name.
+_HPARAMS = {"encoder_layers": "layers", "layers": "layers", "encoder_embed_dim": "embed_dim",
+            "embed_dim": "embed_dim", "encoder_attention_heads": "attention_heads",
+            "attention_heads": "attention_heads", "token_dropout": "token_dropout"}
+
+
+def checkpoint_hparams(raw: dict[str, Any]) -> dict[str, Any]:
+    """layers / embed_dim / attention_heads / token_dropout from a hub file's "cfg"["model"]
+    (ESM-2) or "args" (ESM-1) entry, where present."""
+    cfg, args = plain(raw.get("cfg")), plain(raw.get("args"))
+    sources = [cfg.get("model") if isinstance(cfg, dict) else None, args, cfg]
+    out: dict[str, Any] = {}
+    for src in sources:
+        if isinstance(src, dict):
+            for key, ours in _HPARAMS.items():
+                if key in src and ours not in out and isinstance(src[key], (int, bool)):
+                    out[ours] = src[key]
+    return out
+
+
 # ---- fair-esm state dicts -------------------------------------------------------------------
-def _fair_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The module state dict of a fair-esm `.pt` (plain, or a hub file's "model" entry)."""
-    raw = _torch_load(path)
+def _fair_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The module state dict of a fair-esm `.pt` (plain, or a hub file's "model" entry) and
+    the hub file's configuration values (`checkpoint_hparams`; empty for a plain dict)."""
+    try:
+        raw = _torch_load(path)
+    except CheckpointError:  # pickled configuration objects: read them without running code
+        raw = safe_load(path)
+    hparams = checkpoint_hparams(raw) if isinstance(raw, dict) else {}
     if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
         raw = raw["model"]
     if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
@@ -163,18 +344,26 @@ def _fair_state_dict(path: Path) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in raw.items():
         out[re.sub(r"^(encoder\.sentence_encoder\.|encoder\.)", "", key)] = value
-    return out
+    return out, hparams
 
 
-def _fair_model_config(sd: dict[str, torch.Tensor], path: Path, heads: int | None) -> ModelConfig:
-    """Shapes give width, depth and FFN width; heads come from the rotary frequencies."""
+def _fair_model_config(sd: dict[str, torch.Tensor], path: Path, heads: int | None,
+                       hparams: dict[str, Any]) -> ModelConfig:
+    """Shapes give width, depth and FFN width; heads come from --heads, else the file's
+    configuration, else the rotary frequencies, else the published sizes. Configuration
+    values that contradict the tensors are refused."""
     if "embed_tokens.weight" not in sd:
         raise CheckpointError(f"{path}: no 'embed_tokens.weight'; not a fair-esm ESM-2 state dict")
     vocab, d = sd["embed_tokens.weight"].shape
     if vocab != len(ALPHABET):
         raise CheckpointError(f"{path}: vocabulary of {vocab} tokens; ESM-2 has {len(ALPHABET)}")
     n_layers = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"layers\.(\d+)\.", k)))
+    for key, have in (("layers", n_layers), ("embed_dim", d)):
+        if key in hparams and hparams[key] != have:
+            raise CheckpointError(f"{path}: configuration says {key}={hparams[key]}, the "
+                                  f"tensors have {have}")
     inv_freq = sd.get("layers.0.self_attn.rot_emb.inv_freq")
+    heads = heads or hparams.get("attention_heads")
     if heads is None and inv_freq is not None:
         heads = d // (2 * inv_freq.numel())
     heads = heads or ESM2_HEADS.get(d)
@@ -182,7 +371,8 @@ def _fair_model_config(sd: dict[str, torch.Tensor], path: Path, heads: int | Non
         raise CheckpointError(f"{path}: cannot tell the number of attention heads of width {d}; "
                               "pass --heads")
     return esm2_model_config(d_model=d, n_heads=heads, n_layers=n_layers,
-                             d_ff=sd["layers.0.fc1.weight"].shape[0], token_dropout=True,
+                             d_ff=sd["layers.0.fc1.weight"].shape[0],
+                             token_dropout=bool(hparams.get("token_dropout", True)),
                              eps=1e-5, dropout=0.0, attention_dropout=0.0)  # eps: fair-esm's
 
 
@@ -219,22 +409,24 @@ def _tie_or_untie(mapped: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
 
 
 def load_esm2(source: str | Path, heads: int | None = None
-              ) -> tuple[ModelConfig, dict[str, torch.Tensor], int, str]:
-    """(ModelConfig, sciformer state dict, max positions, format) of an ESM-2 checkpoint."""
+              ) -> tuple[ModelConfig, dict[str, torch.Tensor], int, str, dict[str, Any]]:
+    """(ModelConfig, sciformer state dict, max positions, format, configuration values read
+    from a fair-esm hub file) of an ESM-2 checkpoint."""
     source = Path(source)
+    hparams: dict[str, Any] = {}
     if source.is_dir():
         cfg, max_pos = _hf_model_config(source)
         raw, rules, unused, fmt = _hf_weights(source), HF_RULES, HF_UNUSED, "huggingface"
     elif source.is_file():
-        raw = _fair_state_dict(source)
-        cfg, max_pos = _fair_model_config(raw, source, heads), 1026
+        raw, hparams = _fair_state_dict(source)
+        cfg, max_pos = _fair_model_config(raw, source, heads, hparams), 1026
         rules, unused, fmt = FAIR_RULES, FAIR_UNUSED, "fair-esm"
     else:
         raise CheckpointError(f"{source}: no such checkpoint file or directory")
     _check_rotary(raw, cfg, source)
     mapped = rename_keys(raw, rules, unused, source)
     _tie_or_untie(mapped, cfg)
-    return cfg, {k: v.float() for k, v in mapped.items()}, max_pos, fmt
+    return cfg, {k: v.float() for k, v in mapped.items()}, max_pos, fmt, hparams
 
 
 def _build_model(cfg: ModelConfig, tensors: dict[str, torch.Tensor], source: Path):
@@ -257,7 +449,7 @@ def import_esm2(source: str | Path, out: str | Path, heads: int | None = None) -
     source, out = Path(source), Path(out)
     if out.exists():
         raise CheckpointError(f"{out}: already exists; choose a new --out for the import")
-    cfg, tensors, max_pos, fmt = load_esm2(source, heads)
+    cfg, tensors, max_pos, fmt, hparams = load_esm2(source, heads)
     model = _build_model(cfg, tensors, source)
     crop = max(max_pos - 4, 1)  # ESM-2: 1026 positions -> crops of 1022 residues + <cls>/<eos>
     run = RunConfig(model=cfg, data=DataConfig(task="masked", crop_length=crop, val_fraction=0.0,
@@ -266,7 +458,8 @@ def import_esm2(source: str | Path, out: str | Path, heads: int | None = None) -
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     state = MaskedState(residue_counts=[0] * len(ALPHABET),
-                        imported_from={"format": fmt, "path": str(source.resolve())})
+                        imported_from={"format": fmt, "path": str(source.resolve()),
+                                       **({"config": hparams} if hparams else {})})
     save_config(run.validate(), tmp / "config.json", extra=state_to_dict(state))
     save_weights(model, tmp / "model.safetensors")
     write_json_atomic(tmp / "split.json", {"unit": "record", "files": [], "n_records": 0,
@@ -281,16 +474,20 @@ def relabel_untrained_baseline(metrics: dict[str, Any], state: MaskedState,
     """For runs with no training residue counts (imported weights), the 'unigram' baseline is
     add-one smoothing of zero counts, i.e. equal odds over the residue letters: name it
     'uniform', say why in the metrics, and rewrite summary.md to match."""
+    from sciformer.evaluation.masked_baselines import plot_baselines
     from sciformer.evaluation.report import write_summary
 
     counts = np.asarray(state.residue_counts or [0])
     baselines = metrics.get("baselines", {})
     if counts.sum() > 0 or "unigram" not in baselines:
         return metrics
-    baselines["uniform"] = baselines.pop("unigram")
+    metrics["baselines"] = {("uniform" if k == "unigram" else k): v for k, v in baselines.items()}
     metrics["note"] = ("no unigram baseline: this run has no training data to count residues "
                        "from (imported weights); 'uniform' is equal odds over residue letters")
-    plots = [p.name for p in Path(out_dir).glob("masked_report.png")]
+    plot_baselines(Path(out_dir) / "masked_baselines.png",
+                   {"model": metrics["model"], **metrics["baselines"]})
+    plots = [p for p in ("masked_baselines.png", "masked_report.png")
+             if (Path(out_dir) / p).is_file()]
     write_summary(Path(out_dir) / "summary.md", metrics,
                   title=f"Masked residues: {Path(metrics['data']).name}", plots=plots)
     return metrics

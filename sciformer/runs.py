@@ -44,7 +44,7 @@ class MaskedState:
     name: ClassVar[str] = "masked"
     train_files: list[str] = field(default_factory=list)  # FASTA files the run trained on
     residue_counts: list[int] = field(default_factory=list)  # training counts per token id
-    imported_from: dict[str, str] | None = None  # ESM-2 import: {"format", "path"}
+    imported_from: dict[str, Any] | None = None  # ESM-2 import: {"format", "path", "config"}
 
 
 @dataclass

@@ -3,7 +3,12 @@ logits as the converted sciformer run (float32, within 1e-5), and the run works 
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import re
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -177,3 +182,119 @@ def test_new_model_fields_are_validated(field: str, value, words: str) -> None:
     cfg = ModelConfig(token_dropout=True, **{field: value})
     with pytest.raises(ConfigError, match=words):
         cfg.validate()
+
+
+# ---- fair-esm hub files: pickled configuration objects, read without running code --------
+def _hub_file(path: Path, hf: torch.nn.Module, **entries) -> Path:
+    """A file shaped like fair-esm's esm2_t6_8M_UR50D.pt: {"model": state dict with the
+    `encoder.sentence_encoder.` prefix, "cfg": {"model": Namespace}, "args": ...}; the rotary
+    frequencies are left out so the heads can only come from the configuration."""
+    sd = {f"encoder.sentence_encoder.{k}": v for k, v in _fair_esm_state_dict(hf).items()
+          if not k.endswith("inv_freq")}
+    torch.save({"model": sd, **entries}, path)
+    return path
+
+
+def _namespace(**kw) -> argparse.Namespace:
+    base = dict(_name="ESM2", encoder_layers=2, encoder_embed_dim=64, encoder_attention_heads=4,
+                token_dropout=True, dropout=0.0)
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_hub_file_with_pickled_namespace_imports_with_its_config(tmp_path: Path) -> None:
+    hf = _hf_model()
+    for m in hf.modules():  # fair-esm's LayerNorm eps, as in the state-dict test
+        if isinstance(m, torch.nn.LayerNorm):
+            m.eps = 1e-5
+    pt = _hub_file(tmp_path / "esm2_tiny.pt", hf, cfg={"model": _namespace()},
+                   args=argparse.Namespace(arch="esm2", layers=2, embed_dim=64))
+    with pytest.raises(Exception, match="Unsupported global|weights_only"):
+        torch.load(pt, weights_only=True)  # what the plain reader refused before
+    run = import_esm2(pt, tmp_path / "run")
+    extra = json.loads((run / "config.json").read_text())
+    got = {k: extra["model"][k] for k in ("n_encoder_layers", "d_model", "n_heads")}
+    assert got == {"n_encoder_layers": 2, "d_model": 64, "n_heads": 4}
+    assert extra["imported_from"]["config"] == {"layers": 2, "embed_dim": 64,
+                                                "attention_heads": 4, "token_dropout": True}
+    ids, pad = _batch()
+    diff = (_hf_logits(hf, ids, pad) - _our_logits(run, ids, pad)).abs().max().item()
+    assert diff <= TOL
+    # heads read from the configuration, not guessed: a different value gives a different model
+    pt8 = _hub_file(tmp_path / "h8.pt", hf, cfg={"model": _namespace(encoder_attention_heads=8)})
+    assert json.loads((import_esm2(pt8, tmp_path / "r8") / "config.json").read_text()
+                      )["model"]["n_heads"] == 8
+    bad = _hub_file(tmp_path / "bad.pt", hf, cfg={"model": _namespace(encoder_layers=3)})
+    with pytest.raises(CheckpointError, match="bad.pt.*layers=3.*tensors have 2"):
+        import_esm2(bad, tmp_path / "r3")
+
+
+def test_safe_load_reads_omegaconf_like_state_as_plain_data(tmp_path: Path) -> None:
+    from sciformer.esm2 import checkpoint_hparams, safe_load
+
+    # classes pickled under omegaconf's names, with the state layout of DictConfig / AnyNode
+    mod = types.ModuleType("omegaconf.dictconfig")
+    node_mod = types.ModuleType("omegaconf.nodes")
+
+    class DictConfig:
+        pass
+
+    class AnyNode:
+        pass
+
+    DictConfig.__module__, DictConfig.__qualname__ = mod.__name__, "DictConfig"
+    AnyNode.__module__, AnyNode.__qualname__ = node_mod.__name__, "AnyNode"
+    mod.DictConfig, node_mod.AnyNode = DictConfig, AnyNode
+    fake = {"omegaconf": types.ModuleType("omegaconf"), mod.__name__: mod,
+            node_mod.__name__: node_mod}
+    saved = {k: sys.modules.get(k) for k in fake}
+    sys.modules.update(fake)
+    try:
+        def node(v):
+            n = AnyNode()
+            n.__dict__.update(_val=v, _parent=None, _metadata=None)
+            return n
+        model_cfg = DictConfig()
+        model_cfg.__dict__.update(_content={"encoder_layers": node(6), "encoder_embed_dim": node(320),
+                                            "encoder_attention_heads": node(20)},
+                                  _metadata=None, _parent=None)
+        path = tmp_path / "omega.pt"
+        torch.save({"model": {"w": torch.arange(4.0)}, "cfg": {"model": model_cfg}}, path)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                del sys.modules[k]
+            else:
+                sys.modules[k] = v
+    raw = safe_load(path)
+    assert torch.equal(raw["model"]["w"], torch.arange(4.0))
+    assert checkpoint_hparams(raw) == {"layers": 6, "embed_dim": 320, "attention_heads": 20}
+
+
+class _Evil:
+    """Unpickling this would run a shell command that creates a marker file."""
+
+    marker = ""
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class _EvilClass:
+    def __init__(self) -> None:
+        self.x = 1
+
+
+@pytest.mark.parametrize("payload, name", [("system", "posix.system"),
+                                           ("class", "_EvilClass")])
+def test_hub_file_with_a_malicious_global_is_refused(tmp_path: Path, payload: str, name: str
+                                                     ) -> None:
+    marker = tmp_path / "pwned"
+    evil = _Evil()
+    evil.marker = str(marker)
+    args = evil if payload == "system" else _EvilClass()
+    pt = _hub_file(tmp_path / "evil.pt", _hf_model(), cfg={"model": _namespace()}, args=args)
+    res = CliRunner().invoke(main, ["import-esm2", str(pt), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 1
+    assert re.search(rf"refused to unpickle global '[\w.]*{name}'", res.output), res.output
+    assert "evil.pt" in res.output and len(res.output.strip().splitlines()) == 1
+    assert not marker.exists() and not (tmp_path / "run").exists()

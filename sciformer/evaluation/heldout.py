@@ -14,8 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from sciformer.errors import InputError
-from sciformer.fingerprints import (RecordedPrints, count_statuses, file_fingerprints,
-                                    match_records)
+from sciformer.fingerprints import (RecordedPrints, count_statuses, fasta_fingerprints,
+                                    match_records, trajectory_fingerprints)
 from sciformer.runs import read_split
 
 UNIT_WORDS = {"record": "records", "trajectory": "trajectories"}
@@ -29,7 +29,8 @@ def select_unseen(run_dir: Path, data: Path, train_files: list[str], unit: str
     words = UNIT_WORDS[unit]
     if recorded is None:
         return _by_path(split, data, train_files, words)
-    statuses = match_records(file_fingerprints(data), recorded)
+    prints = fasta_fingerprints(data) if unit == "record" else trajectory_fingerprints(data)
+    statuses = match_records(prints, recorded)
     counts = count_statuses(statuses)
     keep = [i for i, s in enumerate(statuses) if s != "training"]
     if not keep:

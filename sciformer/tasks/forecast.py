@@ -32,9 +32,9 @@ from sciformer.errors import ConfigError, InputError
 from sciformer.fingerprints import RecordedPrints, duplicates, trajectory_fingerprints
 from sciformer.io.trajectories import TrajectoryFile
 from sciformer.tasks import micro_seed
-from sciformer.tasks.masked import split_indices
 from sciformer.pipelines.forecast import patch_quantiles
 from sciformer.runs import ForecastState
+from sciformer.splits import split_indices
 from sciformer.tokenizers.timeseries import (BinTokenizer, DatasetScaledPatchTokenizer,
                                              PatchTokenizer, build_tokenizer, pinball_loss)
 

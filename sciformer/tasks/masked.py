@@ -25,6 +25,7 @@ from sciformer.fingerprints import RecordedPrints, fasta_fingerprints
 from sciformer.io.fasta import read_fasta_batches
 from sciformer.pipelines.residues import evaluate_masked
 from sciformer.runs import MaskedState
+from sciformer.splits import record_split
 from sciformer.tasks import micro_seed
 from sciformer.tokenizers.protein import (TOKENIZER, ProteinTokenizer, frame,
                                           token_budget_batches)
@@ -69,15 +70,6 @@ def load_proteins(paths: list[Path]) -> ProteinSet:
     return out
 
 
-def split_indices(n: int, val_fraction: float, val_max: int, seed: int) -> tuple[list[int], list[int]]:
-    """Seeded split by whole record: (train indices, held-out indices), both sorted."""
-    n_val = min(val_max, int(round(n * val_fraction))) if n >= 2 else 0
-    if val_fraction > 0 and n >= 2:
-        n_val = max(n_val, 1)
-    perm = np.random.default_rng(seed).permutation(n)
-    return sorted(perm[n_val:].tolist()), sorted(perm[:n_val].tolist())
-
-
 def mask_tokens(tokens: Tensor, rate: float, mask_rate: float, random_rate: float,
                 gen: torch.Generator) -> tuple[Tensor, Tensor]:
     """BERT corruption of (B, L) ids: (inputs, targets) with targets -100 where not chosen."""
@@ -114,8 +106,10 @@ class MaskedTask:
         self.data = load_proteins(paths)
         if len(self.data) == 0:
             raise InputError(f"{paths[0]}: no sequences to train on")
-        train_idx, val_idx = split_indices(len(self.data), cfg.data.val_fraction,
-                                           cfg.data.val_max, cfg.train.seed)
+        d = cfg.data
+        train_idx, val_idx, self.split_info = record_split(
+            self.data.tokens, d.split_by, d.val_fraction, d.val_max, cfg.train.seed,
+            d.split_identity, d.split_kmer)
         self.train, self.val = self.data.subset(train_idx), self.data.subset(val_idx)
         self.train_idx, self.val_idx = train_idx, val_idx
         crop = cfg.data.crop_length
@@ -137,7 +131,7 @@ class MaskedTask:
                 "fingerprints": RecordedPrints.from_units(prints, self.train_idx,
                                                           self.val_idx).to_split(),
                 "heldout_origin": [list(o) for o in self.val.origin],  # (file, record) pairs
-                "heldout_ids": self.val.ids}
+                "heldout_ids": self.val.ids, **self.split_info}
 
     def _batches_of_epoch(self, epoch: int) -> list[list[int]]:
         if self._epoch is None or self._epoch[0] != epoch:

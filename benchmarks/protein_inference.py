@@ -1,0 +1,147 @@
+"""Protein inference: sciformer `embed` and pseudo-perplexity against HF EsmForMaskedLM.
+
+One random ESM-2-shaped model (default the 8M shape: width 320, 6 layers, 20 heads) is built
+with `transformers`, saved and imported with `import-esm2`, so both sides hold the same
+weights (`benchmarks.embed_throughput.build_pair`). Each measurement runs the same proteins
+(the first shipped ones no longer than one window) through:
+
+- ``embed``: sciformer's `embed_sequences` (mean of the final layer per protein) vs HF
+  `model.esm(...).last_hidden_state` in the same token-budget batches;
+- ``pseudo-perplexity``: every residue masked in turn (Salazar et al. 2020), the L masked
+  copies batched to the same token budget: sciformer's `predict --score` path
+  (`sciformer.predict._one_at_a_time`, which computes the last layer only at the masked
+  position) vs HF's full `EsmForMaskedLM` logits read at the masked position.
+
+Residues per second (scored residues / wall seconds, median of interleaved repeats after a
+warm-up) and the peak resident memory above the start (`benchmarks.PeakMemory`) of each call
+are reported, with the largest difference between the two sides' outputs. bf16 rows are
+measured only where the CPU multiplies bf16 at least half as fast as fp32 (native
+AVX-512-BF16/AMX); elsewhere the note says it was skipped. This measures only; it changes no
+model code.
+
+    python -m benchmarks.protein_inference [--size 8M] [--quick] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks import PeakMemory, interleaved, matmul_peak, median, setup_threads, table
+from benchmarks.embed_throughput import SIZES, build_pair, proteins, run_hf, run_ours
+from sciformer.predict import _one_at_a_time
+from sciformer.tokenizers.protein import TOKENIZER, frame
+from sciformer.tokenizers.protein import token_budget_batches
+
+CPU = torch.device("cpu")
+
+
+@torch.no_grad()
+def hf_pseudo_log_probs(model, seq: np.ndarray, budget: int) -> np.ndarray:
+    """log p(true residue) at every position of `seq` under HF, each masked alone; the
+    masked copies go through in batches of at most `budget` tokens."""
+    framed = frame(seq)  # (L + 2,)
+    out = np.empty(len(seq))
+    for members in token_budget_batches([len(framed)] * len(seq), budget, shuffle=False):
+        pos = torch.as_tensor(members)
+        tokens = torch.as_tensor(framed).repeat(len(members), 1)  # (B, L + 2)
+        tokens[torch.arange(len(members)), pos + 1] = TOKENIZER.mask_id
+        logits = model(input_ids=tokens).logits  # (B, L + 2, V): every position computed
+        picked = logits[torch.arange(len(members)), pos + 1].float()  # (B, V)
+        logp = torch.log_softmax(picked, dim=-1)
+        out[members] = logp[torch.arange(len(members)), torch.as_tensor(seq[members])].numpy()
+    return out
+
+
+def _autocast(precision: str):
+    """bf16 autocast on the CPU, or nothing."""
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _measure(jobs: dict[str, Any], residues: int, repeats: int, precision: str
+             ) -> dict[str, dict[str, float]]:
+    """Residues/s (median of interleaved repeats) and peak MB of one call of each job."""
+    out = {}
+    for name, fn in jobs.items():
+        with _autocast(precision):
+            fn()  # warm-up outside the memory window
+            with PeakMemory() as mem:
+                result = fn()
+        out[name] = {"result": result,
+                     "peak_mb": None if mem.value is None else mem.value / 2**20}
+    with _autocast(precision):
+        times = interleaved(jobs, repeats, warmup=0)
+    for name in jobs:
+        out[name]["residues_per_s"] = residues / median(times[name])
+    return out
+
+
+def run(size: str, n_embed: int, n_ppl: int, repeats: int, budget: int) -> dict[str, Any]:
+    """Rows of both tasks, both peers, fp32 (and bf16 where the CPU has it natively)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        hf, ours, cfg = build_pair(size, CPU, Path(tmp))
+    window, layer = cfg.data.crop_length, cfg.model.n_encoder_layers
+    embed_seqs = proteins(n_embed, window)
+    ppl_seqs = proteins(n_ppl, 256)
+    cfg.data.tokens_per_batch = budget
+    tasks = {
+        "embed": (sum(map(len, embed_seqs)), {
+            "sciformer": lambda: run_ours(ours, embed_seqs, layer, window, budget, CPU),
+            "HF EsmForMaskedLM": lambda: run_hf(hf, embed_seqs, budget, CPU)}),
+        "pseudo-perplexity": (sum(map(len, ppl_seqs)), {
+            "sciformer": lambda: np.concatenate(
+                [_one_at_a_time(ours, cfg, s, CPU) for s in ppl_seqs]),
+            "HF EsmForMaskedLM": lambda: np.concatenate(
+                [hf_pseudo_log_probs(hf, s, budget) for s in ppl_seqs])}),
+    }
+    native_bf16 = matmul_peak(torch.bfloat16, 512, 3) >= 0.5 * matmul_peak(torch.float32, 512, 3)
+    rows = []
+    for precision in ("fp32", "bf16") if native_bf16 else ("fp32",):
+        for task, (residues, jobs) in tasks.items():
+            res = _measure(jobs, residues, repeats, precision)
+            a, b = (res[k]["result"] for k in jobs)
+            diff = float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+            ours_rate = res["sciformer"]["residues_per_s"]
+            for name in jobs:
+                rows.append({"task": task, "precision": precision, "peer": name,
+                             "residues": residues, "residues_per_s": res[name]["residues_per_s"],
+                             "peak_mb": res[name]["peak_mb"], "max_abs_diff": diff,
+                             "sciformer_x": ours_rate / res[name]["residues_per_s"]})
+    note = "" if native_bf16 else ("bf16 skipped: this CPU has no native bf16 matmul "
+                                   "(emulated bf16 is slower than fp32)")
+    return {"size": size, "shape": SIZES[size], "budget": budget, "rows": rows, "note": note}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", choices=SIZES, default="8M")
+    ap.add_argument("--quick", action="store_true", help="fewer proteins, one repeat")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tokens-per-batch", type=int, default=4096)
+    ap.add_argument("--json", type=Path, default=None, help="write the result here")
+    args = ap.parse_args(argv)
+    setup_threads(args.threads)
+    res = run(args.size, 8 if args.quick else 32, 1 if args.quick else 3,
+              args.repeats or (1 if args.quick else 3), args.tokens_per_batch)
+    cols = ["task", "precision", "peer", "residues", "residues_per_s", "peak_mb",
+            "sciformer_x", "max_abs_diff"]
+    print(table(res["rows"], cols, f"\nProtein inference, ESM-2 {res['size']} shape "
+                f"{res['shape']} (sciformer_x: sciformer residues/s over the row's)"))
+    if res["note"]:
+        print("note:", res["note"])
+    if args.json:
+        args.json.write_text(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
