@@ -3,13 +3,14 @@
 Following the recipe of Panda (Lai, Bao & Gilpin 2025), a zoo system is either one library flow
 with its parameters perturbed (each multiplied by 1 + U(-s, s)), or a driver -> response pair
 of two perturbed flows: the response's time is rescaled so both have the driver's
-characteristic period, and one response variable is pulled towards one driver variable,
+characteristic timescale, and one response variable is pulled towards one driver variable,
 
     r_j' = c f_r(r)_j + k (g d_i + o - r_j),   c = P_r / P_d,
 
-with g, o mapping the driver variable's mean and spread at default parameters onto the response
-variable's, and coupling strength k = kappa / P_d (P: the library's characteristic timescales). The driver is unaffected (a skew product),
-so the pair has dimension d1 + d2 and is chaotic whenever the driver is.
+with P the library timescales, g and o mapping the driver variable's mean and spread at default
+parameters onto the response variable's, and coupling strength k = kappa / P_d. The driver is
+unaffected (a skew product), so the pair has dimension d1 + d2 and is chaotic whenever the
+driver is.
 
 `integrate_system` runs a batch of trajectories from jittered initial conditions with RK4,
 discards a transient, estimates the characteristic timescale from it (the oscillation period of
