@@ -348,9 +348,11 @@ def sprott_s(s: np.ndarray, p: Params) -> np.ndarray:
 
 # --- the library ------------------------------------------------------------------------------
 # timescale: mean oscillation period of the fastest variable at the defaults (estimate_period,
-# hysteresis crossings), or two Lyapunov times where shorter, rounded; steps_per_timescale keeps
-# one timescale's RK4 error below ~1e-6 of the attractor's spread (2e-6 for Thomas), measured
-# against DOP853 at rtol 1e-12 from three points on the attractor.
+# hysteresis crossings), or two Lyapunov times where shorter, rounded. steps_per_timescale: RK4
+# steps per timescale that keep both one timescale's error against DOP853 (rtol 1e-12, from
+# three points on the attractor) below ~2e-6 of the attractor's spread and every saved step of
+# a default zoo run within zoo.LOCAL_TOLERANCE; the zoo refines the step further where a
+# perturbed or coupled system needs it.
 
 def _sys(name: str, rhs: VectorField, params: Params, x0: tuple[float, ...], timescale: float,
          citation: str, steps: int = 200) -> FlowSystem:
@@ -361,7 +363,7 @@ _SPROTT = "Sprott (1994), Phys. Rev. E 50, R647, case "
 _SPROTT_CASES: dict[str, tuple[Params, float, int]] = {
     # case: (params, timescale, steps_per_timescale)
     "b": ({"a": 1.0, "b": 1.0}, 8.5, 400), "c": ({"a": 1.0, "b": 1.0}, 6.8, 400),
-    "d": ({"a": 3.0}, 6.9, 400), "e": ({"a": 4.0, "b": 1.0}, 6.3, 200),
+    "d": ({"a": 3.0}, 6.9, 400), "e": ({"a": 4.0, "b": 1.0}, 6.3, 400),
     "f": ({"a": 0.5}, 11.2, 400), "g": ({"a": 0.4}, 8.7, 200), "h": ({"a": 0.5}, 9.2, 400),
     "i": ({"a": 0.2}, 10.9, 200), "j": ({"a": 2.0}, 5.1, 200), "k": ({"a": 0.3}, 7.1, 200),
     "l": ({"a": 3.9, "b": 0.9}, 3.4, 400), "m": ({"a": 1.7}, 5.4, 200),
@@ -372,9 +374,9 @@ _SPROTT_CASES: dict[str, tuple[Params, float, int]] = {
 
 LIBRARY: dict[str, FlowSystem] = {s.name: s for s in [
     _sys("rossler", rossler, {"a": 0.2, "b": 0.2, "c": 5.7}, (1.0, 1.0, 1.0), 5.9,
-         "Rössler (1976), Phys. Lett. A 57, 397"),
+         "Rössler (1976), Phys. Lett. A 57, 397", 400),
     _sys("hyper_rossler", hyper_rossler, {"a": 0.25, "b": 3.0, "c": 0.5, "d": 0.05},
-         (-10.0, -6.0, 0.0, 10.0), 7.4, "Rössler (1979), Phys. Lett. A 71, 155"),
+         (-10.0, -6.0, 0.0, 10.0), 7.4, "Rössler (1979), Phys. Lett. A 71, 155", 3200),
     _sys("chen", chen, {"a": 35.0, "b": 3.0, "c": 28.0}, (-10.0, 0.0, 37.0), 0.59,
          "Chen & Ueta (1999), Int. J. Bifurcation Chaos 9, 1465", 400),
     _sys("lu", lu, {"a": 36.0, "b": 3.0, "c": 20.0}, (1.0, 1.0, 1.0), 0.69,
@@ -395,9 +397,9 @@ LIBRARY: dict[str, FlowSystem] = {s.name: s for s in [
     _sys("chen_lee", chen_lee, {"a": 5.0, "b": -10.0, "c": -0.38}, (1.0, 1.0, 1.0), 2.7,
          "Chen & Lee (2004), Chaos Solitons Fractals 21, 957", 800),
     _sys("newton_leipnik", newton_leipnik, {"a": 0.4, "b": 0.175}, (0.349, 0.0, -0.16), 6.1,
-         "Leipnik & Newton (1981), Phys. Lett. A 86, 63"),
+         "Leipnik & Newton (1981), Phys. Lett. A 86, 63", 400),
     _sys("dadras", dadras, {"a": 3.0, "b": 2.7, "c": 1.7, "d": 2.0, "e": 9.0},
-         (1.1, 2.1, -2.0), 4.0, "Dadras & Momeni (2009), Phys. Lett. A 373, 3637", 1600),
+         (1.1, 2.1, -2.0), 4.0, "Dadras & Momeni (2009), Phys. Lett. A 373, 3637", 3200),
     _sys("halvorsen", halvorsen, {"a": 1.27}, (-5.0, 0.0, 0.0), 1.75,
          "Sprott (2010), Elegant Chaos, World Scientific (Halvorsen's system)", 800),
     _sys("aizawa", aizawa, {"a": 0.95, "b": 0.7, "c": 0.6, "d": 3.5, "e": 0.25, "f": 0.1},

@@ -32,11 +32,13 @@ import numpy as np
 
 from sciformer.errors import ConfigError
 from sciformer.simulate.lyapunov import PairedIntegrator
-from sciformer.simulate.odes import rk4_trajectory
+from sciformer.simulate.odes import rk4_step, rk4_trajectory
 from sciformer.simulate.systems import FlowSystem, Params
 
 Rhs = Callable[[np.ndarray], np.ndarray]
 MAX_ABS_STATE = 1e4  # a state beyond this (or non-finite) counts as diverged
+LOCAL_TOLERANCE = 1e-6  # largest accepted RK4 error of one saved step, relative to the std
+MAX_REFINEMENTS = 3  # times the RK4 step may be halved to meet LOCAL_TOLERANCE
 _JITTER = 0.01  # initial-condition noise, relative to (1 + |x0|)
 
 
@@ -71,6 +73,8 @@ class SystemRun:
     timescale: float  # min(period, 2 / lambda_max estimated over that half); dt = timescale / ppp
     exponents: np.ndarray  # (n_traj,) lambda_max estimates, 1 / time unit
     reason: str | None = None  # why the system was rejected; None if accepted
+    h: float = math.nan  # RK4 step used for the saved window
+    local_error: float = math.nan  # largest one-saved-step RK4 error / the variable's std
     details: dict = field(default_factory=dict)
 
     @property
@@ -198,11 +202,11 @@ def _jittered(x0: np.ndarray, n_traj: int, rng: np.random.Generator) -> np.ndarr
     return x0 + _JITTER * (1.0 + np.abs(x0)) * rng.normal(size=(n_traj, len(x0)))
 
 
-def _transient(pair: PairedIntegrator, system: ZooSystem, n_scales: int,
+def _transient(pair: PairedIntegrator, system: ZooSystem, h_max: float, n_scales: int,
                per_scale: int = 20) -> tuple[np.ndarray | None, np.ndarray, float]:
     """Run n_scales library timescales of transient; return (coarse states of its second half
     (n, t, dim), or None if it diverged; summed log-growth over that half; its duration)."""
-    n_sub = max(1, math.ceil(system.timescale / per_scale / system.h_max))
+    n_sub = max(1, math.ceil(system.timescale / per_scale / h_max))
     h = system.timescale / per_scale / n_sub
     keep_from = (n_scales // 2) * per_scale
     coarse, total = [], np.zeros(pair.n)
@@ -226,15 +230,26 @@ def _rejected(system: ZooSystem, n_traj: int, reason: str, period: float = math.
                      exps, reason)
 
 
-def integrate_system(system: ZooSystem, n_traj: int, n_time: int, points_per_scale: int,
-                     rng: np.random.Generator, burn_scales: int = 40) -> SystemRun:
-    """Trajectories (n_traj, n_time, dim) of `system` sampled at `points_per_scale` points per
-    characteristic timescale, estimated after `burn_scales` library timescales of transient,
-    with lambda_max accumulated over the transient's second half and the saved window. A run
-    that diverges or stops oscillating during the transient is returned early with `reason`."""
+def local_error(rhs: Rhs, states: np.ndarray, dt: float, n_sub: int) -> float:
+    """Step-doubling check of a saved trajectory (n, t, dim): the largest difference between
+    each saved step (n_sub RK4 steps) and the same step redone with 2 n_sub steps, relative to
+    that variable's standard deviation along the trajectory. For RK4 this is 15/16 of the
+    error of the coarse step (Richardson)."""
+    x = states[:, :-1].reshape(-1, states.shape[-1])  # (n * (t - 1), dim): all steps at once
+    for _ in range(2 * n_sub):
+        x = rk4_step(rhs, x, dt / (2 * n_sub))
+    diff = np.abs(states[:, 1:] - x.reshape(states[:, 1:].shape))  # (n, t - 1, dim)
+    std = np.maximum(states.std(axis=1, keepdims=True), 1e-300)
+    return float((diff / std).max())
+
+
+def _integrate_once(system: ZooSystem, h_max: float, n_traj: int, n_time: int,
+                    points_per_scale: int, rng: np.random.Generator,
+                    burn_scales: int) -> SystemRun:
+    """One attempt of `integrate_system` with RK4 steps no longer than h_max."""
     pair = PairedIntegrator(system.rhs, _jittered(system.x0, n_traj, rng), rng, remove_flow=True)
     with np.errstate(all="ignore"):
-        coarse, total, elapsed = _transient(pair, system, burn_scales)
+        coarse, total, elapsed = _transient(pair, system, h_max, burn_scales)
         if coarse is None:
             return _rejected(system, n_traj, "diverged")
         period = estimate_period(coarse, system.timescale / 20)
@@ -243,31 +258,60 @@ def integrate_system(system: ZooSystem, n_traj: int, n_time: int, points_per_sca
         lam = float(np.mean(total)) / elapsed
         timescale = min(period, 2.0 / lam) if lam > 0 else period
         dt = timescale / points_per_scale
-        n_sub = max(1, math.ceil(dt / system.h_max))
+        n_sub = max(1, math.ceil(dt / h_max))
         out = np.empty((n_time, n_traj, system.dim))
         out[0] = pair.states
         for t in range(1, n_time):
             pair.advance(dt / n_sub, n_sub)
             total += pair.renormalise()
             out[t] = pair.states
+        states = np.moveaxis(out, 0, 1)  # (n_time, n_traj, dim) -> (n_traj, n_time, dim)
+        if _diverged(states):
+            return _rejected(system, n_traj, "diverged", period)
         exponents = total / (elapsed + (n_time - 1) * dt)
-    return SystemRun(system, np.moveaxis(out, 0, 1), dt, period, timescale, exponents)
+        err = local_error(system.rhs, states, dt, n_sub)
+    return SystemRun(system, states, dt, period, timescale, exponents, h=dt / n_sub,
+                     local_error=err)
+
+
+def integrate_system(system: ZooSystem, n_traj: int, n_time: int, points_per_scale: int,
+                     rng: np.random.Generator, burn_scales: int = 40) -> SystemRun:
+    """Trajectories (n_traj, n_time, dim) of `system` sampled at `points_per_scale` points per
+    characteristic timescale, estimated after `burn_scales` library timescales of transient,
+    with lambda_max accumulated over the transient's second half and the saved window.
+
+    A run whose saved steps miss LOCAL_TOLERANCE (`local_error`) is redone with the RK4 step
+    halved, up to MAX_REFINEMENTS times, and a run that diverges is redone once with half the
+    step (stiff spikes, as in the hyperchaotic Rössler flow, blow up RK4 steps that are fine
+    elsewhere); after that it is returned with reason "diverged" or "inaccurate". A run that
+    stops oscillating during the transient is returned early with reason "not oscillating"."""
+    h_max, diverged = system.h_max, 0
+    for refinement in range(MAX_REFINEMENTS + 1):
+        run = _integrate_once(system, h_max, n_traj, n_time, points_per_scale, rng, burn_scales)
+        run.details["refinements"] = refinement
+        if run.reason is None and run.local_error <= LOCAL_TOLERANCE:
+            return run
+        diverged += run.reason == "diverged"
+        if run.reason not in (None, "diverged") or diverged == 2:
+            return run
+        h_max /= 2.0
+    if run.reason is None:
+        run.reason = "inaccurate"
+    return run
 
 
 def check_system(run: SystemRun, min_lyapunov_per_scale: float = 0.02) -> SystemRun:
-    """Set run.reason when the system must be rejected: diverged (non-finite or beyond
-    MAX_ABS_STATE), collapsed (a trajectory stopped moving: a fixed point), or not chaotic
-    (some trajectory's lambda_max * timescale <= min_lyapunov_per_scale)."""
+    """Set run.reason when an integrated system must be rejected: collapsed (a trajectory
+    stopped moving: a fixed point) or not chaotic (some trajectory's lambda_max * timescale
+    <= min_lyapunov_per_scale). Divergence (a state non-finite or beyond MAX_ABS_STATE) and
+    inaccuracy were already flagged by `integrate_system`."""
     if run.reason is not None:
-        return run
-    if _diverged(run.states):
-        run.reason = "diverged"
         return run
     scale = 1.0 + np.abs(run.states).mean(axis=1)  # (n_traj, dim)
     moving = (run.states.std(axis=1) / scale).max(axis=1)  # (n_traj,)
     lam_t = run.exponents * run.timescale
-    run.details = {"lyapunov_per_scale_min": float(lam_t.min()),
-                   "relative_std_min": float(moving.min())}
+    run.details.update({"lyapunov_per_scale_min": float(lam_t.min()),
+                        "relative_std_min": float(moving.min())})
     if moving.min() < 1e-6:
         run.reason = "collapsed"
     elif not np.all(lam_t > min_lyapunov_per_scale):

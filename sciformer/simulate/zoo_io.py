@@ -115,7 +115,8 @@ def _write_group(parent: h5netcdf.Group, name: str, run: zoo.SystemRun,
         "period": float(run.period), "timescale": float(run.timescale),
         "lyapunov_exponent": run.lyapunov_exponent, "lyapunov_time": run.lyapunov_time,
         "lyapunov_exponents": run.exponents.astype(np.float64),
-        "field_names": list(s.field_names), "rng_key": np.array(rng_key, dtype=np.int64)})
+        "field_names": list(s.field_names), "rng_key": np.array(rng_key, dtype=np.int64),
+        "rk4_step": float(run.h), "rk4_local_error": float(run.local_error)})
 
 
 def _root_attrs(f: h5netcdf.File, settings: ZooSettings, summary: ZooSummary, seed: int,
@@ -212,6 +213,7 @@ def write_system_trajectories(system: str, path: str | os.PathLike, n_traj: int,
         params=np.tile([p[k] for k in names], (n_traj, 1)), param_names=names,
         attrs={"seed": int(seed), "period": run.period, "timescale": run.timescale,
                "lyapunov_exponents": run.exponents, "citation": flow.citation,
+               "rk4_step": run.h, "rk4_local_error": run.local_error,
                "zoo_held_out": int(system in HELD_OUT)})
     return run
 
