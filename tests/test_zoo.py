@@ -173,7 +173,7 @@ def test_too_coarse_step_is_refined_until_saved_steps_are_accurate():
                                             ({"b": -0.05}, "diverged")])  # anti-damped
 def test_non_chaotic_or_unbounded_perturbations_are_rejected(params, reason):
     system = zoo.single_system(LIBRARY["thomas"], params)
-    run = zoo.check_system(zoo.integrate_system(system, 2, 64, 50, np.random.default_rng(0), 20))
+    run = zoo.check_system(zoo.integrate_system(system, 2, 64, 50, np.random.default_rng(0), 10))
     assert run.reason == reason
 
 

@@ -109,7 +109,7 @@ def single_system(flow: FlowSystem, params: Params | None = None) -> ZooSystem:
 @functools.cache
 def attractor_stats(name: str) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation (dim,) of each variable of library flow `name` at its
-    default parameters (2 trajectories, 40 timescales after 20 of transient; coarse RK4 is
+    default parameters (2 trajectories, 20 timescales after 10 of transient; coarse RK4 is
     enough for these scales)."""
     from sciformer.simulate.systems import get_flow
 
@@ -117,7 +117,7 @@ def attractor_stats(name: str) -> tuple[np.ndarray, np.ndarray]:
     x0 = np.array(flow.x0) + _JITTER * np.array([[0.0], [1.0]]) * (1.0 + np.abs(flow.x0))
     sub = max(1, flow.steps_per_timescale // 80)  # 20 points per timescale, 4 x fewer steps
     states = rk4_trajectory(functools.partial(flow.rhs, p=flow.params), x0, flow.timescale / 20,
-                            sub, 800, 400)  # (2, 800, dim)
+                            sub, 400, 200)  # (2, 400, dim)
     return states.mean(axis=(0, 1)), np.maximum(states.std(axis=(0, 1)), 1e-12)
 
 
