@@ -204,18 +204,38 @@ def import_esm2(source, out, heads) -> Path:
 @main.command()
 @click.argument("system", type=str)
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--n-traj", default=16, show_default=True, type=click.IntRange(min=1))
-@click.option("--n-steps", default=2000, show_default=True, type=click.IntRange(min=2))
+@click.option("--n-traj", type=click.IntRange(min=1),
+              help="Trajectories [16; zoo: per system, 4].")
+@click.option("--n-steps", type=click.IntRange(min=2), help="Time steps [2000; zoo: 1024].")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1))
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
               help="System parameter, e.g. --param F=8 (repeatable).")
-def simulate(system, out, n_traj, n_steps, seed, params) -> Path:
-    """Write reference simulations (lorenz63, lorenz96, ks, burgers, ns2d) as trajectory HDF5."""
+@click.option("--n-systems", type=click.IntRange(min=1),
+              help="zoo: chaotic systems in the corpus (default 100).")
+def simulate(system, out, n_traj, n_steps, seed, params, n_systems) -> Path:
+    """Write reference simulations as trajectory HDF5: lorenz63, lorenz96, ks, burgers, ns2d,
+    any flow of the zoo's library (docs/zoo.md), or `zoo` (a corpus of many systems)."""
     from sciformer.io.outputs import check_output
-    from sciformer.simulate import simulate_to_file
+    from sciformer.simulate import SYSTEMS, simulate_to_file
+    from sciformer.simulate.systems import LIBRARY
 
     check_output(out)
-    simulate_to_file(system, out, n_traj, n_steps, seed, _parse_params(params))
+    if n_systems is not None and system != "zoo":
+        raise click.BadParameter("only applies to `simulate zoo`", param_hint="--n-systems")
+    if system == "zoo":
+        from sciformer.simulate.zoo_io import ZooSettings, simulate_zoo
+
+        settings = ZooSettings(n_traj=n_traj or 4, n_time=n_steps or 1024)
+        s = simulate_zoo(n_systems or 100, out, seed, settings)
+        click.echo(f"Wrote {s.n_systems} chaotic systems ({s.attempts} drawn) to {s.path}")
+        return out
+    n_traj, n_steps = n_traj or 16, n_steps or 2000
+    if system in LIBRARY and system not in SYSTEMS:
+        from sciformer.simulate.zoo_io import write_system_trajectories
+
+        write_system_trajectories(system, out, n_traj, n_steps, seed, _parse_params(params))
+    else:
+        simulate_to_file(system, out, n_traj, n_steps, seed, _parse_params(params))
     click.echo(f"Wrote {n_traj} trajectories x {n_steps} steps of {system} to {out}")
     return out
 

@@ -5,6 +5,9 @@ trajectories (initial conditions drawn from a seeded Generator, so a seed reprod
 exactly) and `simulate_to_file` writes the result with `write_trajectories`. Every parameter
 of a system, numerical ones included (saved step `dt`, RK/ETD `substeps`, `burn_in`), is
 overridable by name and stored per trajectory in the file's `params`.
+
+`simulate_zoo` writes a corpus of many perturbed and coupled chaotic flows (docs/zoo.md);
+`write_system_trajectories` writes one of its library systems as a trajectory file.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 from sciformer.errors import ConfigError
 from sciformer.io.trajectories import write_trajectories
 from sciformer.simulate import odes, pdes, pdes2d
+from sciformer.simulate.zoo_io import simulate_zoo, write_system_trajectories
 
 ParamDict = dict[str, float]
 
@@ -175,4 +179,4 @@ def simulate_to_file(system: str, path: str | os.PathLike, n_traj: int, n_steps:
 
 
 __all__ = ["SYSTEMS", "SimResult", "SystemSpec", "get_system", "resolve_params", "simulate",
-           "simulate_to_file"]
+           "simulate_to_file", "simulate_zoo", "write_system_trajectories"]
