@@ -132,3 +132,36 @@ def test_resume_without_steps_keeps_the_runs_length(tmp_path: Path, fasta: Path,
     assert res.exit_code == 0, res.output
     steps = [r["step"] for r in metrics_log(masked_run)]
     assert steps[-1] == 6  # not the default train.max_steps
+
+
+def test_workflow_runs_every_verb_through_the_cli_commands(tmp_path: Path, fasta: Path,
+                                                           monkeypatch):
+    """embed, predict --variants, predict --score and evaluate --probe as workflow stages."""
+    monkeypatch.chdir(tmp_path)
+    overrides = dict(item.split("=") for item in TINY_MASKED)
+    wt = tmp_path / "wt.fa"
+    wt.write_text(">wt\nMKTAYIAKQRQISFVKSHFSRQ\n")
+    (tmp_path / "v.csv").write_text("mutant\nK2R\nA4G:I6L\n")
+    probe = tmp_path / "labels.csv"
+    rows = [f"p{i},{'MKV' * (4 + i % 3)}{'AG' * (i % 5)},{'a' if i % 2 else 'b'}"
+            for i in range(24)]
+    probe.write_text("id,sequence,label\n" + "\n".join(rows) + "\n")
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(
+        "name: every-verb\nstages:\n"
+        f"  - pretrain: {{data: [{fasta}], out_dir: run, set: {json.dumps(overrides)}}}\n"
+        f"  - embed: {{run: run, fasta: {fasta}, out: emb.h5, per_residue: true}}\n"
+        f"  - predict: {{run: run, input: {wt}, variants: v.csv, out: scores.csv}}\n"
+        f"  - predict: {{run: run, input: {wt}, score: true, out: ppl.tsv}}\n"
+        f"  - evaluate: {{run: run, data: {probe}, probe: sequence, out_dir: probe}}\n")
+    res = invoke("run", wf)
+    assert res.exit_code == 0, res.output
+    assert len((tmp_path / "scores.csv").read_text().splitlines()) == 3
+    assert (tmp_path / "ppl.tsv").read_text().startswith("record\tlength\tpseudo_perplexity")
+    assert json.loads((tmp_path / "probe/metrics.json").read_text())["task"] == "probe"
+    import h5py
+    with h5py.File(tmp_path / "emb.h5") as f:
+        assert f["pooled/1"].shape == (30, 32) and len(f["per_residue"]) == 30
+    wf.write_text(wf.read_text().replace("per_residue: true", "per_residue: 'no'"))
+    res = invoke("run", wf)
+    assert res.exit_code == 1 and "'per_residue' must be true or false" in res.output
