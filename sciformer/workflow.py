@@ -207,7 +207,9 @@ def run_workflow(path: str | Path, group: click.Group) -> list[dict[str, Any]]:
             argv = _pretrain_argv(args, argv)
             if argv is None:
                 continue
-        click.echo(f"[{verb}] {' '.join(a for a in argv if a != '--')}")
+        inputs = argv[argv.index("--") + 1:]
+        target = args.get("out", args.get("out_dir"))
+        click.echo(f"[{verb}] {' '.join(inputs)}" + (f" -> {target}" if target else ""))
         cmd = group.commands[verb]
         with _parse(cmd, verb, argv, source) as ctx:
             result = cmd.invoke(ctx)
