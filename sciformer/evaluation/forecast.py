@@ -70,6 +70,7 @@ MAX_DENSE_FEATURES = 1024
 #: windows per forward pass for large fields (S x batch x H x F values each).
 EVAL_BATCH_BYTES = 2**28
 FNO_TIME_BUDGET = 60.0  # seconds the FNO baseline may train (it also stops after its steps)
+FNO_STEPS = 2000  # its planned optimizer steps (cosine schedule over these)
 
 
 # ---- what to score --------------------------------------------------------------------------
@@ -249,7 +250,8 @@ def fit_baselines(train: list[np.ndarray], context: int = 64, horizon: int = 32,
         from sciformer.evaluation.fno import FNOBaseline
 
         n_in = min(4, context)
-        fitted["fno"] = FNOBaseline(shape, n_in=n_in, time_budget=FNO_TIME_BUDGET).fit(train)
+        fitted["fno"] = FNOBaseline(shape, n_in=n_in, steps=FNO_STEPS,
+                                     time_budget=FNO_TIME_BUDGET).fit(train)
     return fitted
 
 
