@@ -215,14 +215,16 @@ def model_forecasts(fc: Forecaster, contexts: np.ndarray, horizon: int, samples:
     return ModelForecast.from_samples(paths, fc.levels)
 
 
-def model_batch(cfg: RunConfig, values_per_window: int = 0) -> int:
-    """Windows per forward pass of the model during evaluation: max(train.batch_size,
-    MIN_MODEL_BATCH), fewer when a window's sample paths (`values_per_window` = samples x
-    horizon x F) would make a batch exceed EVAL_BATCH_BYTES (large fields)."""
-    want = max(cfg.train.batch_size, MIN_MODEL_BATCH)
-    if values_per_window:
-        want = min(want, max(1, EVAL_BATCH_BYTES // (8 * 3 * values_per_window)))
-    return want
+def model_batch(cfg: RunConfig) -> int:
+    """Windows per forward pass of the model during evaluation."""
+    return max(cfg.train.batch_size, MIN_MODEL_BATCH)
+
+
+def capped_batch(cfg: RunConfig, values_per_window: int) -> int:
+    """`model_batch`, fewer when a window's sample paths (`values_per_window` = samples x
+    horizon x F) would make one batch's paths, quantiles and median exceed
+    EVAL_BATCH_BYTES (large fields)."""
+    return min(model_batch(cfg), max(1, EVAL_BATCH_BYTES // (8 * 3 * values_per_window)))
 
 
 def skipped_baselines(state_shape: tuple[int, ...]) -> dict[str, str]:
@@ -333,10 +335,10 @@ def stream_scores(fc: Forecaster, f: TrajectoryFile, trajs: list[int], c: int, h
     """
     starts = window_starts(f.meta.n_time, c + h, windows_per_trajectory(len(trajs)))
     step = block_trajectories(len(starts),
-                              model_batch(fc.cfg, samples * h * math.prod(f.meta.state_shape)))
+                              capped_batch(fc.cfg, samples * h * math.prod(f.meta.state_shape)))
     scores = Scores(ForecastScore(**scored, levels=fc.levels),
                     {name: ForecastScore(**scored) for name in fitted})
-    batch = model_batch(fc.cfg, samples * h * math.prod(f.meta.state_shape))
+    batch = capped_batch(fc.cfg, samples * h * math.prod(f.meta.state_shape))
     with progress_bar(len(trajs), "evaluate", "traj", progress) as bar:
         for i in range(0, len(trajs), step):
             block = trajs[i:i + step]
