@@ -43,6 +43,10 @@ class ModelConfig:
     norm: str = "pre"  # LayerNorm placement (model.layers.NORMS)
     activation: str = "gelu"  # feed-forward nonlinearity (model.layers.ACTIVATIONS)
     max_len: int = 1024  # size of the learned position table (learned positions only)
+    # tokens per time patch, set by the tokenizer: 1 for whole-state tokens; S > 1 for field
+    # patch tokens (S spatial patches per time patch): the decoder is then block-causal over
+    # groups of S tokens and positions are a time-patch position plus a learned spatial one
+    space_tokens: int = 1
     vocab_size: int = 33  # discrete input vocabulary; set by the tokenizer
     input_dim: int = 0  # >0: continuous inputs of this width enter through a linear adapter
     output_dim: int = 0  # >0: continuous head of this width (forecast patches x quantiles)
@@ -84,6 +88,9 @@ class ModelConfig:
                "model.attention_dropout", f"'{self.attention}' attention has no attention "
                f"weights to drop out (kinds that do: {', '.join(DROPOUT_KINDS)})")
         _check(self.max_len >= 1, "model.max_len", "must be at least 1")
+        _check(self.space_tokens >= 1, "model.space_tokens", "must be at least 1")
+        _check(self.space_tokens == 1 or self.positions != "rotary", "model.positions",
+               "rotary positions are 1-D; field patch tokens need sinusoidal or learned")
         _check(self.vocab_size >= 0, "model.vocab_size", "must be >= 0")
         _check(self.input_dim >= 0 and self.output_dim >= 0, "model.input_dim", "must be >= 0")
         _check(self.layer_norm_eps > 0, "model.layer_norm_eps", "must be positive")
@@ -110,11 +117,16 @@ class DataConfig:
     random_token_rate: float = 0.1
     tokens_per_batch: int = 8192  # token budget per batch (length-sorted batches, fair-esm style)
     # forecasting
-    tokenizer: str = "patch"  # values to tokens: continuous patches, or Chronos-style bins
+    # values to tokens: continuous patches, Chronos-style bins, or space-time patches of
+    # fields (field_patch: picked automatically for states with 2+ spatial dims)
+    tokenizer: str = "patch"
     channels: str = "joint"  # joint: one token holds the whole state; independent: per channel
     context: int = 64  # time steps the encoder reads
     horizon: int = 32  # time steps the decoder predicts in training (longer: fewer rollout chunks)
     patch_len: int = 8  # time steps per patch token (8 halves the tokens, and the cost, of 4)
+    # field_patch: grid points per side of a spatial patch; 8 makes a 64 x 64 frame 64 tokens
+    # (a whole-frame token would be 4096 values wide), 16 keeps 128 x 128 at 64 tokens
+    space_patch: int = 8
     n_bins: int = 1024  # bins tokenizer: vocabulary of value bins
     bin_limit: float = 15.0  # bins tokenizer: scaled values are clipped to +-limit
     # levels of the predicted quantile function (ascending, with 0.5); more levels give the
@@ -143,9 +155,13 @@ class DataConfig:
         )
         _check(self.tokens_per_batch >= self.crop_length, "data.tokens_per_batch",
                "must be at least data.crop_length")
-        _check(self.tokenizer in ("patch", "bins"), "data.tokenizer", "must be patch or bins")
-        _check(self.channels in ("joint", "independent"), "data.channels",
-               "must be joint or independent")
+        from sciformer.tokenizers.timeseries import CHANNEL_MODES, TOKENIZER_NAMES
+
+        _check(self.tokenizer in TOKENIZER_NAMES, "data.tokenizer",
+               f"unknown kind '{self.tokenizer}' (valid: {', '.join(TOKENIZER_NAMES)})")
+        _check(self.space_patch >= 1, "data.space_patch", "must be at least 1")
+        _check(self.channels in CHANNEL_MODES, "data.channels",
+               f"unknown kind '{self.channels}' (valid: {', '.join(CHANNEL_MODES)})")
         _check(self.context >= 1 and self.horizon >= 1, "data.context", "context and horizon must be >= 1")
         _check(self.patch_len >= 1, "data.patch_len", "must be at least 1")
         _check(self.n_bins >= 2, "data.n_bins", "must be at least 2")
@@ -247,14 +263,15 @@ _SECTIONS = {f.name: f for f in dataclasses.fields(RunConfig)}
 
 #: Model fields computed from the task and its data (vocabulary, adapter and head widths, the
 #: <mask> id): only a run's own config.json holds them; a user setting would be overwritten.
-DERIVED_FIELDS = ("model.vocab_size", "model.input_dim", "model.output_dim", "model.mask_id")
+DERIVED_FIELDS = ("model.vocab_size", "model.input_dim", "model.output_dim", "model.mask_id",
+                  "model.space_tokens")
 
 #: Settings that only one task reads; setting one for the other task is an error naming it.
 TASK_ONLY = {
     "masked": ("data.split_identity", "data.split_kmer", "data.crop_length", "data.mask_rate", "data.mask_token_rate",
                "data.random_token_rate", "data.tokens_per_batch", "model.token_dropout"),
     "forecast": ("data.tokenizer", "data.channels", "data.context", "data.horizon",
-                 "data.patch_len", "data.n_bins", "data.bin_limit", "data.quantiles",
+                 "data.patch_len", "data.space_patch", "data.n_bins", "data.bin_limit", "data.quantiles",
                  "data.stride", "data.samples", "train.batch_size"),
 }
 TASK_WORDS = {"masked": "masked-residue (FASTA)", "forecast": "forecasting (HDF5)"}

@@ -24,11 +24,11 @@ def _choices() -> dict[str, str]:
     from sciformer.model.heads import LM_HEADS
     from sciformer.model.layers import ACTIVATIONS, NORMS
     from sciformer.model.positions import POSITIONS
-    from sciformer.tokenizers.timeseries import CHANNEL_MODES, TOKENIZERS
+    from sciformer.tokenizers.timeseries import CHANNEL_MODES, TOKENIZER_NAMES
 
     return {"model.attention": ", ".join(KERNELS), "model.positions": ", ".join(POSITIONS),
             "model.norm": ", ".join(NORMS), "model.activation": ", ".join(ACTIVATIONS),
-            "model.lm_head": ", ".join(LM_HEADS), "data.tokenizer": ", ".join(TOKENIZERS),
+            "model.lm_head": ", ".join(LM_HEADS), "data.tokenizer": ", ".join(TOKENIZER_NAMES),
             "data.channels": ", ".join(CHANNEL_MODES), "data.task": "auto, masked, forecast",
             "data.split_by": "identity, random"}
 

@@ -46,7 +46,7 @@ from sciformer.evaluation.baselines import RidgeAR
 from sciformer.evaluation.calibration import empirical_quantiles
 from sciformer.evaluation.chaos_baselines import ALL_BASELINES, NVAR, Parroting
 from sciformer.evaluation.forecast_plots import draw_plots
-from sciformer.evaluation.metrics import DEFINITIONS, ForecastScore, nrmse_at
+from sciformer.evaluation.metrics import DEFINITIONS, LEAD_BINS, ForecastScore, nrmse_at
 from sciformer.evaluation.heldout import select_unseen
 from sciformer.io.trajectories import TrajectoryFile, TrajectoryMeta
 from sciformer.progress import progress_bar
@@ -61,6 +61,16 @@ MAX_BASELINE_TRAJECTORIES = 256  # training trajectories used to fit baselines a
 N_PLOTTED = 3  # trajectories drawn in forecast.png
 EVAL_BLOCK_TRAJECTORIES = 64  # trajectories read, forecast and scored at a time (>= N_PLOTTED)
 MIN_MODEL_BATCH = 64  # windows per model forward pass: max(train.batch_size, this)
+#: Above this many state features the dense baselines (ridge AR on lagged states, NVAR's
+#: quadratic monomials, parroting) are skipped: their normal equations grow as F^2 (F^4 for
+#: NVAR) -- a 64 x 64 field has F = 4096 -- and they are not what field surrogates are
+#: compared with; persistence, the mean and (2-D fields) the FNO stand in.
+MAX_DENSE_FEATURES = 1024
+#: Bytes of sample paths, quantiles and median (float64) one model batch may hold: caps the
+#: windows per forward pass for large fields (S x batch x H x F values each).
+EVAL_BATCH_BYTES = 2**28
+FNO_TIME_BUDGET = 60.0  # seconds the FNO baseline may train (it also stops after its steps)
+FNO_STEPS = 2000  # its planned optimizer steps (cosine schedule over these)
 
 
 # ---- what to score --------------------------------------------------------------------------
@@ -71,8 +81,12 @@ def open_checked(data: Path, fc: Forecaster) -> TrajectoryFile:
     return f
 
 
-def default_horizon(trained: int, dt: float, lyapunov_time: float | None) -> int:
-    """Steps to score: max(trained, ~3 Lyapunov times) if known, else 4 trained horizons."""
+def default_horizon(trained: int, dt: float, lyapunov_time: float | None,
+                    state_shape: tuple[int, ...] = ()) -> int:
+    """Steps to score: max(trained, ~3 Lyapunov times) if known, else 4 trained horizons;
+    for fields of 2+ spatial dims max(trained, 30): the end of the last lead bin (LEAD_BINS)."""
+    if len(state_shape) >= 3:
+        return max(trained, LEAD_BINS[-1][1])
     if lyapunov_time:
         return max(trained, math.ceil(HORIZON_LYAPUNOV_TIMES * lyapunov_time / dt))
     return HORIZON_TRAINED_MULTIPLE * trained
@@ -191,12 +205,13 @@ class ModelForecast:
 
 
 def model_forecasts(fc: Forecaster, contexts: np.ndarray, horizon: int, samples: int,
-                    first: int = 0) -> ModelForecast:
+                    first: int = 0, batch: int | None = None) -> ModelForecast:
     """The model's forecast of `contexts` (N, C, F): `samples` sample paths per context, whose
     empirical median and quantiles are reported. `first` is the index of contexts[0] among all
     windows (it seeds the draws, so a window's paths do not depend on how windows are blocked).
     """
-    paths = fc.sample(contexts, horizon, samples, seed=first, batch=model_batch(fc.cfg))
+    paths = fc.sample(contexts, horizon, samples, seed=first,
+                      batch=batch or model_batch(fc.cfg))
     return ModelForecast.from_samples(paths, fc.levels)
 
 
@@ -205,14 +220,41 @@ def model_batch(cfg: RunConfig) -> int:
     return max(cfg.train.batch_size, MIN_MODEL_BATCH)
 
 
-def fit_baselines(train: list[np.ndarray], context: int = 64,
-                  horizon: int = 32) -> dict[str, Any]:
-    """Every baseline of `ALL_BASELINES`, fitted once on the training trajectories `train`;
-    parroting and NVAR choose their hyper-parameters for this `context` and `horizon`."""
-    made = {"parroting": Parroting(context=context, horizon=horizon),
-            "nvar": NVAR(horizon=horizon)}
-    return {name: (made[name] if name in made else cls()).fit(train)
-            for name, cls in ALL_BASELINES.items()}
+def capped_batch(cfg: RunConfig, values_per_window: int) -> int:
+    """`model_batch`, fewer when a window's sample paths (`values_per_window` = samples x
+    horizon x F) would make one batch's paths, quantiles and median exceed
+    EVAL_BATCH_BYTES (large fields)."""
+    return min(model_batch(cfg), max(1, EVAL_BATCH_BYTES // (8 * 3 * values_per_window)))
+
+
+def skipped_baselines(state_shape: tuple[int, ...]) -> dict[str, str]:
+    """Baselines of `ALL_BASELINES` not run on this state, with the reason (metrics.json)."""
+    n = math.prod(state_shape)
+    if n <= MAX_DENSE_FEATURES:
+        return {}
+    why = (f"skipped: the state has {n} features (> {MAX_DENSE_FEATURES}); the fit's normal "
+           "equations grow with the square of that")
+    return {"ridge_ar": why, "nvar": why, "parroting": why}
+
+
+def fit_baselines(train: list[np.ndarray], context: int = 64, horizon: int = 32,
+                  state_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Every baseline of `ALL_BASELINES` that suits the state (`skipped_baselines`), fitted
+    once on the training trajectories `train`; parroting and NVAR choose their
+    hyper-parameters for this `context` and `horizon`. 2-D fields add the FNO baseline."""
+    shape = tuple(state_shape) if state_shape is not None else (train[0].shape[1],)
+    skip = skipped_baselines(shape)
+    made = {"parroting": lambda: Parroting(context=context, horizon=horizon),
+            "nvar": lambda: NVAR(horizon=horizon)}
+    fitted = {name: (made[name]() if name in made else cls()).fit(train)
+              for name, cls in ALL_BASELINES.items() if name not in skip}
+    if len(shape) == 3:
+        from sciformer.evaluation.fno import FNOBaseline
+
+        n_in = min(4, context)
+        fitted["fno"] = FNOBaseline(shape, n_in=n_in, steps=FNO_STEPS,
+                                     time_budget=FNO_TIME_BUDGET).fit(train)
+    return fitted
 
 
 def describe_baselines(fitted: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -292,10 +334,11 @@ def stream_scores(fc: Forecaster, f: TrajectoryFile, trajs: list[int], c: int, h
     are those of an all-at-once evaluation; `scored` holds ForecastScore's scale arguments.
     """
     starts = window_starts(f.meta.n_time, c + h, windows_per_trajectory(len(trajs)))
-    step = block_trajectories(len(starts), model_batch(fc.cfg))
+    step = block_trajectories(len(starts),
+                              capped_batch(fc.cfg, samples * h * math.prod(f.meta.state_shape)))
     scores = Scores(ForecastScore(**scored, levels=fc.levels),
                     {name: ForecastScore(**scored) for name in fitted})
-    batch = model_batch(fc.cfg)
+    batch = capped_batch(fc.cfg, samples * h * math.prod(f.meta.state_shape))
     with progress_bar(len(trajs), "evaluate", "traj", progress) as bar:
         for i in range(0, len(trajs), step):
             block = trajs[i:i + step]
@@ -305,7 +348,8 @@ def stream_scores(fc: Forecaster, f: TrajectoryFile, trajs: list[int], c: int, h
             kept = []
             for j in range(0, len(ctx), batch):  # a model batch at a time: with sample
                 part = slice(j, j + batch)  # paths (S, batch, H, F) memory stays bounded
-                pred = model_forecasts(fc, ctx[part], h, samples, first=i * len(starts) + j)
+                pred = model_forecasts(fc, ctx[part], h, samples, first=i * len(starts) + j,
+                                       batch=batch)
                 scores.add(truth[part], pred, baseline_forecasts(fitted, ctx[part], h))
                 kept += [pred.rows([k - j]) for k in keep if j <= k < j + batch]
             if keep:
@@ -317,9 +361,12 @@ def stream_scores(fc: Forecaster, f: TrajectoryFile, trajs: list[int], c: int, h
 
 def check_context(fc: Forecaster, context: int) -> None:
     """The context must hold whole patches (patch tokenizer) and every baseline's history (the
-    ridge baseline's lags, NVAR's delays; parroting needs two steps)."""
-    nvar = NVAR()
-    need = max(fc.min_context, RidgeAR().lags, nvar.span(max(nvar.delays)), 2)
+    ridge baseline's lags, NVAR's delays; parroting needs two steps) -- of the baselines that
+    run on this state (`skipped_baselines`)."""
+    nvar, skip = NVAR(), skipped_baselines(fc.state_shape)
+    need = max(fc.min_context, 2 if "parroting" not in skip else 1,
+               RidgeAR().lags if "ridge_ar" not in skip else 1,
+               nvar.span(max(nvar.delays)) if "nvar" not in skip else 1)
     if context < need:
         raise ConfigError(f"evaluate: context {context} is shorter than the {need} steps the "
                           "model's patches and the baselines' lags need")
@@ -342,7 +389,7 @@ def evaluate_forecast_run(fc: Forecaster, run_dir: Path, data: Path, out_dir: Pa
     lyap = meta.lyapunov_time or state.lyapunov_time
     steps_per_lt = lyap / meta.dt if lyap else None
     c = context or cfg.data.context
-    h = horizon or default_horizon(cfg.data.horizon, meta.dt, lyap)
+    h = horizon or default_horizon(cfg.data.horizon, meta.dt, lyap, meta.state_shape)
     check_context(fc, c)
     if c % fc.min_context:
         raise ConfigError(f"evaluate: context {c} is not a multiple of the model's patch of "
@@ -353,7 +400,7 @@ def evaluate_forecast_run(fc: Forecaster, run_dir: Path, data: Path, out_dir: Pa
     trajs = list(range(meta.n_traj)) if keep is None else keep
     train = training_trajectories(state, run_dir)
     scale, ch_std = climatological_scale(train), channel_std(train, meta.state_shape)
-    fitted = fit_baselines(train, c, h)
+    fitted = fit_baselines(train, c, h, meta.state_shape)
     scored = dict(scale=scale, dt_steps_per_lyapunov=steps_per_lt, channel_std=ch_std,
                   state_shape=meta.state_shape)
     scores = stream_scores(fc, f, trajs, c, h, samples, fitted, scored, progress)
@@ -374,10 +421,44 @@ def evaluate_forecast_run(fc: Forecaster, run_dir: Path, data: Path, out_dir: Pa
         "channels": _channel_names(meta), "channel_std": [float(v) for v in ch_std],
         "definitions": _definitions(meta), "model": model_m, "baselines": base_m,
     }
+    if skipped_baselines(meta.state_shape):
+        metrics["baselines_skipped"] = skipped_baselines(meta.state_shape)
     plots = draw_plots(out_dir, meta, scores.shown, metrics)
     write_summary(out_dir / "summary.md", metrics, title=f"Forecasting: {data.name}",
                   plots=plots)
+    if "vrmse_lead_bins" in model_m:
+        append_lead_bin_table(out_dir / "summary.md", metrics)
     return metrics
+
+
+def lead_bin_table(metrics: dict[str, Any]) -> list[str]:
+    """Markdown table of VRMSE per lead bin, the model and every baseline (lowest in bold)."""
+    rows = {"model": metrics["model"], **metrics["baselines"]}
+    bins = list(metrics["model"].get("vrmse_lead_bins", {}))
+    lines = ["| VRMSE by lead (steps) | " + " | ".join(bins) + " |",
+             "|---|" + "---|" * len(bins)]
+    best = {b: min((r["vrmse_lead_bins"][b] for r in rows.values()
+                    if r.get("vrmse_lead_bins", {}).get(b) is not None), default=None)
+            for b in bins}
+    for name, r in rows.items():
+        cells = []
+        for b in bins:
+            v = r.get("vrmse_lead_bins", {}).get(b)
+            cell = "-" if v is None else f"{v:.3f}"
+            cells.append(f"**{cell}**" if v is not None and v == best[b] else cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def append_lead_bin_table(path: Path, metrics: dict[str, Any]) -> None:
+    """Add the lead-bin VRMSE table (and skipped baselines) to summary.md."""
+    from sciformer.io.atomic import write_text_atomic
+
+    extra = ["", "## VRMSE by lead-time bin (The Well's rollout bins)", "",
+             *lead_bin_table(metrics), ""]
+    for name, why in metrics.get("baselines_skipped", {}).items():
+        extra.append(f"- {name}: {why}")
+    write_text_atomic(path, path.read_text() + "\n".join(extra) + "\n")
 
 
 def _channel_names(meta: TrajectoryMeta) -> list[str]:

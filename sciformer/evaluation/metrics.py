@@ -32,6 +32,10 @@ VPT_NRMSE_THRESHOLD = 0.5
 #: Added to the spatial variance in VRMSE so a constant true state does not divide by zero.
 VRMSE_EPS = 1e-7
 
+#: Lead-time bins (1-based steps, inclusive) of field rollouts, as The Well reports them
+#: (Ohana et al. 2024: next step, then rollout windows 2-6, 7-12, 13-30).
+LEAD_BINS: tuple[tuple[int, int], ...] = ((1, 1), (2, 6), (7, 12), (13, 30))
+
 #: What each metric is, written into metrics.json so the numbers explain themselves.
 DEFINITIONS: dict[str, str] = {
     "nrmse": "RMSE over windows and all features / nrmse_scale (climatological std of the "
@@ -42,6 +46,10 @@ DEFINITIONS: dict[str, str] = {
                          "lead times (order of `channels`)",
     "vrmse": "fields only (The Well): per window, lead and field sqrt(mean_space err^2 / "
              "(var_space(truth, ddof=1) + 1e-7)), mean over windows, fields and lead times",
+    "vrmse_lead_bins": "fields only: vrmse per lead-time bin (steps 1, 2-6, 7-12, 13-30 of the "
+                       "closed-loop rollout; a bin past the horizon is left out): the mean of "
+                       "the per-step VRMSE over the bin's steps, per field under "
+                       "`vrmse_lead_bins_per_field`",
     "smape": "symmetric MAPE in percent, 200|p-t|/(|p|+|t|), mean over windows, features, leads",
     "crps": "continuous ranked probability score in state units, mean over windows, features "
             "and leads; `crps_from` says how: samples = exact ensemble form E|X-y| - "
@@ -392,6 +400,8 @@ class ForecastScore:
         out["nrmse_per_channel"] = _json_list(curves["nrmse_per_channel"].mean(axis=0))
         if "vrmse_per_field" in curves:
             out["vrmse_per_field"] = _json_list(curves["vrmse_per_field"].mean(axis=0))
+            out["vrmse_lead_bins"] = lead_bin_means(curves["vrmse"])
+            out["vrmse_lead_bins_per_field"] = lead_bin_means(curves["vrmse_per_field"])
         for key in cal.COVERAGE_MASSES:
             if key in curves:
                 out[key] = _json_list(curves[key])
@@ -423,6 +433,23 @@ def forecast_metrics(pred: np.ndarray, truth: np.ndarray, *, scale: float,
                           state_shape=state_shape)
     score.add(pred, truth, quantiles=quantiles, samples=samples)
     return score.result()
+
+
+def lead_bin_means(curve: np.ndarray | list[float | None],
+                   bins: tuple[tuple[int, int], ...] = LEAD_BINS) -> dict[str, Any]:
+    """Mean of a per-step curve `(H,)` or `(H, C)` over each lead bin (first, last) of 1-based
+    steps that fits in H, keyed "1", "2-6", ...: a float, or a list per column for (H, C).
+    A None (diverged) step makes its bin None."""
+    c = np.array([np.nan if v is None else v for v in curve] if isinstance(curve, list)
+                 else curve, dtype=np.float64)
+    out: dict[str, Any] = {}
+    for first, last in bins:
+        if last > len(c):
+            continue
+        key = str(first) if first == last else f"{first}-{last}"
+        mean = c[first - 1:last].mean(axis=0)
+        out[key] = _json_float(mean) if mean.ndim == 0 else _json_list(mean)
+    return out
 
 
 def nrmse_at(per_step_nrmse: np.ndarray | list[float], steps: list[int]) -> dict[str, float | None]:

@@ -34,24 +34,32 @@ class AttnMask:
     """What each query may see: padding of the keys, causality, and the query offset.
 
     ``q_offset`` is the absolute position of the first query; with a key/value cache the
-    queries are the newest positions while keys start at position 0.
+    queries are the newest positions while keys start at position 0. ``block`` > 1 makes the
+    causal mask block-causal: positions form consecutive groups of ``block`` (the spatial
+    tokens of one time patch) and a query sees every key of its own and earlier groups, never
+    one of a later group (``block`` = 1 is the ordinary causal mask).
     """
 
     key_pad: Tensor | None = None  # (B, Tk) True where the key is padding
     causal: bool = False
     q_offset: int = 0
     window: int | None = None  # local attention: keep |i - j| <= window
+    block: int = 1  # causal masks: positions per group (block-causal when > 1)
+
+    def sees_all(self, tk: int) -> bool:
+        """Whether causality hides nothing: every key is in the first query's group or before."""
+        return (tk - 1) // self.block <= self.q_offset // self.block
 
     def dense(self, tq: int, tk: int, device: torch.device) -> Tensor | None:
         """Boolean (B|1, 1, Tq, Tk) mask, True = attend; None when everything is visible."""
         allowed = None
-        causal = self.causal and tk - 1 > self.q_offset  # else the first query sees every key
+        causal = self.causal and not self.sees_all(tk)
         if causal or self.window is not None:
             qi = torch.arange(tq, device=device)[:, None] + self.q_offset  # (Tq, 1)
             kj = torch.arange(tk, device=device)[None, :]  # (1, Tk)
             allowed = torch.ones(tq, tk, dtype=torch.bool, device=device)
             if causal:
-                allowed &= kj <= qi
+                allowed &= kj // self.block <= qi // self.block
             if self.window is not None:
                 allowed &= (qi - kj).abs() <= self.window
             allowed = allowed[None, None]  # (1, 1, Tq, Tk)
@@ -83,7 +91,8 @@ class ScaledDotKernel(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: AttnMask) -> Tensor:
         p = self.dropout if self.training else 0.0
-        plain_causal = mask.causal and mask.key_pad is None and mask.q_offset == 0
+        plain_causal = (mask.causal and mask.key_pad is None and mask.q_offset == 0
+                        and mask.block == 1)
         if plain_causal and q.shape[2] == k.shape[2]:
             return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         allowed = mask.dense(q.shape[2], k.shape[2], q.device)
@@ -143,21 +152,27 @@ class LinearKernel(nn.Module):
                 scores = scores.masked_fill(~allowed, 0.0)
             out = (scores @ v) / scores.sum(-1, keepdim=True).clamp_min(1e-6)
         elif mask.causal:
-            out = self._causal(q, k, v)
+            out = self._causal(q, k, v, mask.block)
         else:
             kv = k.transpose(-2, -1) @ v  # (B, H, Dh, Dh)
             z = k.sum(dim=2)  # (B, H, Dh)
             out = (q @ kv) / (q @ z[..., None]).clamp_min(1e-6)
         return out.to(dtype)
 
-    def _causal(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def _causal(self, q: Tensor, k: Tensor, v: Tensor, block: int = 1) -> Tensor:
+        """Causal (block-causal for `block` > 1) form: chunks of whole blocks, the prefix
+        sums of earlier chunks carried, a dense (block-)triangular mask inside a chunk."""
         b, h, t, d = q.shape
         state = q.new_zeros(b, h, d, v.shape[-1])  # running sum of phi(k)^T v
         norm = q.new_zeros(b, h, d)  # running sum of phi(k)
+        size = block * max(1, self.chunk // block)  # whole blocks per chunk
+        idx = torch.arange(size, device=q.device) // block
+        inside = idx[None, :] <= idx[:, None]  # (c, c) block-lower-triangular
         outs = []
-        for s in range(0, t, self.chunk):
-            qc, kc, vc = q[:, :, s:s + self.chunk], k[:, :, s:s + self.chunk], v[:, :, s:s + self.chunk]
-            scores = torch.tril(qc @ kc.transpose(-2, -1))  # (B, H, c, c) within the chunk
+        for s in range(0, t, size):
+            qc, kc, vc = q[:, :, s:s + size], k[:, :, s:s + size], v[:, :, s:s + size]
+            n = qc.shape[2]
+            scores = (qc @ kc.transpose(-2, -1)) * inside[:n, :n]  # (B, H, c, c)
             num = scores @ vc + qc @ state
             den = scores.sum(-1) + (qc @ norm[..., None]).squeeze(-1)
             outs.append(num / den[..., None].clamp_min(1e-6))
@@ -175,7 +190,7 @@ class LocalKernel(nn.Module):
         self.dropout = cfg.attention_dropout
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: AttnMask) -> Tensor:
-        band = AttnMask(mask.key_pad, mask.causal, mask.q_offset, self.window)
+        band = AttnMask(mask.key_pad, mask.causal, mask.q_offset, self.window, mask.block)
         t = q.shape[2]
         if mask.q_offset > 0 or t != k.shape[2] or t <= 2 * self.window:
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
@@ -199,7 +214,7 @@ class LocalKernel(nn.Module):
         kj = (torch.arange(n, device=q.device).view(n, 1, 1) - 1) * w + torch.arange(3 * w, device=q.device)
         allowed = ((qi - kj).abs() <= w) & (kj >= 0) & (kj < t)  # (N, w, 3w)
         if band.causal:
-            allowed = allowed & (kj <= qi)
+            allowed = allowed & (kj // band.block <= qi // band.block)
         allowed = allowed[None, None]
         if band.key_pad is not None:
             kpad = F.pad(band.key_pad, (w, pad + w), value=True).unfold(1, 3 * w, w)  # (B, N, 3w)

@@ -35,10 +35,14 @@ class SinusoidalPositions(nn.Module):
         return table  # (n, D)
 
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
-        end = offset + x.shape[1]
+        return x + self.at(torch.arange(offset, offset + x.shape[1])).to(x.dtype)
+
+    def at(self, pos: Tensor) -> Tensor:
+        """The encodings (..., D) of the positions `pos` (any shape, integers >= 0)."""
+        end = int(pos.max()) + 1 if pos.numel() else 0
         if end > self.table.shape[0]:  # grow on demand: no length limit
             self.table = self._table(2 * end).to(self.table.device)
-        return x + self.table[offset:end].to(x.dtype)
+        return self.table[pos.to(self.table.device)]
 
 
 class LearnedPositions(nn.Module):
@@ -50,11 +54,15 @@ class LearnedPositions(nn.Module):
         nn.init.normal_(self.table.weight, std=0.02)
 
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
-        end = offset + x.shape[1]
+        return x + self.at(torch.arange(offset, offset + x.shape[1], device=x.device))
+
+    def at(self, pos: Tensor) -> Tensor:
+        """The trained vectors (..., D) of the positions `pos` (integers in [0, max_len))."""
+        end = int(pos.max()) + 1 if pos.numel() else 0
         if end > self.table.num_embeddings:
             raise ValueError(f"sequence of {end} positions exceeds learned positions "
                              f"model.max_len={self.table.num_embeddings}")
-        return x + self.table.weight[offset:end]
+        return self.table(pos.to(self.table.weight.device))
 
 
 class NoPositions(nn.Module):

@@ -36,6 +36,11 @@ class SciFormer(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, d) if cfg.vocab_size > 0 else None
         self.value_in = nn.Linear(cfg.input_dim, d) if cfg.input_dim > 0 else None
         self.positions = build_positions(cfg.positions, d, cfg.max_len)
+        # field patch tokens: a learned vector per spatial patch, added to the time position
+        self.space_positions = (nn.Embedding(cfg.space_tokens, d) if cfg.space_tokens > 1
+                                else None)
+        if self.space_positions is not None:
+            nn.init.normal_(self.space_positions.weight, std=0.02)
         self.rotary = Rotary(d // cfg.n_heads) if cfg.positions == "rotary" else None
         self.dropout = nn.Dropout(cfg.dropout)
         self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers))
@@ -77,7 +82,19 @@ class SciFormer(nn.Module):
             if self.value_in is None:
                 raise ValueError("this model takes no continuous inputs (model.input_dim = 0)")
             h = self.value_in(x)  # (B, T, D)
+        if self.space_positions is not None:
+            return self.dropout(h + self._space_time(offset, h.shape[1], h.device).to(h.dtype))
         return self.dropout(self.positions(h, offset))
+
+    def _space_time(self, offset: int, length: int, device: torch.device) -> Tensor:
+        """Positions (T, D) of field patch tokens offset..offset+T-1: token n is spatial patch
+        n % S of time patch n // S (S = model.space_tokens), and its vector is the time
+        patch's (sinusoidal or learned table) plus the spatial patch's (learned), as the
+        factorised space and time embeddings of video transformers (Bertasius et al. 2021,
+        TimeSformer; Arnab et al. 2021, ViViT)."""
+        n = torch.arange(offset, offset + length, device=device)
+        s = self.cfg.space_tokens
+        return self.positions.at(n // s).to(device) + self.space_positions(n % s)
 
     def _token_dropout(self, x: Tensor, h: Tensor, pad: Tensor | None) -> Tensor:
         """ESM-2 "token dropout" (Lin et al. 2023; fair-esm `ESM2.forward`): <mask> inputs are
@@ -126,7 +143,9 @@ class SciFormer(nn.Module):
 
     def decode(self, tgt: Tensor, memory: Tensor, memory_pad: Tensor | None = None,
                tgt_pad: Tensor | None = None, cache: dict | None = None) -> Tensor:
-        """Decoder states (B, T, D) for targets `tgt`, attending causally to earlier targets.
+        """Decoder states (B, T, D) for targets `tgt`, attending causally to earlier targets
+        (block-causally over time patches of `model.space_tokens` tokens: a token sees every
+        token of its own and earlier time patches).
 
         With a `cache` from `new_cache`, `tgt` holds only the new positions; the cache keeps
         earlier keys/values and the position offset, so results equal uncached decoding;
@@ -138,7 +157,8 @@ class SciFormer(nn.Module):
         if cache is not None:
             tgt_pad = _cached_pad(cache, tgt_pad, tgt.shape[0], tgt.shape[1])
         h = self.embed_inputs(tgt, offset)
-        self_mask = AttnMask(key_pad=tgt_pad, causal=True, q_offset=offset)
+        self_mask = AttnMask(key_pad=tgt_pad, causal=True, q_offset=offset,
+                             block=self.cfg.space_tokens)
         cross_mask = AttnMask(key_pad=memory_pad)
         for i, layer in enumerate(self.decoder):
             layer_cache = cache["layers"][i] if cache is not None else None

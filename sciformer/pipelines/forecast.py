@@ -10,6 +10,10 @@ feeds the true previous patch; feeding back one's own draws is what makes a mult
 draw from the model's joint forecast). The median and the quantiles are empirical quantiles
 of the paths.
 
+- ``field_patch`` tokenizer (2+-D fields): as ``patch``, but one time patch is S spatial
+  tokens, predicted together (the decoder is block-causal) and decoded block by block with the
+  cache; one uniform draw per path and time patch is shared by its S tokens, so a sampled
+  frame has no seams at patch borders.
 - ``patch`` tokenizer: the decoder predicts quantiles of the next patch (pinball loss). A patch
   is drawn by inverse-CDF sampling of that quantile function, interpolated linearly in normal
   scores z = Phi^-1(level) between the predicted levels and extended linearly beyond the
@@ -41,6 +45,11 @@ SAMPLE_MEMORY_BYTES = 2**31  # refuse forecasts whose sample paths would exceed 
 
 
 # ---- model I/O shared with training ----------------------------------------------------------
+def block_tokens(tok: PatchTokenizer | BinTokenizer) -> int:
+    """Tokens per time patch: S spatial patches for field patch tokens, else 1."""
+    return int(getattr(tok, "space_tokens", 1))
+
+
 def _anchor(dec_in: Tensor, tok: PatchTokenizer) -> Tensor:
     """Last step of each decoder-input patch, repeated over the patch: (B', N, token_dim)."""
     width = dec_in.shape[-1] // tok.patch_len  # features per step inside a token
@@ -90,14 +99,15 @@ def _patch_chunk(model: nn.Module, tok: PatchTokenizer, ctx: Tensor, steps: int,
     """One chunk of sampled continuations (R, steps, F) of the R contexts `ctx` (R, C, F)."""
     src, state = tok.encode_context(ctx)  # (R', N, token_dim)
     memory = _encode(model, src, copies)
-    cache, dec_in, outs = model.new_cache(), src[:, -1:], []
+    k = block_tokens(tok)  # tokens of one time patch, decoded together
+    cache, dec_in, outs = model.new_cache(), src[:, -k:], []
     z_levels = normal_scores(levels, src.device)
     for _ in range(-(-steps // tok.patch_len)):
-        h = model.decode(dec_in, memory, cache=cache)  # (R', 1, D): only the new position
+        h = model.decode(dec_in, memory, cache=cache)  # (R', k, D): only the new positions
         q = patch_quantiles(model, tok, h, dec_in, len(levels)).sort(dim=-1).values
         u = torch.rand(q.shape[0], 1, 1, generator=gen, device=q.device, dtype=torch.float64)
         z = math.sqrt(2.0) * torch.erfinv(2.0 * u.clamp(1e-9, 1 - 1e-9) - 1.0)  # (R', 1, 1)
-        dec_in = inverse_cdf(q, z_levels, z[..., None].expand(*q.shape[:-1], 1))  # (R', 1, D)
+        dec_in = inverse_cdf(q, z_levels, z[..., None].expand(*q.shape[:-1], 1))  # (R', k, D)
         outs.append(dec_in)
     return tok.decode(torch.cat(outs, dim=1), state)[:, :steps]  # (R, steps, F)
 

@@ -18,6 +18,7 @@ Inference (sample paths, rollouts) lives in `sciformer.pipelines.forecast`.
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any
@@ -27,14 +28,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sciformer.config import RunConfig, for_task
+from sciformer.config import RunConfig, explicit_keys, for_task
 from sciformer.errors import ConfigError, InputError
 from sciformer.fingerprints import RecordedPrints, duplicates, trajectory_fingerprints
 from sciformer.io.trajectories import TrajectoryFile
 from sciformer.tasks import micro_seed
-from sciformer.pipelines.forecast import patch_quantiles
+from sciformer.pipelines.forecast import block_tokens, patch_quantiles
 from sciformer.runs import ForecastState
 from sciformer.splits import split_indices
+from sciformer.tokenizers.fields import FieldPatchTokenizer
 from sciformer.tokenizers.timeseries import (BinTokenizer, DatasetScaledPatchTokenizer,
                                              PatchTokenizer, build_tokenizer, pinball_loss)
 
@@ -67,12 +69,32 @@ def data_statistics(data: TrajectoryCollection,
     return np.tile(mean, reps).tolist(), np.tile(std, reps).tolist()  # (F,) in state order
 
 
+def tokenizer_kind(cfg: RunConfig, state_shape: tuple[int, ...]) -> str:
+    """`data.tokenizer`, except that a state with 2+ spatial dims gets space-time patches
+    (`field_patch`) unless the user set `data.tokenizer`: a whole-state token of a 64 x 64
+    field would be patch_len * 4096 values wide."""
+    d = cfg.data
+    if (d.tokenizer == "patch" and len(state_shape) >= 3
+            and "data.tokenizer" not in explicit_keys(cfg)):
+        return "field_patch"
+    return d.tokenizer
+
+
 def make_tokenizer(cfg: RunConfig, n_features: int,
-                   stats: tuple[list[float], list[float]] | None = None
+                   stats: tuple[list[float], list[float]] | None = None,
+                   state_shape: tuple[int, ...] | None = None
                    ) -> PatchTokenizer | BinTokenizer:
     """The tokenizer of `cfg.data`; with `stats` (mean, std per feature), patches are scaled
-    by those training statistics (`DatasetScaledPatchTokenizer`) instead of per window."""
+    by those training statistics (`DatasetScaledPatchTokenizer`) instead of per window.
+    `field_patch` needs `state_shape` and `stats` (it keeps one mean and std per field)."""
     d = cfg.data
+    if d.tokenizer == "field_patch":
+        if stats is None or state_shape is None or len(state_shape) < 3:
+            raise InputError(f"data.tokenizer=field_patch needs a field state with 2+ spatial "
+                             f"dims, got state shape {state_shape}")
+        n_fields = state_shape[-1]
+        return FieldPatchTokenizer(d.patch_len, state_shape, d.space_patch,
+                                   loc=stats[0][:n_fields], scale=stats[1][:n_fields])
     if d.tokenizer == "patch":
         if stats is not None:
             return DatasetScaledPatchTokenizer(d.patch_len, n_features, d.channels,
@@ -112,7 +134,8 @@ class ForecastTask:
         self.data = TrajectoryCollection(paths)
         d = cfg.data
         self.window_len = d.context + d.horizon
-        if d.tokenizer == "patch" and (d.context % d.patch_len or d.horizon % d.patch_len):
+        kind = tokenizer_kind(cfg, self.data.meta.state_shape)
+        if kind != "bins" and (d.context % d.patch_len or d.horizon % d.patch_len):
             raise InputError(f"data.context={d.context} and data.horizon={d.horizon} must be "
                              f"multiples of data.patch_len={d.patch_len}")
         for f in self.data.files:
@@ -129,11 +152,16 @@ class ForecastTask:
         train, val = split_indices(n, d.val_fraction, d.val_max, cfg.train.seed)
         self.train_idx, self.val_idx = train, val
         self.n_features = self.data.meta.n_features
-        stats = data_statistics(self.data, train) if d.tokenizer == "patch" else None
-        self.tokenizer = tok = make_tokenizer(cfg, self.n_features, stats)
+        stats = data_statistics(self.data, train) if kind != "bins" else None
+        if kind != d.tokenizer:  # chosen for a 2+-D field; recorded in the run's config
+            cfg = copy.deepcopy(cfg)
+            cfg.data.tokenizer = kind
+        self.tokenizer = tok = make_tokenizer(cfg, self.n_features, stats,
+                                              self.data.meta.state_shape)
         if isinstance(tok, PatchTokenizer):
             widths = dict(vocab_size=0, input_dim=tok.token_dim,
-                          output_dim=tok.token_dim * len(d.quantiles))
+                          output_dim=tok.token_dim * len(d.quantiles),
+                          space_tokens=block_tokens(tok))
         else:
             widths = dict(vocab_size=tok.vocab_size, input_dim=0, output_dim=0)
         self.cfg = for_task(cfg, self.name, **widths)
@@ -206,7 +234,8 @@ def teacher_forced_loss(model: nn.Module, tok, ctx: Tensor, fut: Tensor,
     state = tok.fit_state(ctx)
     if isinstance(tok, PatchTokenizer):
         src, tgt = tok.encode(ctx, state), tok.encode(fut, state)  # (B', N, token_dim)
-        dec_in = torch.cat([src[:, -1:], tgt[:, :-1]], dim=1)
+        k = block_tokens(tok)  # decoder input = the targets shifted by one time patch
+        dec_in = torch.cat([src[:, -k:], tgt[:, :-k]], dim=1)
         q = patch_quantiles(model, tok, model(src, dec_in), dec_in, len(levels))
         return pinball_loss(q.float(), tgt.float(), torch.tensor(levels))
     src, tgt = tok.encode(ctx, state), tok.encode(fut, state)  # (B', T*F) ids

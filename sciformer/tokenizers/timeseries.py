@@ -333,6 +333,8 @@ class DatasetScaledPatchTokenizer(PatchTokenizer):
 
 
 TOKENIZERS: dict[str, type] = {"patch": PatchTokenizer, "bins": BinTokenizer}
+#: Every `data.tokenizer` name (field_patch lives in `sciformer.tokenizers.fields`).
+TOKENIZER_NAMES = (*TOKENIZERS, "field_patch")
 
 
 def build_tokenizer(name: str, **kwargs) -> PatchTokenizer | BinTokenizer:
@@ -350,6 +352,10 @@ def tokenizer_from_config(config: dict[str, Any]) -> PatchTokenizer | BinTokeniz
     """Rebuild a tokenizer from its `to_config()` (a run's saved task state): a patch
     tokenizer with fixed training statistics (`loc`, `scale`) is dataset-scaled."""
     kwargs = {k: v for k, v in config.items() if k != "name"}
+    if config.get("name") == "field_patch":  # space-time patches of a 2+-D field
+        from sciformer.tokenizers.fields import FieldPatchTokenizer
+
+        return FieldPatchTokenizer.from_config(config)
     if config.get("name") == "patch" and "loc" in kwargs:
         try:
             return DatasetScaledPatchTokenizer(**kwargs)
