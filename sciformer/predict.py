@@ -74,8 +74,8 @@ def _mask_rows(lm: ProteinLM, path: Path, top_k: int):
             tokens = lm.tokens([r.sequence for r in group])
             for fills in lm.iter_fills(ids, tokens, top_k):
                 for m in fills:
-                    cells = [f"{a}\t{p:.4f}" for a, p in zip(m.residues, m.probs)]
-                    yield "\t".join([m.record, str(m.position), *cells])
+                    cells = [f"{a}\t{p:.4f}" for a, p in zip(m["residues"], m["probs"])]
+                    yield "\t".join([m["record"], str(m["position"]), *cells])
                 n_masks += len(fills)
             bar.update(len(group))
         if n_masks == 0:

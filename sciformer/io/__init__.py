@@ -1,1 +1,1 @@
-"""Readers and writers for the file contracts in DESIGN.md."""
+"""Readers and writers for the file contracts in docs/formats.md."""

@@ -1,4 +1,4 @@
-"""Streaming FASTA reader with validation (the FASTA contract in DESIGN.md).
+"""Streaming FASTA reader with validation (the FASTA contract in docs/formats.md).
 
 The file is read in binary, in large chunks, regrouped into blocks of whole records, and each
 block is parsed with a handful of vectorised passes: numpy finds the record and header spans,

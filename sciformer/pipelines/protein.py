@@ -13,7 +13,6 @@ lists/dicts. Every method covers long sequences with overlapping windows (never 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -47,16 +46,6 @@ def as_sequences(seqs: SequenceLike | Iterable[SequenceLike]) -> tuple[list[str]
             raise InputError(f"sequence {i}: expected a string or a Bio.SeqRecord, got "
                              f"{type(s).__name__}")
     return ids, out
-
-
-@dataclass
-class MaskFill:
-    """The top-k residues predicted at one <mask> (position is 1-based)."""
-
-    record: str
-    position: int
-    residues: list[str]
-    probs: list[float]
 
 
 class ProteinLM:
@@ -98,9 +87,10 @@ class ProteinLM:
         return out
 
     def fill_masks(self, seqs: SequenceLike | Iterable[SequenceLike], top_k: int = 5
-                   ) -> list[list[MaskFill]]:
-        """For each sequence, the `top_k` residues (with probabilities renormalised over the
-        residue letters) at every `<mask>`, in order of position."""
+                   ) -> list[list[dict[str, Any]]]:
+        """For each sequence, at every `<mask>` in order of position: {"record", "position"
+        (1-based), "residues" (the `top_k` letters), "probs" (renormalised over the residue
+        letters)}."""
         if not 1 <= top_k <= len(RESIDUE_IDS):
             raise InputError(f"top_k={top_k}: must be in 1..{len(RESIDUE_IDS)}")
         ids, _ = as_sequences(seqs)
@@ -108,7 +98,7 @@ class ProteinLM:
         return list(self.iter_fills(ids, tokens, top_k))
 
     def iter_fills(self, ids: list[str], tokens: list[np.ndarray], top_k: int
-                   ) -> Iterator[list[MaskFill]]:
+                   ) -> Iterator[list[dict[str, Any]]]:
         """`fill_masks` over already tokenised sequences, yielded in input order."""
         queries = [np.flatnonzero(t == TOKENIZER.mask_id) for t in tokens]
         for i, logp in self._log_probs_at(tokens, queries):
@@ -117,9 +107,9 @@ class ProteinLM:
             fills = []
             for pos, p in zip(queries[i], probs):
                 best = np.argsort(-p, kind="stable")[:top_k]
-                fills.append(MaskFill(ids[i], int(pos) + 1,
-                                      [ALPHABET[RESIDUE_IDS[b]] for b in best],
-                                      [float(p[b]) for b in best]))
+                fills.append({"record": ids[i], "position": int(pos) + 1,
+                              "residues": [ALPHABET[RESIDUE_IDS[b]] for b in best],
+                              "probs": [float(p[b]) for b in best]})
             yield fills
 
     def pseudo_log_likelihoods(self, tokens: np.ndarray) -> np.ndarray:
