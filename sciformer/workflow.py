@@ -177,6 +177,7 @@ def check_pretrain_config(params: dict[str, Any], source: str) -> None:
 
 def _pretrain_argv(args: dict[str, Any], argv: list[str]) -> list[str] | None:
     """`argv` (plus --resume for an interrupted run), or None when the run is complete."""
+    from sciformer.config import read_run_config
     from sciformer.train import checkpoint as ckpt
 
     out = Path(args["out_dir"])
@@ -187,7 +188,7 @@ def _pretrain_argv(args: dict[str, Any], argv: list[str]) -> list[str] | None:
                               "first")
         return argv
     step = int(ckpt.load_train_state(latest / ckpt.STATE)["step"])
-    saved = ckpt.read_run_config(out / ckpt.CONFIG)[0].train.max_steps
+    saved = read_run_config(out / ckpt.CONFIG)[0].train.max_steps
     if step >= saved:
         click.echo(f"[pretrain] {out} is complete ({step} steps); skipping")
         return None

@@ -50,7 +50,7 @@ from sciformer.evaluation.metrics import DEFINITIONS, LEAD_BINS, ForecastScore, 
 from sciformer.evaluation.heldout import select_unseen
 from sciformer.io.trajectories import TrajectoryFile, TrajectoryMeta
 from sciformer.progress import progress_bar
-from sciformer.pipelines.forecast import Forecaster, summarise
+from sciformer.pipelines.forecast import Forecaster
 from sciformer.runs import ForecastState, read_split
 
 WINDOWS_PER_TRAJECTORY = 8  # evaluation windows per held-out trajectory (evenly spaced)

@@ -34,11 +34,11 @@ from sciformer.evaluation.masked_baselines import (FITTED, MaskedScorer, fit_bas
 from sciformer.evaluation.metrics import masked_metrics
 from sciformer.evaluation.report import plot_masked_report, write_summary
 from sciformer.io.fasta import count_records, grouped, read_fasta
+from sciformer.io.proteins import load_proteins
 from sciformer.pipelines.protein import ProteinLM
 from sciformer.pipelines.residues import choose_eval_positions, evaluate_masked
 from sciformer.progress import progress_bar
 from sciformer.runs import MaskedState, read_split
-from sciformer.tasks.masked import load_proteins
 from sciformer.tokenizers.protein import STANDARD_AMINO_ACIDS, TOKENIZER
 
 EVAL_SEED = 20240601  # fixed: every evaluation of every model masks the same positions

@@ -16,7 +16,6 @@ ordinary trajectory file that `sciformer evaluate` reads.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections import Counter

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sciformer.config import RunConfig, explicit_keys, for_task
-from sciformer.errors import ConfigError, InputError
+from sciformer.errors import InputError
 from sciformer.fingerprints import RecordedPrints, duplicates, trajectory_fingerprints
 from sciformer.io.trajectories import TrajectoryFile
 from sciformer.tasks import micro_seed

@@ -26,7 +26,6 @@ checkpoint write (tests/test_resume_kill.py). Nothing else reads it.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -38,7 +37,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from sciformer.config import RunConfig, read_run_config
+from sciformer.config import RunConfig
 from sciformer.errors import CheckpointError
 from sciformer.io.atomic import atomic_path
 

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from sciformer import compiling
-from sciformer.config import RunConfig, TrainConfig, save_config
+from sciformer.config import RunConfig, TrainConfig, read_run_config, save_config
 from sciformer.errors import CheckpointError, SciformerError
 from sciformer.io.atomic import make_parents, remove_created, write_json_atomic, write_text_atomic
 from sciformer.io.lock import LOCK_NAME, RunLock
@@ -337,7 +337,7 @@ def build_trainer(data: list[str | Path], cfg: RunConfig, run_dir: str | Path,
     folder = prepare_run_dir(run_dir, resume)
     dist.barrier()  # every rank has looked at the run directory before rank 0 writes to it
     if resume:
-        saved, _ = ckpt.read_run_config(run_dir / ckpt.CONFIG)
+        saved, _ = read_run_config(run_dir / ckpt.CONFIG)
         saved.train.max_steps = cfg.train.max_steps  # the only thing a resume may change
         cfg = saved
     if cfg.train.threads:
