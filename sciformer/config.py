@@ -114,6 +114,11 @@ class DataConfig:
                                                             0.95])
     samples: int = 100  # sample paths per forecast (predict, evaluate); quantiles come from them
     stride: int = 1  # time steps between consecutive training windows
+    # training on the model's own rollouts (patch tokenizer; see docs/forecast-training.md)
+    pushforward: int = 0  # up to K chunks rolled out without gradient before the scored chunk
+    pushforward_warmup: float = 0.0  # fraction of the steps over which K ramps up from 0
+    sampled_inputs: float = 0.0  # share of batches whose decoder inputs are the model's draws
+    input_noise: float = 0.0  # std (training stds) of noise on context and decoder inputs
     num_workers: int = 0  # DataLoader worker processes building training batches ahead
 
     def validate(self) -> None:
@@ -144,6 +149,11 @@ class DataConfig:
         _check(self.stride >= 1, "data.stride", "must be at least 1")
         _check(1 <= self.samples <= 10_000, "data.samples", "must be in 1..10000")
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        _check(self.pushforward >= 0, "data.pushforward", "must be >= 0")
+        _check(0.0 <= self.pushforward_warmup <= 1.0, "data.pushforward_warmup",
+               "must be in [0, 1]")
+        _check(0.0 <= self.sampled_inputs <= 1.0, "data.sampled_inputs", "must be in [0, 1]")
+        _check(self.input_noise >= 0.0, "data.input_noise", "must be >= 0")
 
 
 @dataclass

@@ -76,21 +76,34 @@ def inverse_cdf(q: Tensor, z_levels: Tensor, z: Tensor) -> Tensor:
     return (q0 + w * (q1 - q0))[..., 0]
 
 
-def _patch_chunk(model: nn.Module, tok: PatchTokenizer, ctx: Tensor, steps: int,
-                 levels: list[float], gen: torch.Generator) -> Tensor:
-    """One chunk of sampled continuations (R, steps, F) of the R contexts `ctx` (R, C, F)."""
-    src, state = tok.encode_context(ctx)  # (R', N, token_dim)
+def sample_patch_tokens(model: nn.Module, tok: PatchTokenizer, src: Tensor, n_patches: int,
+                        levels: list[float], gen: torch.Generator | None) -> Tensor:
+    """`n_patches` patch tokens (R', n_patches, token_dim) sampled autoregressively after the
+    encoded context `src` (R', N, token_dim): each patch is the inverse CDF of the predicted
+    quantiles at one normal draw per row and patch, and is fed back as the next input.
+
+    Shared by inference (`_patch_chunk`) and by training on the model's own rollouts
+    (`sciformer.tasks.forecast`), so training sees exactly the paths inference draws.
+    """
     memory = model.encode(src)
     cache, dec_in, outs = model.new_cache(), src[:, -1:], []
     z_levels = normal_scores(levels, src.device)
-    for _ in range(-(-steps // tok.patch_len)):
+    for _ in range(n_patches):
         h = model.decode(dec_in, memory, cache=cache)  # (R', 1, D): only the new position
         q = patch_quantiles(model, tok, h, dec_in, len(levels)).sort(dim=-1).values
         u = torch.rand(q.shape[0], 1, 1, generator=gen, device=q.device, dtype=torch.float64)
         z = math.sqrt(2.0) * torch.erfinv(2.0 * u.clamp(1e-9, 1 - 1e-9) - 1.0)  # (R', 1, 1)
         dec_in = inverse_cdf(q, z_levels, z[..., None].expand(*q.shape[:-1], 1))  # (R', 1, D)
         outs.append(dec_in)
-    return tok.decode(torch.cat(outs, dim=1), state)[:, :steps]  # (R, steps, F)
+    return torch.cat(outs, dim=1)  # (R', n_patches, token_dim)
+
+
+def _patch_chunk(model: nn.Module, tok: PatchTokenizer, ctx: Tensor, steps: int,
+                 levels: list[float], gen: torch.Generator) -> Tensor:
+    """One chunk of sampled continuations (R, steps, F) of the R contexts `ctx` (R, C, F)."""
+    src, state = tok.encode_context(ctx)  # (R', N, token_dim)
+    drawn = sample_patch_tokens(model, tok, src, -(-steps // tok.patch_len), levels, gen)
+    return tok.decode(drawn, state)[:, :steps]  # (R, steps, F)
 
 
 def _bins_chunk(model: nn.Module, tok: BinTokenizer, ctx: Tensor, steps: int,
