@@ -118,6 +118,7 @@ class DataConfig:
     pushforward: int = 0  # up to K chunks rolled out without gradient before the scored chunk
     pushforward_warmup: float = 0.0  # fraction of the steps over which K ramps up from 0
     sampled_inputs: float = 0.0  # share of batches whose decoder inputs are the model's draws
+    sampled_inputs_from: float = 0.0  # fraction of the steps trained teacher-forced first
     input_noise: float = 0.0  # std (training stds) of noise on context and decoder inputs
     num_workers: int = 0  # DataLoader worker processes building training batches ahead
 
@@ -153,6 +154,8 @@ class DataConfig:
         _check(0.0 <= self.pushforward_warmup <= 1.0, "data.pushforward_warmup",
                "must be in [0, 1]")
         _check(0.0 <= self.sampled_inputs <= 1.0, "data.sampled_inputs", "must be in [0, 1]")
+        _check(0.0 <= self.sampled_inputs_from <= 1.0, "data.sampled_inputs_from",
+               "must be in [0, 1]")
         _check(self.input_noise >= 0.0, "data.input_noise", "must be >= 0")
 
 

@@ -127,6 +127,9 @@ def test_rollout_plan_curriculum_and_window_length(tmp_path):
     assert set(late) == {0, 1, 2}
     shares = [rollout_plan(task.cfg, 60, rng)[1] for _ in range(2000)]
     assert abs(np.mean(shares) - 0.25) < 0.04
+    late = tiny_task(path, "data.sampled_inputs=1", "data.sampled_inputs_from=0.5",
+                     "train.max_steps=100").cfg  # teacher forcing first, then own draws
+    assert [rollout_plan(late, i, rng)[1] for i in (0, 49, 50, 99)] == [0, 0, 1, 1]
     cfg = tiny_task(path).cfg  # defaults: plain teacher forcing
     assert {rollout_plan(cfg, i, rng)[:2] for i in range(50)} == {(0, 0)}
 

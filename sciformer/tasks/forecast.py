@@ -220,13 +220,15 @@ def rollout_plan(cfg: RunConfig, index: int, rng: np.random.Generator) -> tuple[
     Pushforward (Brandstetter et al. 2022): k chunks, uniform in 0..K_now, where K_now grows
     from 0 to `data.pushforward` over the first `data.pushforward_warmup` fraction of the
     steps (a curriculum: early on the model's own rollouts are noise). Sampled inputs are used
-    with probability `data.sampled_inputs` (scheduled sampling, Bengio et al. 2015).
+    with probability `data.sampled_inputs` (scheduled sampling, Bengio et al. 2015), from
+    step `data.sampled_inputs_from * max_steps` on (accurate dynamics first, then spread).
     """
     d = cfg.data
     ramp = d.pushforward_warmup * cfg.train.max_steps
     top = d.pushforward if ramp <= 0 else min(d.pushforward, int(d.pushforward * index / ramp))
     pushed = int(rng.integers(0, top + 1)) if d.tokenizer == "patch" else 0
-    sampled = int(d.tokenizer == "patch" and rng.random() < d.sampled_inputs)
+    late = index >= d.sampled_inputs_from * cfg.train.max_steps
+    sampled = int(rng.random() < d.sampled_inputs and late and d.tokenizer == "patch")
     return pushed, sampled, int(rng.integers(0, 2**62))
 
 
