@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from sciformer.cli import main
 from sciformer.config import load_config
-from sciformer.errors import InputError
+from sciformer.errors import ConfigError, InputError
 from sciformer.evaluation.run import evaluate
 from sciformer.io.trajectories import TrajectoryFile, write_trajectories
 from sciformer.model import SciFormer
@@ -133,6 +133,21 @@ def test_rollout_plan_curriculum_and_window_length(tmp_path):
     cfg = tiny_task(path).cfg  # defaults: plain teacher forcing
     assert {rollout_plan(cfg, i, rng)[:2] for i in range(50)} == {(0, 0)}
 
+
+@pytest.mark.parametrize("bad", ["data.pushforward=-1", "data.sampled_inputs=1.5",
+                                 "data.sampled_inputs_from=-0.1", "data.input_noise=-0.1",
+                                 "data.pushforward_warmup=2"])
+def test_rollout_options_are_validated(bad):
+    with pytest.raises(ConfigError, match=bad.split("=")[0]):
+        load_config(None, [bad])
+
+
+def test_validation_reports_the_rollout_loss_too(l63):
+    task = tiny_task(l63["train"], "data.pushforward=1", "data.sampled_inputs=0.5")
+    model = SciFormer(task.cfg.model)
+    a, b = task.validate(model), task.validate(model)
+    assert set(a) == {"val_loss", "val_rollout_loss"} and a == b  # fixed windows and seeds
+    assert set(tiny_task(l63["train"]).validate(model)) == {"val_loss"}
 
 def test_pushforward_scores_the_truth_after_the_models_own_rollout(l63, monkeypatch):
     """With one chunk pushed forward, the scored context ends with the model's own sampled
