@@ -113,6 +113,7 @@ class DataConfig:
     quantiles: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.25, 0.5, 0.75, 0.9,
                                                             0.95])
     samples: int = 100  # sample paths per forecast (predict, evaluate); quantiles come from them
+    draws: str = "element"  # patch sampler: a uniform per value (element) or per patch (patch)
     stride: int = 1  # time steps between consecutive training windows
     # training on the model's own rollouts (patch tokenizer; see docs/forecast-training.md)
     pushforward: int = 0  # up to K chunks rolled out without gradient before the scored chunk
@@ -150,6 +151,7 @@ class DataConfig:
         _check(self.stride >= 1, "data.stride", "must be at least 1")
         _check(1 <= self.samples <= 10_000, "data.samples", "must be in 1..10000")
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        _check(self.draws in ("element", "patch"), "data.draws", "must be element or patch")
         _check(self.pushforward >= 0, "data.pushforward", "must be >= 0")
         _check(0.0 <= self.pushforward_warmup <= 1.0, "data.pushforward_warmup",
                "must be in [0, 1]")

@@ -235,23 +235,26 @@ def test_sample_paths_shapes_seeds_and_rollout(l63, tokenizer):
     assert not torch.equal(a[0], a[1])  # paths differ from one another
 
 
-def test_sampled_paths_are_the_models_own_feedback(l63):
-    """Each sampled patch is the inverse CDF, at that step's uniform draw, of the quantiles the
-    model predicts when fed the path's own previous draws (teacher forcing on the path)."""
+@pytest.mark.parametrize("draws", ["patch", "element"])
+def test_sampled_paths_are_the_models_own_feedback(l63, draws):
+    """Each sampled patch is the inverse CDF, at that step's uniform draws (one per patch, or
+    one per value), of the quantiles the model predicts when fed the path's own previous draws
+    (teacher forcing on the path)."""
     torch.manual_seed(1)
     task = tiny_task(l63["train"])
     model, tok = SciFormer(task.cfg.model).eval(), task.tokenizer
     ctx = task.batch(0)["window"][:4, :16]
+    width = 1 if draws == "patch" else 12  # token = 4 steps x 3 channels
     with torch.no_grad():
         gen = torch.Generator().manual_seed(5)
-        drawn = _patch_chunk(model, tok, ctx, 8, LEVELS, gen)  # (B, 8, F): 2 patches
+        drawn = _patch_chunk(model, tok, ctx, 8, LEVELS, gen, draws)  # (B, 8, F): 2 patches
         src, state = tok.encode_context(ctx)
         own = tok.encode(drawn, state)  # the path's patches as tokens (B, 2, P*F)
         dec_in = torch.cat([src[:, -1:], own[:, :-1]], dim=1)
         q = patch_quantiles(model, tok, model(src, dec_in), dec_in, 3).sort(dim=-1).values
         gen = torch.Generator().manual_seed(5)
-        u = torch.stack([torch.rand(4, 1, 1, generator=gen, dtype=torch.float64)
-                         for _ in range(2)], dim=1)[:, :, 0]  # (B, 2, 1)
+        u = torch.stack([torch.rand(4, 1, width, generator=gen, dtype=torch.float64)
+                         for _ in range(2)], dim=1)[:, :, 0]  # (B, 2, width)
         z = np.sqrt(2.0) * torch.erfinv(2.0 * u - 1.0)
         again = inverse_cdf(q, normal_scores(LEVELS, ctx.device), z.expand(4, 2, 12)[..., None])
     torch.testing.assert_close(tok.decode(again, state), drawn, rtol=1e-4, atol=1e-4)

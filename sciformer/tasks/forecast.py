@@ -252,17 +252,18 @@ def rollout_loss(model: nn.Module, tok, d: Any, x: Tensor, pushed: int, sampled:
     with torch.no_grad():
         for k in range(pushed):  # the model's own closed-loop chunks, sampled
             src, state = tok.encode_context(ctx)
-            drawn = sample_patch_tokens(model, tok, src, h // tok.patch_len, d.quantiles, gen)
+            drawn = sample_patch_tokens(model, tok, src, h // tok.patch_len, d.quantiles, gen,
+                                        d.draws)
             ctx = torch.cat([ctx, tok.decode(drawn, state)], dim=1)[:, -c:]  # (B, C, F)
     fut = x[:, c + pushed * h: c + (pushed + 1) * h]  # (B, H, F) the truth after the rollout
     sigma = d.input_noise if noise else 0.0
     return teacher_forced_loss(model, tok, ctx, fut, d.quantiles, sampled=sampled,
-                               noise=sigma, gen=gen)
+                               noise=sigma, gen=gen, draws=d.draws)
 
 
 def teacher_forced_loss(model: nn.Module, tok, ctx: Tensor, fut: Tensor, levels: list[float],
                         sampled: bool = False, noise: float = 0.0,
-                        gen: torch.Generator | None = None) -> Tensor:
+                        gen: torch.Generator | None = None, draws: str = "element") -> Tensor:
     """Training loss for context (B, C, F) and future (B, H, F) windows.
 
     Patch tokenizer: pinball loss of the quantiles of each future patch given the context and
@@ -276,7 +277,7 @@ def teacher_forced_loss(model: nn.Module, tok, ctx: Tensor, fut: Tensor, levels:
         prev = tgt[:, :-1]
         if sampled:
             with torch.no_grad():
-                prev = sample_patch_tokens(model, tok, src, tgt.shape[1] - 1, levels, gen)
+                prev = sample_patch_tokens(model, tok, src, tgt.shape[1] - 1, levels, gen, draws)
         dec_in = torch.cat([src[:, -1:], prev], dim=1)  # (B', N, token_dim)
         if noise > 0:
             src = src + noise * _normal(src, gen)
