@@ -136,7 +136,14 @@ class DataConfig:
     # sample paths per forecast (predict, evaluate); median, quantiles and CRPS come from
     # them. 32 estimates 10-90% quantiles and CRPS well at a third of the cost of 100
     samples: int = 32
+    draws: str = "element"  # patch sampler: a uniform per value (element) or per patch (patch)
     stride: int = 1  # time steps between consecutive training windows
+    # training on the model's own rollouts (patch tokenizer; see docs/forecast-training.md)
+    pushforward: int = 0  # up to K chunks rolled out without gradient before the scored chunk
+    pushforward_warmup: float = 0.0  # fraction of the steps over which K ramps up from 0
+    sampled_inputs: float = 0.0  # share of batches whose decoder inputs are the model's draws
+    sampled_inputs_from: float = 0.0  # fraction of the steps trained teacher-forced first
+    input_noise: float = 0.0  # std (training stds) of noise on context and decoder inputs
     num_workers: int = 0  # DataLoader worker processes building training batches ahead
 
     def validate(self) -> None:
@@ -174,6 +181,14 @@ class DataConfig:
         _check(self.stride >= 1, "data.stride", "must be at least 1")
         _check(1 <= self.samples <= 10_000, "data.samples", "must be in 1..10000")
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        _check(self.draws in ("element", "patch"), "data.draws", "must be element or patch")
+        _check(self.pushforward >= 0, "data.pushforward", "must be >= 0")
+        _check(0.0 <= self.pushforward_warmup <= 1.0, "data.pushforward_warmup",
+               "must be in [0, 1]")
+        _check(0.0 <= self.sampled_inputs <= 1.0, "data.sampled_inputs", "must be in [0, 1]")
+        _check(0.0 <= self.sampled_inputs_from <= 1.0, "data.sampled_inputs_from",
+               "must be in [0, 1]")
+        _check(self.input_noise >= 0.0, "data.input_noise", "must be >= 0")
 
 
 @dataclass
@@ -268,11 +283,14 @@ DERIVED_FIELDS = ("model.vocab_size", "model.input_dim", "model.output_dim", "mo
 
 #: Settings that only one task reads; setting one for the other task is an error naming it.
 TASK_ONLY = {
-    "masked": ("data.split_identity", "data.split_kmer", "data.crop_length", "data.mask_rate", "data.mask_token_rate",
-               "data.random_token_rate", "data.tokens_per_batch", "model.token_dropout"),
+    "masked": ("data.split_identity", "data.split_kmer", "data.crop_length", "data.mask_rate",
+               "data.mask_token_rate", "data.random_token_rate", "data.tokens_per_batch",
+               "model.token_dropout"),
     "forecast": ("data.tokenizer", "data.channels", "data.context", "data.horizon",
-                 "data.patch_len", "data.space_patch", "data.n_bins", "data.bin_limit", "data.quantiles",
-                 "data.stride", "data.samples", "train.batch_size"),
+                 "data.patch_len", "data.space_patch", "data.n_bins", "data.bin_limit",
+                 "data.quantiles", "data.stride", "data.samples", "data.draws",
+                 "data.pushforward", "data.pushforward_warmup", "data.sampled_inputs",
+                 "data.sampled_inputs_from", "data.input_noise", "train.batch_size"),
 }
 TASK_WORDS = {"masked": "masked-residue (FASTA)", "forecast": "forecasting (HDF5)"}
 

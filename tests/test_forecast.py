@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from sciformer.cli import main
 from sciformer.config import load_config
-from sciformer.errors import InputError
+from sciformer.errors import ConfigError, InputError
 from sciformer.evaluation.run import evaluate
 from sciformer.io.trajectories import TrajectoryFile, write_trajectories
 from sciformer.model import SciFormer
@@ -23,7 +23,9 @@ from sciformer.pipelines import load
 from sciformer.pipelines.forecast import (_patch_chunk, inverse_cdf, normal_scores,
                                           patch_quantiles, sample_paths, summarise)
 from sciformer.runs import load_model as load_run
-from sciformer.tasks.forecast import ForecastTask, teacher_forced_loss
+from sciformer.pipelines.forecast import sample_patch_tokens
+from sciformer.tasks import forecast as task_mod
+from sciformer.tasks.forecast import ForecastTask, rollout_loss, rollout_plan, teacher_forced_loss
 from sciformer.train.loop import pretrain
 
 TINY = ["model.d_model=32", "model.n_heads=4", "model.n_encoder_layers=1",
@@ -98,6 +100,111 @@ def test_teacher_forced_loss_decreases_on_one_batch(l63):
     assert losses[-1] < 0.5 * losses[0]
 
 
+
+# ---- training on the model's own rollouts ----------------------------------------------------
+def _loss_inputs(monkeypatch, model):
+    """Record what the loss feeds the model (src, dec_in) and scores against (targets)."""
+    seen = {"calls": []}
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda src, dec_in: (
+        seen["calls"].append((src.detach().clone(), dec_in.detach().clone(),
+                              torch.is_grad_enabled())) or forward(src, dec_in)))
+    pinball = task_mod.pinball_loss
+    monkeypatch.setattr(task_mod, "pinball_loss", lambda q, tgt, lv: (
+        seen.__setitem__("target", tgt.clone()) or pinball(q, tgt, lv)))
+    return seen
+
+
+def test_rollout_plan_curriculum_and_window_length(tmp_path):
+    path = labelled_file(tmp_path / "lab.h5", n_time=80)
+    task = tiny_task(path, "data.pushforward=2", "data.pushforward_warmup=0.5",
+                     "train.max_steps=100", "data.sampled_inputs=0.25")
+    assert task.batch(0)["window"].shape == (8, 16 + 3 * 8, 2)  # context + (1 + K) horizons
+    rng = np.random.default_rng(0)
+    early = [rollout_plan(task.cfg, i, rng)[0] for i in range(25)]  # K_now = 0 then 1
+    late = [rollout_plan(task.cfg, 60, rng)[0] for _ in range(300)]
+    assert set(early[:24]) <= {0, 1} and early[0] == 0
+    assert set(late) == {0, 1, 2}
+    shares = [rollout_plan(task.cfg, 60, rng)[1] for _ in range(2000)]
+    assert abs(np.mean(shares) - 0.25) < 0.04
+    late = tiny_task(path, "data.sampled_inputs=1", "data.sampled_inputs_from=0.5",
+                     "train.max_steps=100").cfg  # teacher forcing first, then own draws
+    assert [rollout_plan(late, i, rng)[1] for i in (0, 49, 50, 99)] == [0, 0, 1, 1]
+    cfg = tiny_task(path).cfg  # defaults: plain teacher forcing
+    assert {rollout_plan(cfg, i, rng)[:2] for i in range(50)} == {(0, 0)}
+
+
+@pytest.mark.parametrize("bad", ["data.pushforward=-1", "data.sampled_inputs=1.5",
+                                 "data.sampled_inputs_from=-0.1", "data.input_noise=-0.1",
+                                 "data.pushforward_warmup=2"])
+def test_rollout_options_are_validated(bad):
+    with pytest.raises(ConfigError, match=bad.split("=")[0]):
+        load_config(None, [bad])
+
+
+def test_validation_reports_the_rollout_loss_too(l63):
+    task = tiny_task(l63["train"], "data.pushforward=1", "data.sampled_inputs=0.5")
+    model = SciFormer(task.cfg.model)
+    a, b = task.validate(model), task.validate(model)
+    assert set(a) == {"val_loss", "val_rollout_loss"} and a == b  # fixed windows and seeds
+    assert set(tiny_task(l63["train"]).validate(model)) == {"val_loss"}
+
+def test_pushforward_scores_the_truth_after_the_models_own_rollout(l63, monkeypatch):
+    """With one chunk pushed forward, the scored context ends with the model's own sampled
+    chunk (drawn without gradient), and the target is the true chunk after it."""
+    torch.manual_seed(0)
+    task = tiny_task(l63["train"], "data.pushforward=1")
+    model, tok, d = SciFormer(task.cfg.model), task.tokenizer, task.cfg.data
+    x = task.batch(0)["window"]  # (8, 16 + 16, 3)
+    seen = _loss_inputs(monkeypatch, model)
+    loss = rollout_loss(model, tok, d, x, pushed=1, sampled=False, seed=7)
+    loss.backward()
+    with torch.no_grad():
+        src0, state = tok.encode_context(x[:, :16])
+        own = tok.decode(sample_patch_tokens(model, tok, src0, 2, LEVELS,
+                                             torch.Generator().manual_seed(7)), state)
+    ctx = torch.cat([x[:, 8:16], own], dim=1)  # the last 16 steps: 8 true, 8 the model's
+    (src, dec_in, grad_on), = seen["calls"]  # one differentiated pass; rollout used no forward
+    assert grad_on
+    torch.testing.assert_close(src, tok.encode(ctx, tok.fit_state(ctx)))
+    torch.testing.assert_close(seen["target"], tok.encode(x[:, 24:32], state))
+    assert not torch.allclose(own, x[:, 16:24])  # the rollout is the model's, not the truth
+
+
+def test_sampled_decoder_inputs_are_the_models_draws(l63, monkeypatch):
+    torch.manual_seed(0)
+    task = tiny_task(l63["train"])
+    model, tok = SciFormer(task.cfg.model), task.tokenizer
+    x = task.batch(0)["window"]
+    seen = _loss_inputs(monkeypatch, model)
+    teacher_forced_loss(model, tok, x[:, :16], x[:, 16:24], LEVELS, sampled=True,
+                        gen=torch.Generator().manual_seed(3))
+    src = tok.encode(x[:, :16], tok.fit_state(x[:, :16]))
+    with torch.no_grad():
+        draws = sample_patch_tokens(model, tok, src, 1, LEVELS, torch.Generator().manual_seed(3))
+    (_, dec_in, _), = seen["calls"]
+    torch.testing.assert_close(dec_in, torch.cat([src[:, -1:], draws], dim=1))
+    torch.testing.assert_close(seen["target"], tok.encode(x[:, 16:24], tok.fit_state(x[:, :16])))
+
+
+def test_input_noise_perturbs_inputs_never_targets(l63, monkeypatch):
+    torch.manual_seed(0)
+    task = tiny_task(l63["train"], "data.input_noise=0.1")
+    model, tok = SciFormer(task.cfg.model), task.tokenizer
+    x = task.batch(0)["window"]
+    seen = _loss_inputs(monkeypatch, model)
+    rollout_loss(model, tok, task.cfg.data, x, pushed=0, sampled=False, seed=1)
+    state = tok.fit_state(x[:, :16])
+    src, tgt = tok.encode(x[:, :16], state), tok.encode(x[:, 16:24], state)
+    (got_src, got_dec, _), = seen["calls"]
+    noise = torch.cat([(got_src - src).flatten(), (got_dec[:, 1:] - tgt[:, :1]).flatten()])
+    assert abs(noise.std().item() - 0.1) < 0.01 and abs(noise.mean().item()) < 0.01
+    torch.testing.assert_close(seen["target"], tgt)  # the truth, untouched
+    seen["calls"].clear()
+    rollout_loss(model, tok, task.cfg.data, x, pushed=0, sampled=False, seed=1, noise=False)
+    torch.testing.assert_close(seen["calls"][0][0], src)  # validation: no noise
+
+
 # ---- sampling -----------------------------------------------------------------------------
 def test_inverse_cdf_reproduces_a_gaussian_exactly_tails_included():
     """Quantiles of N(mu, sigma) are linear in normal scores, so interpolating (and
@@ -128,23 +235,26 @@ def test_sample_paths_shapes_seeds_and_rollout(l63, tokenizer):
     assert not torch.equal(a[0], a[1])  # paths differ from one another
 
 
-def test_sampled_paths_are_the_models_own_feedback(l63):
-    """Each sampled patch is the inverse CDF, at that step's uniform draw, of the quantiles the
-    model predicts when fed the path's own previous draws (teacher forcing on the path)."""
+@pytest.mark.parametrize("draws", ["patch", "element"])
+def test_sampled_paths_are_the_models_own_feedback(l63, draws):
+    """Each sampled patch is the inverse CDF, at that step's uniform draws (one per patch, or
+    one per value), of the quantiles the model predicts when fed the path's own previous draws
+    (teacher forcing on the path)."""
     torch.manual_seed(1)
     task = tiny_task(l63["train"])
     model, tok = SciFormer(task.cfg.model).eval(), task.tokenizer
     ctx = task.batch(0)["window"][:4, :16]
+    width = 1 if draws == "patch" else 12  # token = 4 steps x 3 channels
     with torch.no_grad():
         gen = torch.Generator().manual_seed(5)
-        drawn = _patch_chunk(model, tok, ctx, 8, LEVELS, gen)  # (B, 8, F): 2 patches
+        drawn = _patch_chunk(model, tok, ctx, 8, LEVELS, gen, draws)  # (B, 8, F): 2 patches
         src, state = tok.encode_context(ctx)
         own = tok.encode(drawn, state)  # the path's patches as tokens (B, 2, P*F)
         dec_in = torch.cat([src[:, -1:], own[:, :-1]], dim=1)
         q = patch_quantiles(model, tok, model(src, dec_in), dec_in, 3).sort(dim=-1).values
         gen = torch.Generator().manual_seed(5)
-        u = torch.stack([torch.rand(4, 1, 1, generator=gen, dtype=torch.float64)
-                         for _ in range(2)], dim=1)[:, :, 0]  # (B, 2, 1)
+        u = torch.stack([torch.rand(4, 1, width, generator=gen, dtype=torch.float64)
+                         for _ in range(2)], dim=1)[:, :, 0]  # (B, 2, width)
         z = np.sqrt(2.0) * torch.erfinv(2.0 * u - 1.0)
         again = inverse_cdf(q, normal_scores(LEVELS, ctx.device), z.expand(4, 2, 12)[..., None])
     torch.testing.assert_close(tok.decode(again, state), drawn, rtol=1e-4, atol=1e-4)

@@ -33,7 +33,7 @@ from sciformer.errors import InputError
 from sciformer.fingerprints import RecordedPrints, duplicates, trajectory_fingerprints
 from sciformer.io.trajectories import TrajectoryFile
 from sciformer.tasks import micro_seed
-from sciformer.pipelines.forecast import block_tokens, patch_quantiles
+from sciformer.pipelines.forecast import block_tokens, patch_quantiles, sample_patch_tokens
 from sciformer.runs import ForecastState
 from sciformer.splits import split_indices
 from sciformer.tokenizers.fields import FieldPatchTokenizer
@@ -133,13 +133,17 @@ class ForecastTask:
         self.cfg, self.paths = cfg, paths
         self.data = TrajectoryCollection(paths)
         d = cfg.data
-        self.window_len = d.context + d.horizon
         kind = tokenizer_kind(cfg, self.data.meta.state_shape)
+        self.pushforward = d.pushforward if kind == "patch" else 0
+        self.window_len = d.context + (1 + self.pushforward) * d.horizon
         if kind != "bins" and (d.context % d.patch_len or d.horizon % d.patch_len):
             raise InputError(f"data.context={d.context} and data.horizon={d.horizon} must be "
                              f"multiples of data.patch_len={d.patch_len}")
+        need = (f"context {d.context} + horizon {d.horizon}" if not self.pushforward else
+                f"context {d.context} + {1 + self.pushforward} x horizon {d.horizon} "
+                "(data.pushforward)")
         for f in self.data.files:
-            f.require_length(self.window_len, f"context {d.context} + horizon {d.horizon}")
+            f.require_length(self.window_len, need)
         n = len(self.data.items)
         self.prints = [fp for p in paths for fp in trajectory_fingerprints(p)]  # item order
         for first, repeat in duplicates(self.prints)[:1]:
@@ -186,20 +190,23 @@ class ForecastTask:
                 "heldout_origin": [list(items[i]) for i in self.val_idx]}
 
     def batch(self, index: int, rank: int = 0, world: int = 1) -> dict[str, Tensor]:
-        """`batch_size` windows drawn uniformly over all training windows (seeded by index)."""
+        """`batch_size` windows drawn uniformly over all training windows (seeded by index),
+        the number of chunks to push forward and the seed of the loss's own draws."""
         rng = np.random.default_rng(micro_seed(self.cfg.train.seed, index * world + rank, 5))
         flat = rng.integers(0, self.counts.sum(), size=self.cfg.train.batch_size)
         which = np.searchsorted(np.cumsum(self.counts), flat, side="right")
         offset = flat - np.concatenate(([0], np.cumsum(self.counts)))[which]
         wins = [self.data.window(self.data.items[self.train_idx[w]], int(self.starts[w][o]),
                                  self.window_len) for w, o in zip(which, offset)]
-        return {"window": torch.from_numpy(np.stack(wins))}  # (B, C+H, F)
+        plan = rollout_plan(self.cfg, index, rng)
+        return {"window": torch.from_numpy(np.stack(wins)),  # (B, C + (1 + K) H, F)
+                "plan": torch.tensor(plan, dtype=torch.int64)}  # (pushed, sampled, seed)
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        x = batch["window"]
-        c = self.cfg.data.context
-        loss = teacher_forced_loss(model, self.tokenizer, x[:, :c], x[:, c:],
-                                   self.cfg.data.quantiles)
+        x, plan = batch["window"], batch.get("plan")
+        pushed, sampled, seed = (int(v) for v in plan) if plan is not None else (0, 0, 0)
+        loss = rollout_loss(model, self.tokenizer, self.cfg.data, x, pushed, bool(sampled),
+                            seed)
         return loss, {"loss": loss.detach()}
 
     def validation_windows(self) -> Tensor:
@@ -215,30 +222,106 @@ class ForecastTask:
 
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:
+        """Mean loss on the fixed held-out windows: `val_loss` teacher-forced on the first
+        chunk; with pushforward or sampled inputs also `val_rollout_loss`, the training
+        objective at its hardest (all K chunks pushed forward, sampled inputs, fixed seeds)."""
         if not hasattr(self, "_val"):
             self._val = self.validation_windows()
         device = next(model.parameters()).device
-        c, total, n = self.cfg.data.context, 0.0, 0
-        for chunk in self._val.split(self.cfg.train.batch_size):
-            chunk = chunk.to(device)
-            loss = teacher_forced_loss(model, self.tokenizer, chunk[:, :c], chunk[:, c:],
-                                       self.cfg.data.quantiles)
-            total, n = total + loss.item() * len(chunk), n + len(chunk)
-        return {"val_loss": total / n}
+        d = self.cfg.data
+        kinds = {"val_loss": (0, False)}
+        if self.pushforward or d.sampled_inputs > 0:
+            kinds["val_rollout_loss"] = (self.pushforward, d.sampled_inputs > 0)
+        out = {}
+        for name, (pushed, sampled) in kinds.items():
+            total, n = 0.0, 0
+            for i, chunk in enumerate(self._val.split(self.cfg.train.batch_size)):
+                loss = rollout_loss(model, self.tokenizer, d, chunk.to(device), pushed,
+                                    sampled, seed=i, noise=False)
+                total, n = total + loss.item() * len(chunk), n + len(chunk)
+            out[name] = total / n
+        return out
 
 
 # ---- the training loss ------------------------------------------------------------------------
-def teacher_forced_loss(model: nn.Module, tok, ctx: Tensor, fut: Tensor,
-                        levels: list[float]) -> Tensor:
-    """Training loss for context (B, C, F) and future (B, H, F) windows."""
+def rollout_plan(cfg: RunConfig, index: int, rng: np.random.Generator) -> tuple[int, int, int]:
+    """(chunks pushed forward, sampled decoder inputs 0/1, seed of the draws) of batch `index`.
+
+    Pushforward (Brandstetter et al. 2022): k chunks, uniform in 0..K_now, where K_now grows
+    from 0 to `data.pushforward` over the first `data.pushforward_warmup` fraction of the
+    steps (a curriculum: early on the model's own rollouts are noise). Sampled inputs are used
+    with probability `data.sampled_inputs` (scheduled sampling, Bengio et al. 2015), from
+    step `data.sampled_inputs_from * max_steps` on (accurate dynamics first, then spread).
+    """
+    d = cfg.data
+    ramp = d.pushforward_warmup * cfg.train.max_steps
+    top = d.pushforward if ramp <= 0 else min(d.pushforward, int(d.pushforward * index / ramp))
+    pushed = int(rng.integers(0, top + 1)) if d.tokenizer == "patch" else 0
+    late = index >= d.sampled_inputs_from * cfg.train.max_steps
+    sampled = int(rng.random() < d.sampled_inputs and late and d.tokenizer == "patch")
+    return pushed, sampled, int(rng.integers(0, 2**62))
+
+
+def rollout_loss(model: nn.Module, tok, d: Any, x: Tensor, pushed: int, sampled: bool,
+                 seed: int, noise: bool = True) -> Tensor:
+    """Loss on windows x (B, C + (1 + K) H, F) after pushing `pushed` chunks forward.
+
+    The context is rolled out `pushed` chunks with the model's own sampled paths, without
+    gradient (the pushforward trick: the model learns to forecast from the states its own
+    rollouts reach, and only the last chunk is differentiated); the target is the true chunk
+    that follows. With `sampled`, the decoder's inputs are the model's own draws too, so the
+    predicted quantiles are trained to cover the error its feedback accumulates. With `noise`,
+    Gaussian noise of `data.input_noise` training stds is added to the inputs (context and
+    decoder inputs, never the targets; Sanchez-Gonzalez et al. 2020).
+    """
+    c, h = d.context, d.horizon
+    if not isinstance(tok, PatchTokenizer):
+        return teacher_forced_loss(model, tok, x[:, :c], x[:, c:c + h], d.quantiles)
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    ctx = x[:, :c]
+    with torch.no_grad():
+        for k in range(pushed):  # the model's own closed-loop chunks, sampled
+            src, state = tok.encode_context(ctx)
+            drawn = sample_patch_tokens(model, tok, src, h // tok.patch_len, d.quantiles, gen,
+                                        d.draws)
+            ctx = torch.cat([ctx, tok.decode(drawn, state)], dim=1)[:, -c:]  # (B, C, F)
+    fut = x[:, c + pushed * h: c + (pushed + 1) * h]  # (B, H, F) the truth after the rollout
+    sigma = d.input_noise if noise else 0.0
+    return teacher_forced_loss(model, tok, ctx, fut, d.quantiles, sampled=sampled,
+                               noise=sigma, gen=gen, draws=d.draws)
+
+
+def teacher_forced_loss(model: nn.Module, tok, ctx: Tensor, fut: Tensor, levels: list[float],
+                        sampled: bool = False, noise: float = 0.0,
+                        gen: torch.Generator | None = None, draws: str = "element") -> Tensor:
+    """Training loss for context (B, C, F) and future (B, H, F) windows.
+
+    Patch tokenizer: pinball loss of the quantiles of each future patch given the context and
+    the previous patches, fed as the truth (teacher forcing) or, with `sampled`, as the
+    model's own autoregressive draws (no gradient through them); `noise` (in training stds)
+    perturbs the inputs only.
+    """
     state = tok.fit_state(ctx)
     if isinstance(tok, PatchTokenizer):
         src, tgt = tok.encode(ctx, state), tok.encode(fut, state)  # (B', N, token_dim)
         k = block_tokens(tok)  # decoder input = the targets shifted by one time patch
-        dec_in = torch.cat([src[:, -k:], tgt[:, :-k]], dim=1)
+        prev = tgt[:, :-k]
+        if sampled:
+            with torch.no_grad():
+                prev = sample_patch_tokens(model, tok, src, tgt.shape[1] // k - 1, levels, gen,
+                                           draws)
+        dec_in = torch.cat([src[:, -k:], prev], dim=1)  # (B', N, token_dim)
+        if noise > 0:
+            src = src + noise * _normal(src, gen)
+            dec_in = dec_in + noise * _normal(dec_in, gen)
         q = patch_quantiles(model, tok, model(src, dec_in), dec_in, len(levels))
         return pinball_loss(q.float(), tgt.float(), torch.tensor(levels))
     src, tgt = tok.encode(ctx, state), tok.encode(fut, state)  # (B', T*F) ids
     bos = torch.full_like(tgt[:, :1], tok.bos_id)
     logits = model.token_logits(model(src, torch.cat([bos, tgt[:, :-1]], dim=1)))
     return F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten())
+
+
+def _normal(like: Tensor, gen: torch.Generator | None) -> Tensor:
+    """Standard normal noise shaped like `like`, from `gen`."""
+    return torch.randn(like.shape, generator=gen, device=like.device, dtype=like.dtype)
