@@ -9,8 +9,8 @@ weights (`benchmarks.embed_throughput.build_pair`). Each measurement runs the sa
   `model.esm(...).last_hidden_state` in the same token-budget batches;
 - ``pseudo-perplexity``: every residue masked in turn (Salazar et al. 2020), the L masked
   copies batched to the same token budget: sciformer's `predict --score` path
-  (`sciformer.predict._one_at_a_time`, which computes the last layer only at the masked
-  position) vs HF's full `EsmForMaskedLM` logits read at the masked position.
+  (`sciformer.pipelines.residues.each_masked_alone`, which computes the last layer only at
+  the masked position) vs HF's full `EsmForMaskedLM` logits read at the masked position.
 
 Residues per second (scored residues / wall seconds, median of interleaved repeats after a
 warm-up) and the peak resident memory above the start (`benchmarks.PeakMemory`) of each call
@@ -28,15 +28,16 @@ import argparse
 import contextlib
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from benchmarks import PeakMemory, interleaved, matmul_peak, median, setup_threads, table
+from benchmarks import PeakMemory, matmul_peak, median, setup_threads, table
 from benchmarks.embed_throughput import SIZES, build_pair, proteins, run_hf, run_ours
-from sciformer.predict import _one_at_a_time
+from sciformer.pipelines.residues import each_masked_alone
 from sciformer.tokenizers.protein import TOKENIZER, frame
 from sciformer.tokenizers.protein import token_budget_batches
 
@@ -60,6 +61,14 @@ def hf_pseudo_log_probs(model, seq: np.ndarray, budget: int) -> np.ndarray:
     return out
 
 
+@torch.no_grad()
+def ours_pseudo_log_probs(model, seq: np.ndarray, window: int, budget: int) -> np.ndarray:
+    """log p(true residue) at every position of `seq`, each masked alone, through the path
+    of `ProteinLM.pseudo_log_likelihoods` (`predict --score`)."""
+    logp = each_masked_alone(model, seq, np.arange(len(seq)), window, budget, CPU)
+    return logp[np.arange(len(seq)), seq.astype(np.int64)]
+
+
 def _autocast(precision: str):
     """bf16 autocast on the CPU, or nothing."""
     if precision == "bf16":
@@ -67,9 +76,23 @@ def _autocast(precision: str):
     return contextlib.nullcontext()
 
 
+def _timed_repeats(jobs: dict[str, Any], repeats: int) -> dict[str, dict[str, list[float]]]:
+    """Wall and process-CPU seconds of each job, `repeats` times, peers interleaved."""
+    out: dict[str, dict[str, list[float]]] = {n: {"wall": [], "cpu": []} for n in jobs}
+    for _ in range(repeats):
+        for name, fn in jobs.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            fn()
+            out[name]["cpu"].append(time.process_time() - cpu)
+            out[name]["wall"].append(time.perf_counter() - wall)
+    return out
+
+
 def _measure(jobs: dict[str, Any], residues: int, repeats: int, precision: str
-             ) -> dict[str, dict[str, float]]:
-    """Residues/s (median of interleaved repeats) and peak MB of one call of each job."""
+             ) -> dict[str, dict[str, Any]]:
+    """Residues per wall second and per CPU second (medians of interleaved repeats) and the
+    peak MB of one call of each job. On a shared machine the CPU-second rate is the stable
+    one: with one thread it is the work itself, whatever else the cores are running."""
     out = {}
     for name, fn in jobs.items():
         with _autocast(precision):
@@ -79,9 +102,10 @@ def _measure(jobs: dict[str, Any], residues: int, repeats: int, precision: str
         out[name] = {"result": result,
                      "peak_mb": None if mem.value is None else mem.value / 2**20}
     with _autocast(precision):
-        times = interleaved(jobs, repeats, warmup=0)
+        times = _timed_repeats(jobs, repeats)
     for name in jobs:
-        out[name]["residues_per_s"] = residues / median(times[name])
+        out[name]["residues_per_s"] = residues / median(times[name]["wall"])
+        out[name]["residues_per_cpu_s"] = residues / median(times[name]["cpu"])
     return out
 
 
@@ -99,48 +123,91 @@ def run(size: str, n_embed: int, n_ppl: int, repeats: int, budget: int) -> dict[
             "HF EsmForMaskedLM": lambda: run_hf(hf, embed_seqs, budget, CPU)}),
         "pseudo-perplexity": (sum(map(len, ppl_seqs)), {
             "sciformer": lambda: np.concatenate(
-                [_one_at_a_time(ours, cfg, s, CPU) for s in ppl_seqs]),
+                [ours_pseudo_log_probs(ours, s, window, budget) for s in ppl_seqs]),
             "HF EsmForMaskedLM": lambda: np.concatenate(
                 [hf_pseudo_log_probs(hf, s, budget) for s in ppl_seqs])}),
     }
-    native_bf16 = matmul_peak(torch.bfloat16, 512, 3) >= 0.5 * matmul_peak(torch.float32, 512, 3)
+    bf16_speed = matmul_peak(torch.bfloat16, 512, 3) / matmul_peak(torch.float32, 512, 3)
+    native_bf16 = bf16_speed >= 0.5
+    fp32_results: dict[tuple[str, str], np.ndarray] = {}
     rows = []
     for precision in ("fp32", "bf16") if native_bf16 else ("fp32",):
         for task, (residues, jobs) in tasks.items():
             res = _measure(jobs, residues, repeats, precision)
             a, b = (res[k]["result"] for k in jobs)
             diff = float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
-            ours_rate = res["sciformer"]["residues_per_s"]
+            ref = fp32_results.setdefault((task, "sciformer"), a) if precision == "fp32" \
+                else fp32_results[(task, "sciformer")]
+            mine = res["sciformer"]
             for name in jobs:
-                rows.append({"task": task, "precision": precision, "peer": name,
-                             "residues": residues, "residues_per_s": res[name]["residues_per_s"],
-                             "peak_mb": res[name]["peak_mb"], "max_abs_diff": diff,
-                             "sciformer_x": ours_rate / res[name]["residues_per_s"]})
+                r = res[name]
+                rows.append({
+                    "size": size, "task": task, "precision": precision, "peer": name,
+                    "residues": residues, "residues_per_s": r["residues_per_s"],
+                    "residues_per_cpu_s": r["residues_per_cpu_s"], "peak_mb": r["peak_mb"],
+                    "max_abs_diff": diff,
+                    "vs_fp32": float(np.abs(np.asarray(r["result"], np.float64) - ref).max()),
+                    "sciformer_x": mine["residues_per_s"] / r["residues_per_s"],
+                    "sciformer_x_cpu": mine["residues_per_cpu_s"] / r["residues_per_cpu_s"]})
     note = "" if native_bf16 else ("bf16 skipped: this CPU has no native bf16 matmul "
                                    "(emulated bf16 is slower than fp32)")
-    return {"size": size, "shape": SIZES[size], "budget": budget, "rows": rows, "note": note}
+    return {"size": size, "shape": SIZES[size], "budget": budget, "rows": rows, "note": note,
+            "bf16_matmul_over_fp32": bf16_speed}
+
+
+@torch.no_grad()
+def pseudo_perplexity_memory(lengths: list[int], window: int = 126) -> list[dict[str, Any]]:
+    """Peak memory of sciformer's pseudo-perplexity (every residue masked alone) on random
+    sequences of the given lengths, with the tiny ESM-2 shape (64 wide, 2 layers) and
+    windows of `window` residues: with masked copies built a window at a time, the peak
+    should grow with the length only through the (L, 33) output, not as L^2."""
+    with tempfile.TemporaryDirectory() as tmp:
+        _, ours, _ = build_pair("tiny", CPU, Path(tmp))
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in lengths:
+        seq = np.asarray(TOKENIZER.standard_ids, np.uint8)[rng.integers(0, 20, n)]
+        with PeakMemory() as mem:
+            wall, cpu = time.perf_counter(), time.process_time()
+            logp = ours_pseudo_log_probs(ours, seq, window, 4096)
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        rows.append({"residues": n, "window": window,
+                     "peak_mb": None if mem.value is None else mem.value / 2**20,
+                     "cpu_s": cpu, "wall_s": wall,
+                     "pseudo_perplexity": float(np.exp(-logp.mean()))})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size", choices=SIZES, default="8M")
+    ap.add_argument("--size", choices=SIZES, nargs="+", default=["8M"])
     ap.add_argument("--quick", action="store_true", help="fewer proteins, one repeat")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens-per-batch", type=int, default=4096)
+    ap.add_argument("--memory-lengths", type=int, nargs="*", default=[],
+                    help="also measure pseudo-perplexity peak memory at these lengths")
     ap.add_argument("--json", type=Path, default=None, help="write the result here")
     args = ap.parse_args(argv)
     setup_threads(args.threads)
-    res = run(args.size, 8 if args.quick else 32, 1 if args.quick else 3,
-              args.repeats or (1 if args.quick else 3), args.tokens_per_batch)
-    cols = ["task", "precision", "peer", "residues", "residues_per_s", "peak_mb",
-            "sciformer_x", "max_abs_diff"]
-    print(table(res["rows"], cols, f"\nProtein inference, ESM-2 {res['size']} shape "
-                f"{res['shape']} (sciformer_x: sciformer residues/s over the row's)"))
-    if res["note"]:
-        print("note:", res["note"])
+    results = [run(size, 8 if args.quick else 32, 1 if args.quick else 3,
+                   args.repeats or (1 if args.quick else 3), args.tokens_per_batch)
+               for size in args.size]
+    cols = ["size", "task", "precision", "peer", "residues", "residues_per_s",
+            "residues_per_cpu_s", "peak_mb", "sciformer_x", "sciformer_x_cpu", "max_abs_diff",
+            "vs_fp32"]
+    rows = [r for res in results for r in res["rows"]]
+    print(table(rows, cols, f"\nProtein inference vs HF EsmForMaskedLM, {args.threads} threads "
+                "(sciformer_x: sciformer's rate over the row's; vs_fp32: largest difference "
+                "from sciformer's fp32 result)"))
+    for res in results:
+        print(f"{res['size']}: bf16 matmul {res['bf16_matmul_over_fp32']:.2f}x fp32. "
+              + (res["note"] or ""))
+    memory = pseudo_perplexity_memory(args.memory_lengths) if args.memory_lengths else []
+    if memory:
+        print(table(memory, list(memory[0]), "\nPseudo-perplexity peak memory (tiny shape)"))
     if args.json:
-        args.json.write_text(json.dumps(res))
+        args.json.write_text(json.dumps({"sizes": results, "memory": memory}, default=str))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ import os
 import pickle
 import re
 import shutil
+import tempfile
 import zipfile
 from collections import OrderedDict, defaultdict
 from pathlib import Path
@@ -48,7 +49,7 @@ import torch
 from sciformer.config import DataConfig, ModelConfig, RunConfig, save_config
 from sciformer.errors import CheckpointError
 from sciformer.runs import MaskedState, check_weights, state_to_dict
-from sciformer.io.atomic import write_json_atomic
+from sciformer.io.atomic import UMASK, make_parents, remove_created, write_json_atomic
 from sciformer.tokenizers.protein import ALPHABET, ProteinTokenizer
 
 #: Attention heads of the published ESM-2 sizes by width (8M ... 15B), for state dicts that
@@ -119,8 +120,7 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "refuse"
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{path}: cannot load as a plain state dict ({first[:160]})"
+        raise CheckpointError(f"{path}: cannot load as a plain state dict ({_first_line(exc)})"
                               ) from None
 
 
@@ -130,7 +130,12 @@ def _hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     if (folder / "model.safetensors").is_file():
         from safetensors.torch import load_file
 
-        tensors = load_file(str(folder / "model.safetensors"))
+        path = folder / "model.safetensors"
+        try:
+            tensors = load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ...: a bad file
+            raise CheckpointError(f"{path}: not a readable safetensors file "
+                                  f"({_first_line(exc)})") from None
     elif (folder / "pytorch_model.bin").is_file():
         tensors = _torch_load(folder / "pytorch_model.bin")
     else:
@@ -142,27 +147,73 @@ def _hf_model_config(folder: Path) -> tuple[ModelConfig, int]:
     """ModelConfig from an HF `EsmConfig` json; (config, max_position_embeddings)."""
     path = folder / "config.json"
     try:
-        hf = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: cannot read the EsmConfig ({exc})") from None
+        hf = json.loads(read_utf8(path, "the EsmConfig"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{path}: expected a JSON object (an EsmConfig), found "
+                              f"{type(hf).__name__}")
     need = {"position_embedding_type": "rotary", "vocab_size": 33, "pad_token_id": 1,
             "mask_token_id": 32, "emb_layer_norm_before": False, "is_decoder": False}
     for key, want in need.items():
         if hf.get(key, want) != want:
             raise CheckpointError(f"{path}: '{key}' is {hf.get(key)!r}; only ESM-2 checkpoints "
                                   f"({key}={want!r}) can be imported")
-    if float(hf.get("rope_theta", 10000.0)) != 10000.0:
+    size = {key: _config_int(hf, key, path) for key in _HF_SIZES}
+    if _config_number(hf, "rope_theta", 10000.0, path) != 10000.0:
         raise CheckpointError(f"{path}: rope_theta {hf['rope_theta']} is not ESM-2's 10000")
-    cfg = esm2_model_config(d_model=hf["hidden_size"], n_heads=hf["num_attention_heads"],
-                            n_layers=hf["num_hidden_layers"], d_ff=hf["intermediate_size"],
+    cfg = esm2_model_config(d_model=size["hidden_size"], n_heads=size["num_attention_heads"],
+                            n_layers=size["num_hidden_layers"], d_ff=size["intermediate_size"],
                             token_dropout=bool(hf.get("token_dropout", True)),
-                            eps=float(hf.get("layer_norm_eps") or 1e-12),
-                            dropout=float(hf.get("hidden_dropout_prob", 0.0)),
-                            attention_dropout=float(hf.get("attention_probs_dropout_prob", 0.0)))
+                            eps=_config_number(hf, "layer_norm_eps", 1e-12, path),
+                            dropout=_config_number(hf, "hidden_dropout_prob", 0.0, path),
+                            attention_dropout=_config_number(hf, "attention_probs_dropout_prob",
+                                                             0.0, path))
     vocab = folder / "vocab.txt"
-    if vocab.is_file() and tuple(vocab.read_text().split()) != ALPHABET:
+    if vocab.is_file() and tuple(read_utf8(vocab, "the token list").split()) != ALPHABET:
         raise CheckpointError(f"{vocab}: token list differs from the ESM-2 alphabet")
-    return cfg, int(hf.get("max_position_embeddings", 1026))
+    return cfg, int(_config_number(hf, "max_position_embeddings", 1026, path))
+
+
+#: EsmConfig sizes an import cannot do without.
+_HF_SIZES = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size")
+
+
+def read_utf8(path: Path, what: str) -> str:
+    """The text of `path`; CheckpointError naming it when unreadable or not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                              f"offset {exc.start}); cannot read {what}") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+
+
+def _config_int(hf: dict[str, Any], key: str, path: Path) -> int:
+    """A required positive integer of an EsmConfig."""
+    if key not in hf:
+        raise CheckpointError(f"{path}: no '{key}' (an ESM-2 EsmConfig needs "
+                              f"{', '.join(_HF_SIZES)})")
+    value = hf[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CheckpointError(f"{path}: '{key}' must be a positive integer, found {value!r}")
+    return value
+
+
+def _config_number(hf: dict[str, Any], key: str, default: float, path: Path) -> float:
+    """An optional finite number of an EsmConfig (absent or null: `default`)."""
+    value = hf.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise CheckpointError(f"{path}: '{key}' must be a number, found {value!r}")
+    return float(value)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type when empty), at most 160 chars."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
 
 
 # ---- fair-esm hub files: a restricted unpickler ------------------------------------------
@@ -352,12 +403,14 @@ def _fair_model_config(sd: dict[str, torch.Tensor], path: Path, heads: int | Non
     """Shapes give width, depth and FFN width; heads come from --heads, else the file's
     configuration, else the rotary frequencies, else the published sizes. Configuration
     values that contradict the tensors are refused."""
-    if "embed_tokens.weight" not in sd:
-        raise CheckpointError(f"{path}: no 'embed_tokens.weight'; not a fair-esm ESM-2 state dict")
-    vocab, d = sd["embed_tokens.weight"].shape
+    vocab, d = _matrix(sd, "embed_tokens.weight", path)
     if vocab != len(ALPHABET):
         raise CheckpointError(f"{path}: vocabulary of {vocab} tokens; ESM-2 has {len(ALPHABET)}")
-    n_layers = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"layers\.(\d+)\.", k)))
+    numbers = [int(m.group(1)) for k in sd if (m := re.match(r"layers\.(\d+)\.", k))]
+    if not numbers:
+        raise CheckpointError(f"{path}: no 'layers.N.' weights; not a fair-esm ESM-2 state dict")
+    n_layers = 1 + max(numbers)
+    d_ff = _matrix(sd, "layers.0.fc1.weight", path)[0]
     for key, have in (("layers", n_layers), ("embed_dim", d)):
         if key in hparams and hparams[key] != have:
             raise CheckpointError(f"{path}: configuration says {key}={hparams[key]}, the "
@@ -371,9 +424,19 @@ def _fair_model_config(sd: dict[str, torch.Tensor], path: Path, heads: int | Non
         raise CheckpointError(f"{path}: cannot tell the number of attention heads of width {d}; "
                               "pass --heads")
     return esm2_model_config(d_model=d, n_heads=heads, n_layers=n_layers,
-                             d_ff=sd["layers.0.fc1.weight"].shape[0],
+                             d_ff=d_ff,
                              token_dropout=bool(hparams.get("token_dropout", True)),
                              eps=1e-5, dropout=0.0, attention_dropout=0.0)  # eps: fair-esm's
+
+
+def _matrix(sd: dict[str, torch.Tensor], key: str, path: Path) -> tuple[int, int]:
+    """The (rows, columns) of the 2-D weight `key` of a fair-esm state dict."""
+    if key not in sd:
+        raise CheckpointError(f"{path}: no '{key}'; not a fair-esm ESM-2 state dict")
+    if sd[key].dim() != 2:
+        raise CheckpointError(f"{path}: '{key}' has shape {tuple(sd[key].shape)}, expected a "
+                              "2-D matrix")
+    return tuple(sd[key].shape)
 
 
 def esm2_model_config(*, d_model: int, n_heads: int, n_layers: int, d_ff: int,
@@ -398,6 +461,21 @@ def _check_rotary(tensors: dict[str, torch.Tensor], cfg: ModelConfig, source: Pa
                                          or not torch.allclose(value.double(), ours, rtol=1e-3)):
             raise CheckpointError(f"{source}: rotary frequencies '{key}' do not match "
                                   f"{cfg.n_heads} heads of width {d_head} with base 10000")
+
+
+def _check_sizes(mapped: dict[str, torch.Tensor], cfg: ModelConfig, source: Path) -> None:
+    """The input embedding and the layer count must match the configuration before a model
+    of that size is built (a config.json saying hidden_size=10**6 must not allocate it)."""
+    embed = mapped.get("embed.weight")
+    if embed is None:
+        raise CheckpointError(f"{source}: no input embedding (word_embeddings / embed_tokens)")
+    if tuple(embed.shape) != (len(ALPHABET), cfg.d_model):
+        raise CheckpointError(f"{source}: input embedding has shape {tuple(embed.shape)}, the "
+                              f"configuration implies {(len(ALPHABET), cfg.d_model)}")
+    layers = {int(k.split(".")[1]) for k in mapped if k.startswith("encoder.")}
+    if layers != set(range(cfg.n_encoder_layers)):
+        raise CheckpointError(f"{source}: weights of layers {sorted(layers)[:8]}, the "
+                              f"configuration says {cfg.n_encoder_layers} layers")
 
 
 def _tie_or_untie(mapped: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
@@ -425,6 +503,7 @@ def load_esm2(source: str | Path, heads: int | None = None
         raise CheckpointError(f"{source}: no such checkpoint file or directory")
     _check_rotary(raw, cfg, source)
     mapped = rename_keys(raw, rules, unused, source)
+    _check_sizes(mapped, cfg, source)
     _tie_or_untie(mapped, cfg)
     return cfg, {k: v.float() for k, v in mapped.items()}, max_pos, fmt, hparams
 
@@ -444,8 +523,6 @@ def import_esm2(source: str | Path, out: str | Path, heads: int | None = None) -
 
     The folder is assembled under a temporary name and renamed when complete.
     """
-    from sciformer.train.checkpoint import save_weights
-
     source, out = Path(source), Path(out)
     if out.exists():
         raise CheckpointError(f"{out}: already exists; choose a new --out for the import")
@@ -454,19 +531,41 @@ def import_esm2(source: str | Path, out: str | Path, heads: int | None = None) -
     crop = max(max_pos - 4, 1)  # ESM-2: 1026 positions -> crops of 1022 residues + <cls>/<eos>
     run = RunConfig(model=cfg, data=DataConfig(task="masked", crop_length=crop, val_fraction=0.0,
                                                tokens_per_batch=max(4096, crop + 2)))
-    tmp = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    created = make_parents(out.parent)  # removed again if the import fails
+    try:  # a fresh temporary name: an existing .tmp-* folder is never touched
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}.", dir=out.parent))
+    except OSError as exc:
+        remove_created(created)
+        raise CheckpointError(f"{out}: cannot create a folder beside it ({exc.strerror})"
+                              ) from None
+    try:
+        os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes 0700; give the usual permissions
+        _write_run(tmp, run, model, fmt, source, hparams)
+        try:
+            os.rename(tmp, out)
+        except OSError as exc:
+            raise CheckpointError(f"{out}: cannot create the run folder ({exc.strerror}; "
+                                  "was it created meanwhile?)") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        remove_created(created)
+        raise
+    return out
+
+
+def _write_run(folder: Path, run: RunConfig, model: torch.nn.Module, fmt: str, source: Path,
+               hparams: dict[str, Any]) -> None:
+    """config.json, model.safetensors and an empty split.json of an imported run."""
+    from sciformer.train.checkpoint import save_weights
+
     state = MaskedState(residue_counts=[0] * len(ALPHABET),
                         imported_from={"format": fmt, "path": str(source.resolve()),
                                        **({"config": hparams} if hparams else {})})
-    save_config(run.validate(), tmp / "config.json", extra=state_to_dict(state))
-    save_weights(model, tmp / "model.safetensors")
-    write_json_atomic(tmp / "split.json", {"unit": "record", "files": [], "n_records": 0,
-                                           "train": [], "heldout": [], "heldout_origin": [],
-                                           "heldout_ids": []})
-    os.replace(tmp, out)
-    return out
+    save_config(run.validate(), folder / "config.json", extra=state_to_dict(state))
+    save_weights(model, folder / "model.safetensors")
+    write_json_atomic(folder / "split.json", {"unit": "record", "files": [], "n_records": 0,
+                                              "train": [], "heldout": [], "heldout_origin": [],
+                                              "heldout_ids": []})
 
 
 def relabel_untrained_baseline(metrics: dict[str, Any], state: MaskedState,

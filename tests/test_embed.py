@@ -173,3 +173,34 @@ def test_existing_non_embeddings_output_is_refused(tmp_path: Path, proteins: Pat
     res = CliRunner().invoke(main, ["embed", str(run), str(proteins), "--out", str(out)])
     assert res.exit_code == 1 and "notes.h5: exists and is not" in res.output
     assert out.read_text() == "not hdf5"  # left alone
+
+
+def test_batches_without_padding_skip_the_mask_and_give_the_same_numbers() -> None:
+    """`padding` drops an all-False mask (the masked copies of one window have one length);
+    the unmasked attention must give what the explicit mask gives, for embeddings and for
+    pseudo-log-likelihoods, with token dropout (which reads the lengths) on."""
+    from sciformer.pipelines.residues import each_masked_alone, padding
+    from sciformer.tokenizers.protein import TOKENIZER
+
+    torch.manual_seed(0)
+    model = SciFormer(ModelConfig(d_model=16, n_heads=2, n_encoder_layers=2, n_decoder_layers=0,
+                                  d_ff=32, dropout=0.0, positions="rotary", token_dropout=True,
+                                  embed_scale=False, lm_head="roberta")).eval()
+    tokens = torch.randint(4, 24, (3, 12))
+    assert padding(tokens) is None
+    padded = tokens.clone()
+    padded[1, 9:] = TOKENIZER.pad_id
+    assert padding(padded).tolist() == (padded == TOKENIZER.pad_id).tolist()
+    with torch.no_grad():
+        plain = model.encode(tokens, None)
+        masked = model.encode(tokens, torch.zeros_like(tokens, dtype=torch.bool))
+    assert torch.allclose(plain, masked, atol=1e-6, rtol=0)
+    seq = tokens[0].numpy().astype(np.uint8)
+    got = each_masked_alone(model, seq, np.arange(12), 16, 64, CPU)
+    with torch.no_grad():  # the same copies one at a time, with an explicit all-False mask
+        for pos in range(12):
+            framed = torch.cat([torch.tensor([0]), tokens[0], torch.tensor([2])])[None]
+            framed[0, pos + 1] = TOKENIZER.mask_id
+            h = model.encode(framed, torch.zeros_like(framed, dtype=torch.bool))[0, pos + 1]
+            want = torch.log_softmax(model.token_logits(h), -1).numpy()
+            np.testing.assert_allclose(got[pos], want, atol=1e-5, rtol=0)

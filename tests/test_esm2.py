@@ -298,3 +298,117 @@ def test_hub_file_with_a_malicious_global_is_refused(tmp_path: Path, payload: st
     assert re.search(rf"refused to unpickle global '[\w.]*{name}'", res.output), res.output
     assert "evil.pt" in res.output and len(res.output.strip().splitlines()) == 1
     assert not marker.exists() and not (tmp_path / "run").exists()
+
+
+# ---- bad ESM-2 files: one line naming the file and key, nothing left behind ---------------
+def _copy_hf(hf_dir, tmp_path: Path) -> Path:
+    import shutil
+
+    folder = tmp_path / "esm2_copy"
+    shutil.copytree(hf_dir[0], folder)
+    return folder
+
+
+def _edit_config(folder: Path, **changes) -> None:
+    cfg = json.loads((folder / "config.json").read_text())
+    for key, value in changes.items():
+        if value is _DROP:
+            del cfg[key]
+        else:
+            cfg[key] = value
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+_DROP = object()
+_HF_BREAKAGES = {  # name -> (how to break the copy, what the one line must say)
+    "corrupt safetensors": (lambda f: (f / "model.safetensors").write_bytes(b"\x07junk" * 9),
+                            r"model\.safetensors: not a readable safetensors file"),
+    "config not utf-8": (lambda f: (f / "config.json").write_bytes(b'{"a": "\xff\xfe"}'),
+                         r"config\.json: not UTF-8 text \(byte 0xff at offset 7\)"),
+    "config not json": (lambda f: (f / "config.json").write_text("{hidden_size: 64"),
+                        r"config\.json: not valid JSON"),
+    "config a list": (lambda f: (f / "config.json").write_text("[64, 2]"),
+                      r"config\.json: expected a JSON object \(an EsmConfig\), found list"),
+    **{f"no {key}": (lambda f, key=key: _edit_config(f, **{key: _DROP}),
+                     rf"config\.json: no '{key}' \(an ESM-2 EsmConfig needs")
+       for key in ("hidden_size", "num_attention_heads", "num_hidden_layers",
+                   "intermediate_size")},
+    "hidden_size a string": (lambda f: _edit_config(f, hidden_size="64"),
+                             r"config\.json: 'hidden_size' must be a positive integer, found '64'"),
+    "rope_theta a string": (lambda f: _edit_config(f, rope_theta="ten thousand"),
+                            r"config\.json: 'rope_theta' must be a number, found 'ten thousand'"),
+    "layer_norm_eps a list": (lambda f: _edit_config(f, layer_norm_eps=[1e-5]),
+                              r"config\.json: 'layer_norm_eps' must be a number, found \[1e-05\]"),
+    "layers not the tensors'": (lambda f: _edit_config(f, num_hidden_layers=5000),
+                                r"esm2_copy: weights of layers \[0, 1\], the configuration "
+                                r"says 5000 layers"),
+    "vocab not utf-8": (lambda f: (f / "vocab.txt").write_bytes(b"<cls>\n<pad>\n\xc3\x28\n"),
+                        r"vocab\.txt: not UTF-8 text \(byte 0xc3 at offset 12\)"),
+}
+
+
+def _assert_one_line_and_nothing_left(res, pattern: str, tmp_path: Path, before: set) -> None:
+    assert res.exit_code == 1, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
+    assert re.search(pattern, lines[0]), lines[0]
+    assert "Traceback" not in res.output
+    assert set(tmp_path.rglob("*")) == before  # no run, no .tmp-*, no parent folders
+
+
+@pytest.mark.parametrize("name", list(_HF_BREAKAGES))
+def test_bad_hf_directory_is_one_line_naming_file_and_key(tmp_path: Path, hf_dir, name: str
+                                                          ) -> None:
+    folder = _copy_hf(hf_dir, tmp_path)
+    (folder / "vocab.txt").write_text("\n".join(__import__("sciformer.tokenizers.protein",
+                                                           fromlist=["ALPHABET"]).ALPHABET))
+    breakage, pattern = _HF_BREAKAGES[name]
+    breakage(folder)
+    before = set(tmp_path.rglob("*"))
+    res = CliRunner().invoke(main, ["import-esm2", str(folder),
+                                    "--out", str(tmp_path / "new" / "deeper" / "run")])
+    _assert_one_line_and_nothing_left(res, pattern, tmp_path, before)
+
+
+@pytest.mark.parametrize("state, pattern", [
+    ({"embed_tokens.weight": torch.zeros(33, 8)},
+     r"bad\.pt: no 'layers\.N\.' weights; not a fair-esm ESM-2 state dict"),
+    ({"embed_tokens.weight": torch.zeros(33, 8), "layers.0.fc2.weight": torch.zeros(8, 16)},
+     r"bad\.pt: no 'layers\.0\.fc1\.weight'; not a fair-esm ESM-2 state dict"),
+    ({"embed_tokens.weight": torch.zeros(33), "layers.0.fc1.weight": torch.zeros(16, 8)},
+     r"bad\.pt: 'embed_tokens\.weight' has shape \(33,\), expected a 2-D matrix"),
+    ({"embed_tokens.weight": torch.zeros(33, 8), "layers.0.fc1.weight": torch.zeros(16)},
+     r"bad\.pt: 'layers\.0\.fc1\.weight' has shape \(16,\), expected a 2-D matrix"),
+])
+def test_bad_fair_esm_state_dict_is_one_line_naming_the_key(tmp_path: Path, state: dict,
+                                                             pattern: str) -> None:
+    torch.save({"model": state}, tmp_path / "bad.pt")
+    before = set(tmp_path.rglob("*"))
+    res = CliRunner().invoke(main, ["import-esm2", str(tmp_path / "bad.pt"), "--heads", "2",
+                                    "--out", str(tmp_path / "new" / "run")])
+    _assert_one_line_and_nothing_left(res, pattern, tmp_path, before)
+
+
+def test_import_leaves_nothing_on_failure_and_never_touches_a_foreign_tmp(
+        tmp_path: Path, hf_dir, monkeypatch) -> None:
+    import sciformer.train.checkpoint as checkpoint
+    from sciformer.io.atomic import WriteError
+
+    foreign = tmp_path / "out" / ".tmp-run"  # someone else's folder of the temporary name
+    foreign.mkdir(parents=True)
+    (foreign / "keep.txt").write_text("mine")
+
+    def fail(*_a, **_k):
+        raise WriteError("disk full (simulated)")
+
+    monkeypatch.setattr(checkpoint, "save_weights", fail)
+    before = set(tmp_path.rglob("*"))
+    for out in (tmp_path / "out" / "run", tmp_path / "fresh" / "sub" / "run"):
+        with pytest.raises(WriteError, match="simulated"):
+            import_esm2(hf_dir[0], out)
+        assert set(tmp_path.rglob("*")) == before  # half-written run and new parents removed
+    monkeypatch.undo()
+    run = import_esm2(hf_dir[0], tmp_path / "out" / "run")
+    assert (run / "model.safetensors").is_file() and oct(run.stat().st_mode & 0o77) != "0o0"
+    assert (foreign / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".tmp-run", "run"]

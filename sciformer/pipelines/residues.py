@@ -22,6 +22,14 @@ from sciformer.errors import ConfigError
 from sciformer.tokenizers.protein import TOKENIZER, frame, iter_windows, token_budget_batches
 
 
+def padding(tokens: torch.Tensor) -> torch.Tensor | None:
+    """(B, T) True at padding, or None when the batch has none (all pieces of one length, as
+    the masked copies of one window are): attention then runs without a mask, which is the
+    same arithmetic with less work."""
+    pad = tokens == TOKENIZER.pad_id
+    return pad if bool(pad.any()) else None
+
+
 # ---- log-probabilities -----------------------------------------------------------------------
 def window_plan(length: int, window: int) -> list[tuple[int, int, np.ndarray]]:
     """[(start, end, owned positions)]: each residue owned by its most central window."""
@@ -60,7 +68,7 @@ def masked_log_probs(model: nn.Module, inputs: list[np.ndarray], queries: list[n
         select = torch.zeros(tokens.shape, dtype=torch.bool)
         for row, m in enumerate(members):
             select[row, pieces[m][2]] = True
-        h = model.encode(tokens, tokens == TOKENIZER.pad_id, select=select.to(device))  # (N, D)
+        h = model.encode(tokens, padding(tokens), select=select.to(device))  # (N, D)
         logp = torch.log_softmax(model.token_logits(h).float(), dim=-1).cpu().numpy()
         bounds = np.cumsum([0] + [len(pieces[m][2]) for m in members])  # rows in select order
         for row, m in enumerate(members):
@@ -213,7 +221,7 @@ def embed_sequences(model: nn.Module, seqs: list[np.ndarray], layers: list[int],
     for members in token_budget_batches(lengths, tokens_per_batch, shuffle=False):
         tokens = TOKENIZER.pad_batch([frame(seqs[pieces[m][0]][pieces[m][1]:pieces[m][2]])
                                       for m in members]).to(device)
-        outs = model.encode(tokens, tokens == TOKENIZER.pad_id, return_layers=True)
+        outs = model.encode(tokens, padding(tokens), return_layers=True)
         chosen = torch.stack([outs[k] for k in layers]).float().cpu().numpy()  # (n, B, T, D)
         for row, m in enumerate(members):
             i, s, e, wt = pieces[m]
