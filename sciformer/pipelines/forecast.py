@@ -178,7 +178,10 @@ class Forecaster:
         return getattr(self.tokenizer, "patch_len", 1)
 
     def check_state_shape(self, shape: tuple[int, ...], source: str) -> None:
-        """Data must have the state shape the model was trained on."""
+        """Data must have the state shape the model was trained on (any shape for a
+        channel-agnostic run: each channel is its own series)."""
+        if self.state.channel_agnostic:
+            return
         if tuple(shape) != self.state_shape:
             raise InputError(f"{source}: state shape {tuple(shape)} does not match the model's "
                              f"{self.state_shape} (channel count differs from the trained "

@@ -73,6 +73,10 @@ def make_tokenizer(cfg: RunConfig, n_features: int,
     """The tokenizer of `cfg.data`; with `stats` (mean, std per feature), patches are scaled
     by those training statistics (`DatasetScaledPatchTokenizer`) instead of per window."""
     d = cfg.data
+    if d.tokenizer == "patch" and d.scaling == "instance" and d.channels == "independent":
+        from sciformer.tokenizers.agnostic import ChannelAgnosticPatchTokenizer
+
+        return ChannelAgnosticPatchTokenizer(d.patch_len, n_features)
     if d.tokenizer == "patch":
         if stats is not None:
             return DatasetScaledPatchTokenizer(d.patch_len, n_features, d.channels,
@@ -129,7 +133,8 @@ class ForecastTask:
         train, val = split_indices(n, d.val_fraction, d.val_max, cfg.train.seed)
         self.train_idx, self.val_idx = train, val
         self.n_features = self.data.meta.n_features
-        stats = data_statistics(self.data, train) if d.tokenizer == "patch" else None
+        dataset_scaled = d.tokenizer == "patch" and d.scaling == "dataset"
+        stats = data_statistics(self.data, train) if dataset_scaled else None
         self.tokenizer = tok = make_tokenizer(cfg, self.n_features, stats)
         if isinstance(tok, PatchTokenizer):
             widths = dict(vocab_size=0, input_dim=tok.token_dim,
@@ -146,7 +151,9 @@ class ForecastTask:
         return ForecastState(train_files=[str(p) for p in self.paths],
                              state_shape=list(meta.state_shape), n_features=self.n_features,
                              dt=meta.dt, lyapunov_time=meta.lyapunov_time, system=meta.system,
-                             field_names=meta.field_names, tokenizer=self.tokenizer.to_config())
+                             field_names=meta.field_names, tokenizer=self.tokenizer.to_config(),
+                             channel_agnostic=self.tokenizer.to_config().get(
+                                 "channel_agnostic", False))
 
     def split(self) -> dict[str, Any]:
         items = self.data.items

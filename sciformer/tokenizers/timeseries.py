@@ -350,6 +350,10 @@ def tokenizer_from_config(config: dict[str, Any]) -> PatchTokenizer | BinTokeniz
     """Rebuild a tokenizer from its `to_config()` (a run's saved task state): a patch
     tokenizer with fixed training statistics (`loc`, `scale`) is dataset-scaled."""
     kwargs = {k: v for k, v in config.items() if k != "name"}
+    if config.get("name") == "patch_any":  # channel-agnostic (sciformer.tokenizers.agnostic)
+        from sciformer.tokenizers.agnostic import ChannelAgnosticPatchTokenizer
+
+        return ChannelAgnosticPatchTokenizer(**kwargs)
     if config.get("name") == "patch" and "loc" in kwargs:
         try:
             return DatasetScaledPatchTokenizer(**kwargs)
