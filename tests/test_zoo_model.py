@@ -68,3 +68,63 @@ def test_per_dataset_run_still_refuses_other_channel_counts(tmp_path):
     fc = load(tmp_path / "run", device="cpu")
     with pytest.raises(InputError, match="channel count"):
         fc.check_state_shape((5,), "x.h5")
+
+
+# ---- 2. pretraining on a zoo corpus ---------------------------------------------------------
+def fake_corpus(path: Path, dims: list[int], n_traj: int = 2, n_time: int = 64) -> Path:
+    """A corpus in the zoo format whose group g has dims[g] channels, every value equal to
+    the group index g (so a window tells which group it came from)."""
+    with h5py.File(path, "w") as f:
+        f.attrs["format"] = "sciformer-zoo"
+        f.attrs["format_version"] = 1
+        f.attrs["base_systems"] = ["chen", "lu"]
+        f.attrs["held_out_systems"] = ["rossler", "halvorsen"]
+        for g, dim in enumerate(dims):
+            grp = f.create_group(f"systems/{g:05d}_chen")
+            grp["states"] = np.full((n_traj, n_time, dim), float(g), np.float32)
+            grp["states"][:, :, 0] += np.sin(np.arange(n_time) / 3.0)  # not constant
+            grp.attrs.update(system="chen", base_systems=["chen"], params="{}", coupling="",
+                             dt=0.01, period=1.0, timescale=1.0, lyapunov_time=1.0,
+                             field_names=[f"x{j}" for j in range(dim)])
+    return path
+
+
+def test_zoo_task_reads_mixed_dimensions_and_never_trains_on_heldout_groups(tmp_path):
+    from sciformer.tasks import build_task
+
+    corpus = fake_corpus(tmp_path / "zoo.h5", [3, 4, 6, 3, 5, 9, 3, 4])
+    task = build_task(load_config(None, [*TINY, "data.val_fraction=0.25"]), [corpus])
+    assert type(task).__name__ == "ZooTask" and len(task.val_idx) == 2
+    assert sorted(task.train_idx + task.val_idx) == list(range(8))
+    seen = set()
+    for i in range(40):
+        w = task.batch(i)["window"]
+        assert w.shape == (8, 24, 1)
+        seen |= {int(round(v)) for v in w[:, :, 0].max(dim=1).values.floor().tolist()}
+    assert seen <= set(task.train_idx) and not seen & set(task.val_idx)
+    assert len(seen) >= 4  # systems of several dimensions were drawn
+    state = task.state()
+    assert state.channel_agnostic and state.base_systems == ["chen", "lu"]
+    split = task.split()
+    assert split["unit"] == "system" and set(split["heldout_systems"]).isdisjoint(
+        split["train_systems"])
+
+
+def test_pretrain_cli_recognises_a_corpus_and_records_base_systems(tmp_path):
+    corpus = fake_corpus(tmp_path / "zoo.h5", [3, 5, 4, 6])
+    run = tmp_path / "run"
+    sets = [a for s in [*TINY, "train.max_steps=2"] for a in ("--set", s)]
+    res = CliRunner().invoke(main, ["pretrain", str(corpus), "--out-dir", str(run), *sets])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["base_systems"] == ["chen", "lu"] and cfg["channel_agnostic"] is True
+    assert cfg["data"]["scaling"] == "instance" and cfg["data"]["channels"] == "independent"
+
+
+def test_zoo_corpus_refuses_explicit_dataset_scaling(tmp_path):
+    from sciformer.errors import ConfigError
+    from sciformer.tasks import build_task
+
+    corpus = fake_corpus(tmp_path / "zoo.h5", [3, 4])
+    with pytest.raises(ConfigError, match="data.scaling='dataset'"):
+        build_task(load_config(None, [*TINY, "data.scaling=dataset"]), [corpus])
