@@ -128,3 +128,39 @@ def test_zoo_corpus_refuses_explicit_dataset_scaling(tmp_path):
     corpus = fake_corpus(tmp_path / "zoo.h5", [3, 4])
     with pytest.raises(ConfigError, match="data.scaling='dataset'"):
         build_task(load_config(None, [*TINY, "data.scaling=dataset"]), [corpus])
+
+
+# ---- 3. zero-shot evaluation with context-only baselines ------------------------------------
+def test_context_parroting_continues_a_periodic_signal_exactly():
+    from sciformer.evaluation.context_baselines import context_baselines
+
+    t = np.arange(96 + 40)
+    x = np.stack([np.sin(2 * np.pi * t / 12), np.cos(2 * np.pi * t / 12) * 3], axis=1)
+    wins = np.stack([x[s:s + 96 + 20] for s in (0, 5, 17)])  # (3, 116, 2)
+    base = context_baselines()
+    pred = base["parroting_ctx"].predict(wins[:, :96], 20)
+    np.testing.assert_allclose(pred, wins[:, 96:], atol=1e-12)
+    np.testing.assert_allclose(base["persistence"].predict(wins[:, :96], 3),
+                               np.repeat(wins[:, 95:96], 3, axis=1))
+    np.testing.assert_allclose(base["mean_ctx"].predict(wins[:, :96], 1)[:, 0],
+                               wins[:, :96].mean(axis=1))
+    # a linear recursion is learned exactly from the context by ridge AR and NVAR
+    for name in ("ridge_ctx", "nvar_ctx"):
+        err = np.abs(base[name].predict(wins[:, :96], 20) - wins[:, 96:]).max()
+        assert err < 1e-2, (name, err)
+
+
+def test_zero_shot_evaluate_scores_context_only_baselines_on_five_channels(agnostic_run,
+                                                                          tmp_path):
+    from sciformer.evaluation.run import evaluate
+
+    l96 = simulate_to_file("lorenz96", tmp_path / "l96.h5", 2, 120, seed=0, params={"n": 5})
+    m = evaluate(agnostic_run["run"], l96, tmp_path / "eval", horizon=16, samples=4,
+                 device="cpu")
+    assert m["zero_shot"] is True
+    assert m["baselines_context_only"] == ["mean_ctx", "nvar_ctx", "parroting_ctx",
+                                           "persistence", "ridge_ctx"]
+    assert set(m["baselines"]) == set(m["baselines_context_only"])
+    assert len(m["channels"]) == 5 and np.isfinite(m["model"]["nrmse"])
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["baselines"]["parroting_ctx"]["fit"]["fit"].startswith("context only")
