@@ -164,3 +164,56 @@ def test_zero_shot_evaluate_scores_context_only_baselines_on_five_channels(agnos
     assert len(m["channels"]) == 5 and np.isfinite(m["model"]["nrmse"])
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved["baselines"]["parroting_ctx"]["fit"]["fit"].startswith("context only")
+
+
+# ---- 4. fine-tuning with --init-from --------------------------------------------------------
+def test_init_from_loads_the_weights_first_loss_equals_the_source_models(agnostic_run,
+                                                                        tmp_path):
+    from sciformer.runs import load_model
+    from sciformer.tasks import build_task
+
+    new_data = simulate_to_file("lorenz96", tmp_path / "l96.h5", 4, 100, seed=2,
+                                params={"n": 5})
+    run = tmp_path / "ft"
+    sets = [a for s in ["train.max_steps=1", "train.log_every=1", "train.batch_size=8",
+                        "train.warmup_steps=1", "data.val_fraction=0.25", "train.lr=1e-3"]
+            for a in ("--set", s)]
+    res = CliRunner().invoke(main, ["pretrain", str(new_data), "--out-dir", str(run),
+                                    "--init-from", str(agnostic_run["run"]), *sets])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["train"]["init_from"] == str(agnostic_run["run"])
+    assert cfg["model"]["d_model"] == 32 and cfg["data"]["context"] == 16  # the source's
+    first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    source = load_model(agnostic_run["run"], device="cpu")[0].eval()
+    task = build_task(load_config(None, [*TINY, *AGNOSTIC, "train.max_steps=1",
+                                         "data.val_fraction=0.25"]), [new_data])
+    with torch.no_grad():
+        expected = task.loss(source, task.batch(0))[0].item()
+    assert first["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_init_from_refuses_a_masked_run_with_one_line(tmp_path):
+    from conftest import TINY_MASKED, write_fasta
+
+    fasta = write_fasta(tmp_path / "p.fasta")
+    masked = tmp_path / "masked"
+    pretrain([fasta], load_config(None, [*TINY_MASKED, "train.max_steps=1"]), masked,
+             progress=False)
+    data = simulate_to_file("lorenz63", tmp_path / "l63.h5", 4, 100, seed=0)
+    res = CliRunner().invoke(main, ["pretrain", str(data), "--out-dir", str(tmp_path / "ft"),
+                                    "--init-from", str(masked)])
+    assert res.exit_code != 0
+    assert res.output.strip().splitlines() == [
+        f"Error: {masked}: --init-from needs a forecasting run; this is a 'masked' run"]
+
+
+def test_init_from_refuses_a_per_dataset_run_on_another_channel_count(tmp_path):
+    train = simulate_to_file("lorenz63", tmp_path / "l63.h5", 4, 100, seed=0)
+    src = tmp_path / "src"
+    pretrain([train], load_config(None, [*TINY, "train.max_steps=1"]), src, progress=False)
+    l96 = simulate_to_file("lorenz96", tmp_path / "l96.h5", 4, 100, seed=0, params={"n": 5})
+    res = CliRunner().invoke(main, ["pretrain", str(l96), "--out-dir", str(tmp_path / "ft"),
+                                    "--init-from", str(src)])
+    assert res.exit_code != 0 and "incompatible with this data" in res.output
+    assert len(res.output.strip().splitlines()) == 1
