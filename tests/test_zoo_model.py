@@ -217,3 +217,10 @@ def test_init_from_refuses_a_per_dataset_run_on_another_channel_count(tmp_path):
                                     "--init-from", str(src)])
     assert res.exit_code != 0 and "incompatible with this data" in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_agnostic_forecaster_api_takes_any_channel_count(agnostic_run):
+    fc = load(agnostic_run["run"], device="cpu")
+    ctx = np.random.default_rng(0).normal(size=(2, 32, 7)).cumsum(axis=1)
+    ds = fc.forecast(ctx, horizon=8, samples=4)
+    assert ds["median"].shape == (2, 8, 7)
