@@ -224,3 +224,13 @@ def test_agnostic_forecaster_api_takes_any_channel_count(agnostic_run):
     ctx = np.random.default_rng(0).normal(size=(2, 32, 7)).cumsum(axis=1)
     ds = fc.forecast(ctx, horizon=8, samples=4)
     assert ds["median"].shape == (2, 8, 7)
+
+
+def test_unseen_file_of_the_trained_system_is_not_called_zero_shot(agnostic_run, tmp_path):
+    from sciformer.evaluation.run import evaluate
+
+    other = simulate_to_file("lorenz63", tmp_path / "l63b.h5", 1, 60, seed=5)
+    m = evaluate(agnostic_run["run"], other, tmp_path / "eval", horizon=8, samples=2,
+                 device="cpu")
+    assert m["zero_shot"] is False and m["trained_on_system"] == "lorenz63"
+    assert "parroting_ctx" in m["baselines_context_only"]

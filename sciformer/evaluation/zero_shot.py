@@ -9,6 +9,9 @@ metrics, plots) except:
   parroting, ridge AR and NVAR fitted on each window's context alone. Baselines fitted on
   the evaluated system's other trajectories would know the system; the model does not.
   metrics.json lists them under `baselines_context_only`.
+- **`zero_shot`** in metrics.json is true only when the file's system is neither the run's
+  training system nor a base system of its zoo corpus (a fine-tuned run scored on another
+  file of its own system is scored the same way, with `zero_shot: false`).
 - **nRMSE scale** is the climatological std of the EVALUATED file (all its trajectories):
   the run has no training split of this system. It is a constant of the metric, shared by
   every predictor, never an input of one.
@@ -32,8 +35,18 @@ from sciformer.pipelines.forecast import Forecaster
 MAX_SCALE_TRAJECTORIES = 256  # trajectories read for the nRMSE scale
 
 
+def system_seen(fc: Forecaster, system: str | None) -> bool:
+    """Whether the run trained on `system` (its training files' system, or a base system of
+    its zoo corpus); False when the file names no system."""
+    if not system:
+        return False
+    trained = {fc.state.system, *(fc.state.base_systems or [])} - {None, "zoo"}
+    return system in trained
+
+
 def is_zero_shot(fc: Forecaster, data: Path) -> bool:
-    """A channel-agnostic run evaluated on a file it was not trained on."""
+    """A channel-agnostic run evaluated on a file it was not trained on (scored against
+    context-only baselines; `zero_shot` in metrics.json also needs an unseen system)."""
     trained = {Path(p).resolve() for p in fc.state.train_files}
     return bool(fc.state.channel_agnostic) and Path(data).resolve() not in trained
 
@@ -72,12 +85,13 @@ def evaluate_zero_shot(fc: Forecaster, run_dir: Path, data: Path, out_dir: Path,
     for name, fit in describe_baselines(fitted).items():
         base_m[name]["fit"] = fit
     metrics = {
-        "task": "forecast", "zero_shot": True, "n_examples": scores.model.n_windows,
+        "task": "forecast", "zero_shot": not system_seen(fc, meta.system),
+        "trained_on_system": fc.state.system, "n_examples": scores.model.n_windows,
         "n_trajectories": len(trajs), "context": c, "horizon": h,
         "trained_horizon": cfg.data.horizon, "dt": meta.dt, "lyapunov_time": lyap,
         "steps_per_lyapunov_time": steps_per_lt, "system": meta.system,
-        "scope": f"all {len(trajs)} trajectories of {data.name} (zero-shot: the run was not "
-                 "trained on this file)",
+        "scope": f"all {len(trajs)} trajectories of {data.name} (the run was not trained "
+                 "on this file)",
         "data": str(data), "nrmse_scale": scale,
         "nrmse_scale_is": "climatological std of the evaluated file (sqrt of the mean "
                           "per-feature variance over its trajectories): zero-shot, the run "
