@@ -68,7 +68,10 @@ def _progress() -> bool:
 @click.option("--device", type=str, help="auto | cpu | cuda | cuda:N (shortcut for train.device).")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Data-parallel processes on this machine (launches torchrun; DDP).")
-def pretrain(data, out_dir, config_file, overrides, resume, steps, seed, device, nproc) -> Path:
+@click.option("--init-from", "init_from", type=click.Path(exists=True, file_okay=False),
+              help="Fine-tune: start from this forecasting run's weights and architecture.")
+def pretrain(data, out_dir, config_file, overrides, resume, steps, seed, device, nproc,
+             init_from=None) -> Path:
     """Pretrain on FASTA (masked residues) or trajectory HDF5 (forecasting) files."""
     from sciformer.config import load_config
     from sciformer.train.loop import pretrain as run
@@ -77,6 +80,7 @@ def pretrain(data, out_dir, config_file, overrides, resume, steps, seed, device,
     sets += [f"train.max_steps={steps}"] if steps else []
     sets += [f"train.seed={seed}"] if seed is not None else []
     sets += [f"train.device={device}"] if device else []
+    sets += [f"train.init_from={init_from}"] if init_from else []
     if resume and not any(s.startswith("train.max_steps=") for s in sets):
         sets.append(f"train.max_steps={_saved_max_steps(out_dir)}")  # keep the run's length
     cfg = load_config(config_file, sets)  # a bad config fails here, before any launch

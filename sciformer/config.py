@@ -121,6 +121,9 @@ class DataConfig:
     # fields (field_patch: picked automatically for states with 2+ spatial dims)
     tokenizer: str = "patch"
     channels: str = "joint"  # joint: one token holds the whole state; independent: per channel
+    # patch scaling: dataset (training mean/std) or instance (RevIN per context; with
+    # independent channels the model is channel-agnostic: any channel count at inference)
+    scaling: str = "dataset"
     context: int = 64  # time steps the encoder reads
     horizon: int = 32  # time steps the decoder predicts in training (longer: fewer rollout chunks)
     patch_len: int = 8  # time steps per patch token (8 halves the tokens, and the cost, of 4)
@@ -169,6 +172,8 @@ class DataConfig:
         _check(self.space_patch >= 1, "data.space_patch", "must be at least 1")
         _check(self.channels in CHANNEL_MODES, "data.channels",
                f"unknown kind '{self.channels}' (valid: {', '.join(CHANNEL_MODES)})")
+        _check(self.scaling in ("dataset", "instance"), "data.scaling",
+               "must be dataset or instance")
         _check(self.context >= 1 and self.horizon >= 1, "data.context", "context and horizon must be >= 1")
         _check(self.patch_len >= 1, "data.patch_len", "must be at least 1")
         _check(self.n_bins >= 2, "data.n_bins", "must be at least 2")
@@ -215,6 +220,7 @@ class TrainConfig:
     checkpoint_activations: bool = False  # recompute activations in backward to save memory
     threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default
     fsdp: bool = False  # multi-process runs: shard with FSDP2 instead of replicating with DDP
+    init_from: str = ""  # run directory whose weights start this run (fine-tuning)
 
     def validate(self) -> None:
         _check(self.max_steps >= 1, "train.max_steps", "must be at least 1")
@@ -286,9 +292,9 @@ TASK_ONLY = {
     "masked": ("data.split_identity", "data.split_kmer", "data.crop_length", "data.mask_rate",
                "data.mask_token_rate", "data.random_token_rate", "data.tokens_per_batch",
                "model.token_dropout"),
-    "forecast": ("data.tokenizer", "data.channels", "data.context", "data.horizon",
-                 "data.patch_len", "data.space_patch", "data.n_bins", "data.bin_limit",
-                 "data.quantiles", "data.stride", "data.samples", "data.draws",
+    "forecast": ("data.tokenizer", "data.channels", "data.scaling", "data.context",
+                 "data.horizon", "data.patch_len", "data.space_patch", "data.n_bins",
+                 "data.bin_limit", "data.quantiles", "data.stride", "data.samples", "data.draws",
                  "data.pushforward", "data.pushforward_warmup", "data.sampled_inputs",
                  "data.sampled_inputs_from", "data.input_noise", "train.batch_size"),
 }

@@ -60,6 +60,8 @@ class ForecastState:
     system: str | None = None
     field_names: list[str] | None = None
     tokenizer: dict[str, Any] = field(default_factory=dict)  # the tokenizer's to_config()
+    channel_agnostic: bool = False  # forecasts states with any channel count
+    base_systems: list[str] | None = None  # zoo runs: the base systems trained on
 
 
 TaskState = MaskedState | ForecastState

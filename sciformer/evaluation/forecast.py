@@ -383,6 +383,11 @@ def evaluate_forecast_run(fc: Forecaster, run_dir: Path, data: Path, out_dir: Pa
     from sciformer.evaluation.report import write_summary
 
     run_dir, data, out_dir = Path(run_dir), Path(data), Path(out_dir)
+    from sciformer.evaluation.zero_shot import evaluate_zero_shot, is_zero_shot
+
+    if is_zero_shot(fc, data):  # channel-agnostic run, unseen file: context-only baselines
+        return evaluate_zero_shot(fc, run_dir, data, out_dir, context=context,
+                                  horizon=horizon, samples=samples, progress=progress)
     cfg, state = fc.cfg, fc.state
     f = open_checked(data, fc)
     meta = f.meta

@@ -211,7 +211,10 @@ class Forecaster:
         return getattr(self.tokenizer, "patch_len", 1)
 
     def check_state_shape(self, shape: tuple[int, ...], source: str) -> None:
-        """Data must have the state shape the model was trained on."""
+        """Data must have the state shape the model was trained on (any shape for a
+        channel-agnostic run: each channel is its own series)."""
+        if self.state.channel_agnostic:
+            return
         if tuple(shape) != self.state_shape:
             raise InputError(f"{source}: state shape {tuple(shape)} does not match the model's "
                              f"{self.state_shape} (channel count differs from the trained "
@@ -262,12 +265,16 @@ class Forecaster:
         """
         from sciformer.pipelines.xarray_io import as_context_array, forecast_dataset
 
-        values, times, dims = as_context_array(context, self.state_shape, self.state)
+        shape = self.state_shape
+        if self.state.channel_agnostic:  # an ODE state of the context's own channel count
+            shape = (int(np.shape(context)[-1]),)
+        values, times, dims = as_context_array(context, shape, self.state)
         horizon = horizon or self.trained_horizon
         samples = samples or self.cfg.data.samples
-        self.check_memory(len(values), horizon, samples, "forecast")
+        self.check_memory(len(values), horizon, samples * math.prod(shape)
+                          // math.prod(self.state_shape), "forecast")
         flat = values.reshape(len(values), values.shape[1], -1)
         paths = self.sample(flat, horizon, samples, seed)
         med, qs = summarise(paths, self.levels)
         return forecast_dataset(med, qs, paths if return_samples else None,
-                                self.levels, times, dims, self.state_shape, self.state)
+                                self.levels, times, dims, shape, self.state)

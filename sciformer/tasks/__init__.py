@@ -78,6 +78,14 @@ def build_task(cfg: RunConfig, paths: list[str | Path]) -> Task:
         return MaskedTask(cfg, [Path(p) for p in paths])
     if name == "forecast":
         from sciformer.tasks.forecast import ForecastTask
+        from sciformer.tasks.zoo import ZooTask, is_zoo_corpus
+
+        corpora = [p for p in paths if is_zoo_corpus(p)]
+        if corpora and len(paths) > 1:
+            raise InputError(f"{corpora[0]}: a zoo corpus is pretrained on alone, not with "
+                             "other files")
+        if corpora:
+            return ZooTask(cfg, Path(corpora[0]))
 
         return ForecastTask(cfg, [Path(p) for p in paths])
     raise ConfigError(f"config field 'data.task': unknown task '{name}'")

@@ -95,6 +95,10 @@ def make_tokenizer(cfg: RunConfig, n_features: int,
         n_fields = state_shape[-1]
         return FieldPatchTokenizer(d.patch_len, state_shape, d.space_patch,
                                    loc=stats[0][:n_fields], scale=stats[1][:n_fields])
+    if d.tokenizer == "patch" and d.scaling == "instance" and d.channels == "independent":
+        from sciformer.tokenizers.agnostic import ChannelAgnosticPatchTokenizer
+
+        return ChannelAgnosticPatchTokenizer(d.patch_len, n_features)
     if d.tokenizer == "patch":
         if stats is not None:
             return DatasetScaledPatchTokenizer(d.patch_len, n_features, d.channels,
@@ -156,7 +160,8 @@ class ForecastTask:
         train, val = split_indices(n, d.val_fraction, d.val_max, cfg.train.seed)
         self.train_idx, self.val_idx = train, val
         self.n_features = self.data.meta.n_features
-        stats = data_statistics(self.data, train) if kind != "bins" else None
+        agnostic = kind == "patch" and d.scaling == "instance"
+        stats = data_statistics(self.data, train) if kind != "bins" and not agnostic else None
         if kind != d.tokenizer:  # chosen for a 2+-D field; recorded in the run's config
             cfg = copy.deepcopy(cfg)
             cfg.data.tokenizer = kind
@@ -178,7 +183,9 @@ class ForecastTask:
         return ForecastState(train_files=[str(p) for p in self.paths],
                              state_shape=list(meta.state_shape), n_features=self.n_features,
                              dt=meta.dt, lyapunov_time=meta.lyapunov_time, system=meta.system,
-                             field_names=meta.field_names, tokenizer=self.tokenizer.to_config())
+                             field_names=meta.field_names, tokenizer=self.tokenizer.to_config(),
+                             channel_agnostic=self.tokenizer.to_config().get(
+                                 "channel_agnostic", False))
 
     def split(self) -> dict[str, Any]:
         items = self.data.items

@@ -356,6 +356,10 @@ def tokenizer_from_config(config: dict[str, Any]) -> PatchTokenizer | BinTokeniz
         from sciformer.tokenizers.fields import FieldPatchTokenizer
 
         return FieldPatchTokenizer.from_config(config)
+    if config.get("name") == "patch_any":  # channel-agnostic (sciformer.tokenizers.agnostic)
+        from sciformer.tokenizers.agnostic import ChannelAgnosticPatchTokenizer
+
+        return ChannelAgnosticPatchTokenizer(**kwargs)
     if config.get("name") == "patch" and "loc" in kwargs:
         try:
             return DatasetScaledPatchTokenizer(**kwargs)

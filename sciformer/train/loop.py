@@ -342,12 +342,20 @@ def build_trainer(data: list[str | Path], cfg: RunConfig, run_dir: str | Path,
         cfg = saved
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    if cfg.train.init_from and not resume:  # fine-tuning: the source run's architecture
+        from sciformer.train.finetune import finetune_config
+
+        cfg = finetune_config(cfg)
     task = build_task(cfg, list(data))
     if resume:
         check_same_data(run_dir, task)
     cfg = task.cfg  # completed for the task (derived model fields)
     seed_everything(cfg.train.seed)  # same initial weights on every rank (FSDP needs it)
     model = SciFormer(cfg.model)
+    if cfg.train.init_from and folder is None:
+        from sciformer.train.finetune import load_init_weights
+
+        load_init_weights(model, cfg.train.init_from)
     seed_everything(micro_seed(cfg.train.seed, dist.rank, salt=7))  # dropout differs per rank
     device = dist.device(pick_device(cfg.train.device))
     if dist.is_main:

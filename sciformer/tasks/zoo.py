@@ -1,0 +1,175 @@
+"""Forecast pretraining on a dynamics-zoo corpus: many systems of different dimensions.
+
+A corpus (`sciformer simulate zoo`, docs/zoo.md) holds one group per chaotic system,
+`systems/<i>_<bases>/states (n_traj, n_time, n_fields)`, with n_fields from 3 to 12. One
+model learns them all through channel-agnostic tokens (`tokenizers.agnostic`): every channel
+is its own series, normalised per context (RevIN), so a training example is one window of
+ONE channel of one trajectory, and batches of systems of different dimensions stack into
+(B, T, 1). This is the channel-independent half of Panda (Lai, Bao & Gilpin 2025), which
+pretrains on a zoo of perturbed and coupled chaotic flows the same way.
+
+- **Split by whole system.** `data.val_fraction` of the corpus GROUPS (seeded) are held out
+  for validation; no window of a held-out group is ever in a training batch. The corpus never
+  holds the library's held-out base systems (rossler, halvorsen, ...): those are for
+  zero-shot evaluation (`sciformer evaluate RUN rossler.h5`).
+- **Sampling.** Each training example draws a training system uniformly (so large and small
+  systems weigh the same), then a trajectory, a channel and a start uniformly.
+- **Provenance.** The run's task state records `base_systems` (the corpus's root attribute)
+  and split.json names the training and validation groups.
+
+The training states are read into memory once (a 100-system corpus is ~10 MB).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from sciformer.config import RunConfig, explicit_keys, for_task
+from sciformer.errors import ConfigError, InputError
+from sciformer.runs import ForecastState
+from sciformer.simulate.zoo_io import FORMAT, iter_zoo, read_zoo_attrs
+from sciformer.splits import split_indices
+from sciformer.tasks import micro_seed
+from sciformer.tasks.forecast import make_tokenizer, teacher_forced_loss
+
+VAL_WINDOWS = 256  # fixed validation windows (one channel each)
+
+
+def is_zoo_corpus(path: str | Path) -> bool:
+    """Whether `path` is a zoo corpus (root attribute format, or a `systems/` group)."""
+    try:
+        with h5py.File(path, "r") as f:
+            fmt = f.attrs.get("format", b"")
+            fmt = fmt.decode() if isinstance(fmt, bytes) else str(np.asarray(fmt).reshape(-1)[0]
+                                                                   if np.size(fmt) else "")
+            return fmt == FORMAT or isinstance(f.get("systems"), h5py.Group)
+    except OSError:
+        return False
+
+
+def require_agnostic(cfg: RunConfig, source: str) -> RunConfig:
+    """`cfg` with channel-agnostic settings (patch tokens, independent channels, instance
+    scaling); an explicit setting to the contrary is refused, naming it."""
+    want = {"tokenizer": "patch", "channels": "independent", "scaling": "instance"}
+    user = explicit_keys(cfg)
+    for key, value in want.items():
+        have = getattr(cfg.data, key)
+        if have != value and f"data.{key}" in user:
+            raise ConfigError(f"{source}: a zoo corpus trains a channel-agnostic model; "
+                              f"data.{key}={have!r} cannot be used (needs {value!r})")
+        setattr(cfg.data, key, value)
+    return cfg
+
+
+class ZooTask:
+    """Pretraining task over one zoo corpus; see the module docstring."""
+
+    name = "forecast"
+
+    def __init__(self, cfg: RunConfig, path: Path) -> None:
+        self.path = Path(path)
+        attrs = read_zoo_attrs(self.path)
+        self.base_systems = [str(b) for b in np.atleast_1d(attrs.get("base_systems", []))]
+        self.held_out_systems = [str(b) for b in np.atleast_1d(attrs.get("held_out_systems", []))]
+        cfg = require_agnostic(cfg, str(self.path))
+        d = cfg.data
+        self.window_len = d.context + d.horizon
+        if d.context % d.patch_len or d.horizon % d.patch_len:
+            raise InputError(f"data.context={d.context} and data.horizon={d.horizon} must be "
+                             f"multiples of data.patch_len={d.patch_len}")
+        self.names, self.entries, states = [], [], []
+        for name, entry, ds in iter_zoo(self.path):
+            self.names.append(name)
+            self.entries.append(entry)
+            states.append(ds)  # read below, only for the training and validation groups
+            if entry.shape[1] < self.window_len:
+                raise InputError(f"{self.path}: group systems/{name} has {entry.shape[1]} "
+                                 f"steps, fewer than context {d.context} + horizon {d.horizon}")
+        if len(self.names) < 2 and d.val_fraction > 0:
+            raise InputError(f"{self.path}: a held-out split by whole system needs at least 2 "
+                             "systems (or set data.val_fraction=0)")
+        self.train_idx, self.val_idx = split_indices(len(self.names), d.val_fraction,
+                                                     d.val_max, cfg.train.seed)
+        self.states = self._read(sorted(self.train_idx + self.val_idx))
+        self.tokenizer = make_tokenizer(cfg, 1)
+        q = len(d.quantiles)
+        self.cfg = for_task(cfg, self.name, vocab_size=0, input_dim=self.tokenizer.token_dim,
+                            output_dim=self.tokenizer.token_dim * q)
+
+    def _read(self, groups: list[int]) -> dict[int, np.ndarray]:
+        """States (n_traj, n_time, n_fields) float32 of `groups`, in memory."""
+        out = {}
+        with h5py.File(self.path, "r") as f:
+            for g in groups:
+                x = np.asarray(f["systems"][self.names[g]]["states"], dtype=np.float32)
+                if not np.isfinite(x).all():
+                    raise InputError(f"{self.path}: group systems/{self.names[g]} holds NaN "
+                                     "or Inf states")
+                out[g] = x
+        return out
+
+    def state(self) -> ForecastState:
+        dts = [self.entries[i].dt for i in self.train_idx]
+        return ForecastState(train_files=[str(self.path)], state_shape=[1], n_features=1,
+                             dt=float(np.median(dts)) if dts else 1.0, lyapunov_time=None,
+                             system="zoo", field_names=None,
+                             tokenizer=self.tokenizer.to_config(), channel_agnostic=True,
+                             base_systems=self.base_systems)
+
+    def split(self) -> dict[str, Any]:
+        return {"unit": "system", "files": [str(self.path)],
+                "train": self.train_idx, "heldout": self.val_idx,
+                "train_systems": [self.names[i] for i in self.train_idx],
+                "heldout_systems": [self.names[i] for i in self.val_idx],
+                "base_systems": self.base_systems,
+                "held_out_base_systems": self.held_out_systems}
+
+    def batch(self, index: int, rank: int = 0, world: int = 1) -> dict[str, Tensor]:
+        """`batch_size` one-channel windows (B, C+H, 1), seeded by the batch index."""
+        rng = np.random.default_rng(micro_seed(self.cfg.train.seed, index * world + rank, 11))
+        wins = []
+        for g in rng.choice(self.train_idx, size=self.cfg.train.batch_size):
+            x = self.states[int(g)]  # (n_traj, n_time, n_fields)
+            t, ch = rng.integers(x.shape[0]), rng.integers(x.shape[2])
+            s = rng.integers(0, x.shape[1] - self.window_len + 1)
+            wins.append(x[t, s:s + self.window_len, ch])
+        return {"window": torch.from_numpy(np.stack(wins)[:, :, None])}  # (B, C+H, 1)
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Any]]:
+        x, c = batch["window"], self.cfg.data.context
+        loss = teacher_forced_loss(model, self.tokenizer, x[:, :c], x[:, c:],
+                                   self.cfg.data.quantiles)
+        return loss, {"loss": loss.detach()}
+
+    def validation_windows(self) -> Tensor:
+        """Fixed one-channel windows spread evenly over the validation systems."""
+        wins = []
+        per = max(1, VAL_WINDOWS // max(1, len(self.val_idx)))
+        for g in self.val_idx:
+            x = self.states[g]
+            n_tr, n_t, n_ch = x.shape
+            for k in range(per):
+                s = int(round(k * (n_t - self.window_len) / max(1, per - 1)))
+                wins.append(x[k % n_tr, s:s + self.window_len, k % n_ch])
+        return torch.from_numpy(np.stack(wins)[:, :, None])  # (N, C+H, 1)
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        if not self.val_idx:
+            return {}
+        if not hasattr(self, "_val"):
+            self._val = self.validation_windows()
+        device = next(model.parameters()).device
+        c, total, n = self.cfg.data.context, 0.0, 0
+        for chunk in self._val.split(self.cfg.train.batch_size):
+            chunk = chunk.to(device)
+            loss = teacher_forced_loss(model, self.tokenizer, chunk[:, :c], chunk[:, c:],
+                                       self.cfg.data.quantiles)
+            total, n = total + loss.item() * len(chunk), n + len(chunk)
+        return {"val_loss": total / n}
