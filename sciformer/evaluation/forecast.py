@@ -372,6 +372,25 @@ def check_context(fc: Forecaster, context: int) -> None:
                           "model's patches and the baselines' lags need")
 
 
+def score_all(fc: Forecaster, f: TrajectoryFile, trajs: list[int], sizes: tuple[int, int, int],
+              fitted: dict[str, Any], scales: tuple[float, Any], steps_per_lt: float | None,
+              progress: bool) -> tuple[Scores, dict[str, Any], dict[str, Any]]:
+    """Stream-score the model and the fitted baselines on `trajs` ((context, horizon,
+    samples) = `sizes`, (nRMSE scale, channel stds) = `scales`); (scores, model row, rows of
+    the baselines with what each chose in `fit`)."""
+    c, h, samples = sizes
+    scored = dict(scale=scales[0], dt_steps_per_lyapunov=steps_per_lt, channel_std=scales[1],
+                  state_shape=f.meta.state_shape)
+    scores = stream_scores(fc, f, trajs, c, h, samples, fitted, scored, progress)
+    trained = fc.cfg.data.horizon
+    model_m = summary_numbers(scores.model.result(), steps_per_lt, trained)
+    base_m = {k: summary_numbers(v.result(), steps_per_lt, trained)
+              for k, v in scores.baselines.items()}
+    for name, fit in describe_baselines(fitted).items():
+        base_m[name]["fit"] = fit
+    return scores, model_m, base_m
+
+
 def evaluate_forecast_run(fc: Forecaster, run_dir: Path, data: Path, out_dir: Path, *,
                           context: int | None = None, horizon: int | None = None,
                           samples: int | None = None, progress: bool = False) -> dict:
@@ -406,14 +425,8 @@ def evaluate_forecast_run(fc: Forecaster, run_dir: Path, data: Path, out_dir: Pa
     train = training_trajectories(state, run_dir)
     scale, ch_std = climatological_scale(train), channel_std(train, meta.state_shape)
     fitted = fit_baselines(train, c, h, meta.state_shape)
-    scored = dict(scale=scale, dt_steps_per_lyapunov=steps_per_lt, channel_std=ch_std,
-                  state_shape=meta.state_shape)
-    scores = stream_scores(fc, f, trajs, c, h, samples, fitted, scored, progress)
-    model_m = summary_numbers(scores.model.result(), steps_per_lt, cfg.data.horizon)
-    base_m = {k: summary_numbers(v.result(), steps_per_lt, cfg.data.horizon)
-              for k, v in scores.baselines.items()}
-    for name, fit in describe_baselines(fitted).items():
-        base_m[name]["fit"] = fit
+    scores, model_m, base_m = score_all(fc, f, trajs, (c, h, samples), fitted, (scale, ch_std),
+                                        steps_per_lt, progress)
     metrics = {
         "task": "forecast", "n_examples": scores.model.n_windows, "n_trajectories": len(trajs),
         "context": c, "horizon": h, "trained_horizon": cfg.data.horizon, "dt": meta.dt,

@@ -27,8 +27,7 @@ from sciformer.errors import ConfigError
 from sciformer.evaluation.context_baselines import context_baselines
 from sciformer.evaluation.forecast import (_channel_names, _definitions, check_context,
                                            channel_std, climatological_scale,
-                                           default_horizon, describe_baselines, open_checked,
-                                           stream_scores, summary_numbers)
+                                           default_horizon, open_checked, score_all)
 from sciformer.evaluation.forecast_plots import draw_plots
 from sciformer.pipelines.forecast import Forecaster
 
@@ -76,14 +75,8 @@ def evaluate_zero_shot(fc: Forecaster, run_dir: Path, data: Path, out_dir: Path,
            for t in trajs[:MAX_SCALE_TRAJECTORIES]]
     scale, ch_std = climatological_scale(ref), channel_std(ref, meta.state_shape)
     fitted = context_baselines()
-    scored = dict(scale=scale, dt_steps_per_lyapunov=steps_per_lt, channel_std=ch_std,
-                  state_shape=meta.state_shape)
-    scores = stream_scores(fc, f, trajs, c, h, samples, fitted, scored, progress)
-    model_m = summary_numbers(scores.model.result(), steps_per_lt, cfg.data.horizon)
-    base_m = {k: summary_numbers(v.result(), steps_per_lt, cfg.data.horizon)
-              for k, v in scores.baselines.items()}
-    for name, fit in describe_baselines(fitted).items():
-        base_m[name]["fit"] = fit
+    scores, model_m, base_m = score_all(fc, f, trajs, (c, h, samples), fitted, (scale, ch_std),
+                                        steps_per_lt, progress)
     metrics = {
         "task": "forecast", "zero_shot": not system_seen(fc, meta.system),
         "trained_on_system": fc.state.system, "n_examples": scores.model.n_windows,
