@@ -48,8 +48,8 @@ import torch
 
 from sciformer.config import DataConfig, ModelConfig, RunConfig, save_config
 from sciformer.errors import CheckpointError
-from sciformer.runs import MaskedState, check_weights, state_to_dict
 from sciformer.io.atomic import UMASK, make_parents, remove_created, write_json_atomic
+from sciformer.runs import MaskedState, check_weights, state_to_dict
 from sciformer.tokenizers.protein import ALPHABET, ProteinTokenizer
 
 #: Attention heads of the published ESM-2 sizes by width (8M ... 15B), for state dicts that
@@ -119,7 +119,7 @@ def _torch_load(path: Path) -> Any:
     """torch.load with weights_only=True; anything that needs pickled code is refused."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "refuse"
+    except Exception as exc:
         raise CheckpointError(f"{path}: cannot load as a plain state dict ({_first_line(exc)})"
                               ) from None
 
@@ -133,7 +133,7 @@ def _hf_weights(folder: Path) -> dict[str, torch.Tensor]:
         path = folder / "model.safetensors"
         try:
             tensors = load_file(str(path))
-        except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ...: a bad file
+        except Exception as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file "
                                   f"({_first_line(exc)})") from None
     elif (folder / "pytorch_model.bin").is_file():
@@ -335,7 +335,7 @@ def safe_load(path: Path) -> Any:
             return SafeUnpickler(archive.read(pkls[0]), archive, prefix, path).load()
         except CheckpointError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a malformed pickle is a bad checkpoint
+        except Exception as exc:
             raise CheckpointError(f"{path}: cannot unpickle ({type(exc).__name__}: "
                                   f"{str(exc)[:160]})") from None
 

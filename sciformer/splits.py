@@ -102,7 +102,7 @@ def similar_pairs(tokens: list[np.ndarray], k: int, threshold: float
         rows.append(i[keep])
         cols.append(j[keep])
         shared.append(s.data[keep].astype(np.int64))
-    cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64)  # noqa: E731
+    cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64)
     return cat(rows), cat(cols), cat(shared), sizes
 
 

@@ -20,8 +20,15 @@ from typing import Any
 
 import numpy as np
 
-from sciformer.evaluation.baselines import (BASELINES, _add, _check_train, _ForecastBaseline,
-                                          _moments, _ridge_solve, _safe_std)
+from sciformer.evaluation.baselines import (
+    BASELINES,
+    _add,
+    _check_train,
+    _ForecastBaseline,
+    _moments,
+    _ridge_solve,
+    _safe_std,
+)
 
 MAX_SELECTION_WINDOWS = 256  # training windows on which a hyper-parameter is chosen
 #: NVAR's closed-loop validation: windows and steps per (k, alpha) candidate. Rollouts of a

@@ -46,11 +46,11 @@ from sciformer.evaluation.baselines import RidgeAR
 from sciformer.evaluation.calibration import empirical_quantiles
 from sciformer.evaluation.chaos_baselines import ALL_BASELINES, NVAR, Parroting
 from sciformer.evaluation.forecast_plots import draw_plots
-from sciformer.evaluation.metrics import DEFINITIONS, LEAD_BINS, ForecastScore, nrmse_at
 from sciformer.evaluation.heldout import select_unseen
+from sciformer.evaluation.metrics import DEFINITIONS, LEAD_BINS, ForecastScore, nrmse_at
 from sciformer.io.trajectories import TrajectoryFile, TrajectoryMeta
-from sciformer.progress import progress_bar
 from sciformer.pipelines.forecast import Forecaster
+from sciformer.progress import progress_bar
 from sciformer.runs import ForecastState, read_split
 
 WINDOWS_PER_TRAJECTORY = 8  # evaluation windows per held-out trajectory (evenly spaced)
@@ -370,6 +370,9 @@ def check_context(fc: Forecaster, context: int) -> None:
     if context < need:
         raise ConfigError(f"evaluate: context {context} is shorter than the {need} steps the "
                           "model's patches and the baselines' lags need")
+    if context % fc.min_context:
+        raise ConfigError(f"evaluate: context {context} is not a multiple of the model's patch "
+                          f"of {fc.min_context} steps (the model would see fewer steps)")
 
 
 def score_all(fc: Forecaster, f: TrajectoryFile, trajs: list[int], sizes: tuple[int, int, int],
@@ -415,9 +418,6 @@ def evaluate_forecast_run(fc: Forecaster, run_dir: Path, data: Path, out_dir: Pa
     c = context or cfg.data.context
     h = horizon or default_horizon(cfg.data.horizon, meta.dt, lyap, meta.state_shape)
     check_context(fc, c)
-    if c % fc.min_context:
-        raise ConfigError(f"evaluate: context {c} is not a multiple of the model's patch of "
-                          f"{fc.min_context} steps (the model would see fewer steps)")
     samples = samples or cfg.data.samples
     f.require_length(c + h, f"context {c} + horizon {h} (pass a smaller --context/--horizon)")
     keep, scope = select_unseen(run_dir, data, state.train_files, "trajectory")

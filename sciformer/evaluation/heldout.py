@@ -14,8 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from sciformer.errors import InputError
-from sciformer.fingerprints import (RecordedPrints, count_statuses, fasta_fingerprints,
-                                    match_records, trajectory_fingerprints)
+from sciformer.fingerprints import (
+    RecordedPrints,
+    count_statuses,
+    fasta_fingerprints,
+    match_records,
+    trajectory_fingerprints,
+)
 from sciformer.runs import read_split
 
 UNIT_WORDS = {"record": "records", "trajectory": "trajectories"}

@@ -29,8 +29,13 @@ from sciformer.config import RunConfig
 from sciformer.errors import InputError, SciformerError
 from sciformer.evaluation.baselines import unigram_baseline
 from sciformer.evaluation.heldout import select_unseen
-from sciformer.evaluation.masked_baselines import (FITTED, MaskedScorer, fit_baselines,
-                                                   plot_baselines, unavailable)
+from sciformer.evaluation.masked_baselines import (
+    FITTED,
+    MaskedScorer,
+    fit_baselines,
+    plot_baselines,
+    unavailable,
+)
 from sciformer.evaluation.metrics import masked_metrics
 from sciformer.evaluation.report import plot_masked_report, write_summary
 from sciformer.io.fasta import count_records, grouped, read_fasta

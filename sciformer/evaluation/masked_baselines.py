@@ -207,7 +207,7 @@ class MaskedScorer:
         self.true.append(true.astype(np.uint8))
 
     def metrics(self) -> dict[str, Any]:
-        cat = lambda xs, d: np.concatenate(xs) if xs else np.zeros(0, d)  # noqa: E731
+        cat = lambda xs, d: np.concatenate(xs) if xs else np.zeros(0, d)
         out = masked_metrics(cat(self.log_prob, np.float64), cat(self.pred, np.uint8),
                              cat(self.true, np.uint8))
         out["fit"] = self.model.info()

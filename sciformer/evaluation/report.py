@@ -18,10 +18,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from sciformer.io.atomic import atomic_path, write_text_atomic  # noqa: E402
+from sciformer.io.atomic import atomic_path, write_text_atomic
 
 MODEL_COLOR = "tab:blue"
 BASELINE_COLORS = ("tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:olive")

@@ -22,8 +22,17 @@ import h5py
 import numpy as np
 
 from sciformer.errors import InputError
-from sciformer.io.layouts import (AXES, PDEBENCH_VARIABLES, Layout, TrajectoryMeta, coordinate,
-                                  float_dataset, read_coords, resolve_time, vector)
+from sciformer.io.layouts import (
+    AXES,
+    PDEBENCH_VARIABLES,
+    Layout,
+    TrajectoryMeta,
+    coordinate,
+    float_dataset,
+    read_coords,
+    resolve_time,
+    vector,
+)
 
 _COORDS = {axis: f"{axis}-coordinate" for axis in AXES}  # x -> x-coordinate, ...
 

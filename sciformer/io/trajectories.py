@@ -24,8 +24,7 @@ import h5py
 import numpy as np
 
 from sciformer.errors import InputError
-from sciformer.io.layouts import (PDEBENCH_VARIABLES, Layout, StatesLayout, TrajectoryMeta,
-                                  listing)
+from sciformer.io.layouts import PDEBENCH_VARIABLES, Layout, StatesLayout, TrajectoryMeta, listing
 from sciformer.io.pdebench import GroupsLayout, TensorLayout, VariablesLayout, sample_groups
 from sciformer.io.trajectory_writer import TrajectoryWriter, write_trajectories
 from sciformer.io.well import FIELD_GROUPS, WellLayout

@@ -32,8 +32,16 @@ import h5py
 import numpy as np
 
 from sciformer.errors import InputError
-from sciformer.io.layouts import (AXES, Layout, TrajectoryMeta, float_dataset, resolve_time,
-                                  scalar, string_list, text)
+from sciformer.io.layouts import (
+    AXES,
+    Layout,
+    TrajectoryMeta,
+    float_dataset,
+    resolve_time,
+    scalar,
+    string_list,
+    text,
+)
 
 FIELD_GROUPS = ("t0_fields", "t1_fields", "t2_fields")
 

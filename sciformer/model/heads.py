@@ -13,7 +13,6 @@ from torch import Tensor, nn
 
 from sciformer.config import ModelConfig
 
-
 LM_HEADS = ("linear", "roberta")  # roberta: dense + GELU + LayerNorm first, as ESM-2
 
 

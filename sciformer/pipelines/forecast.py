@@ -42,8 +42,7 @@ from torch import Tensor, nn
 from sciformer.config import RunConfig
 from sciformer.errors import InputError
 from sciformer.runs import ForecastState
-from sciformer.tokenizers.timeseries import (BinTokenizer, PatchTokenizer,
-                                             tokenizer_from_config)
+from sciformer.tokenizers.timeseries import BinTokenizer, PatchTokenizer, tokenizer_from_config
 
 SAMPLE_MEMORY_BYTES = 2**31  # refuse forecasts whose sample paths would exceed this in memory
 

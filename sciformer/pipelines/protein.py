@@ -21,8 +21,13 @@ from torch import nn
 
 from sciformer.config import RunConfig
 from sciformer.errors import InputError
-from sciformer.pipelines.residues import (each_masked_alone, embed_sequences, masked_log_probs,
-                                          pool, resolve_layers)
+from sciformer.pipelines.residues import (
+    each_masked_alone,
+    embed_sequences,
+    masked_log_probs,
+    pool,
+    resolve_layers,
+)
 from sciformer.runs import MaskedState
 from sciformer.tokenizers.protein import ALPHABET, RESIDUE_IDS, TOKENIZER
 
@@ -164,7 +169,7 @@ class ProteinLM:
                        ) -> list[dict[str, Any]]:
         """Masked-marginal and wild-type-marginal scores (Meier et al. 2021) of mutations like
         'A42G' or 'A42G:R57K' against one wild type: positive = the model prefers the mutant."""
-        from sciformer.variants import parse_mutant, check_against, score
+        from sciformer.variants import check_against, parse_mutant, score
 
         (rid,), (wt,) = as_sequences(wild_type)
         parsed = []

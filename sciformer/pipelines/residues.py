@@ -150,7 +150,7 @@ def evaluate_masked(model: nn.Module, tokens: list[np.ndarray], cfg: RunConfig,
         true.append(truth)
         record.append(np.full(len(truth), i))
     model.train(was_training)
-    cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)  # noqa: E731
+    cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)
     return {"log_prob": cat(logp_true), "pred": cat(pred), "true": cat(true), "record": cat(record)}
 
 

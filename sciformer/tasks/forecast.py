@@ -32,13 +32,18 @@ from sciformer.config import RunConfig, explicit_keys, for_task
 from sciformer.errors import InputError
 from sciformer.fingerprints import RecordedPrints, duplicates, trajectory_fingerprints
 from sciformer.io.trajectories import TrajectoryFile
-from sciformer.tasks import micro_seed
 from sciformer.pipelines.forecast import block_tokens, patch_quantiles, sample_patch_tokens
 from sciformer.runs import ForecastState
 from sciformer.splits import split_indices
+from sciformer.tasks import micro_seed
 from sciformer.tokenizers.fields import FieldPatchTokenizer
-from sciformer.tokenizers.timeseries import (BinTokenizer, DatasetScaledPatchTokenizer,
-                                             PatchTokenizer, build_tokenizer, pinball_loss)
+from sciformer.tokenizers.timeseries import (
+    BinTokenizer,
+    DatasetScaledPatchTokenizer,
+    PatchTokenizer,
+    build_tokenizer,
+    pinball_loss,
+)
 
 MAX_STAT_TRAJECTORIES = 256  # training trajectories read for the normalisation statistics
 VAL_WINDOWS = 256  # fixed validation windows

@@ -25,8 +25,7 @@ from sciformer.pipelines.residues import evaluate_masked
 from sciformer.runs import MaskedState
 from sciformer.splits import record_split
 from sciformer.tasks import micro_seed
-from sciformer.tokenizers.protein import (TOKENIZER, ProteinTokenizer, frame,
-                                          token_budget_batches)
+from sciformer.tokenizers.protein import TOKENIZER, ProteinTokenizer, frame, token_budget_batches
 
 
 def mask_tokens(tokens: Tensor, rate: float, mask_rate: float, random_rate: float,

@@ -28,8 +28,13 @@ import torch
 from torch import Tensor
 
 from sciformer.errors import ConfigError
-from sciformer.tokenizers.timeseries import (PatchTokenizer, ScaleState, TokenizerShapeError,
-                                             _check_state, _check_window)
+from sciformer.tokenizers.timeseries import (
+    PatchTokenizer,
+    ScaleState,
+    TokenizerShapeError,
+    _check_state,
+    _check_window,
+)
 
 
 class FieldPatchTokenizer(PatchTokenizer):

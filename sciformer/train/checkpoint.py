@@ -40,9 +40,16 @@ from torch import nn
 from sciformer.config import RunConfig
 from sciformer.errors import CheckpointError
 from sciformer.io.atomic import atomic_path
+from sciformer.runs import (
+    CONFIG,
+    STATE,
+    WEIGHTS,
+    check_weights,
+    load_weights,
+    read_split,
+    read_weights,
+)
 
-from sciformer.runs import (CONFIG, STATE, WEIGHTS, check_weights, load_weights,  # noqa: F401
-                            read_split, read_weights)
 SLOW_ENV = "SCIFORMER_TEST_SLOW_CHECKPOINT"  # test-only: seconds to pause mid-checkpoint
 
 
@@ -152,7 +159,7 @@ def load_state(path: Path) -> dict[str, Any]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: train state not found") from None
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "refuse"
+    except Exception as exc:
         if "Weights only load failed" in str(exc):
             raise CheckpointError(f"{path}: refused to load train state: it holds pickled objects "
                                   "other than tensors, numbers and strings (loading it could run "

@@ -11,6 +11,7 @@ which opens its own file handle (`TrajectoryFile` re-opens after a fork).
 from __future__ import annotations
 
 from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset

@@ -41,10 +41,10 @@ from sciformer.errors import CheckpointError, SciformerError
 from sciformer.io.atomic import make_parents, remove_created, write_json_atomic, write_text_atomic
 from sciformer.io.lock import LOCK_NAME, RunLock
 from sciformer.model import SciFormer
-from sciformer.tasks import Task, build_task, micro_seed
-from sciformer.train import checkpoint as ckpt
 from sciformer.progress import progress_bar
 from sciformer.runs import pick_device, state_to_dict
+from sciformer.tasks import Task, build_task, micro_seed
+from sciformer.train import checkpoint as ckpt
 from sciformer.train.data import BatchSource
 from sciformer.train.distributed import Distributed, TaskStep
 
