@@ -131,14 +131,17 @@ def _saved_max_steps(run_dir: Path) -> int:
 @click.option("--variants", type=EXISTING,
               help="Proteins: CSV with a 'mutant' column (A42G or A42G:R57K) to score against "
                    "the wild-type FASTA given as INPUT; writes a CSV.")
+@click.option("--raw", is_flag=True,
+              help="Forecast: sample paths as drawn, without the run's calibration.json.")
 @click.option("--device", default="auto", show_default=True)
 def predict(run_dir, input_path, out, score, top_k, horizon, samples, write_samples, variants,
-            device) -> Path:
+            raw, device) -> Path:
     """Fill <mask> residues (TSV, top-k), score variants (CSV) or forecast (HDF5)."""
     from sciformer.predict import predict as run
 
     run(run_dir, input_path, out, score=score, top_k=top_k, horizon=horizon, samples=samples,
-        write_samples=write_samples, device=device, progress=_progress(), variants=variants)
+        write_samples=write_samples, device=device, progress=_progress(), variants=variants,
+        raw=raw)
     click.echo(f"Wrote {out}")
     return out
 
@@ -156,17 +159,46 @@ def predict(run_dir, input_path, out, score, top_k, horizon, samples, write_samp
                    "(CSV id,sequence,label or FASTA with label=... in the headers).")
 @click.option("--label", default="label", show_default=True,
               help="Probe: the label column (CSV) or header key (FASTA).")
+@click.option("--raw", is_flag=True,
+              help="Forecast: score the sample paths as drawn, without the run's "
+                   "calibration.json.")
 @click.option("--device", default="auto", show_default=True)
-def evaluate(run_dir, data, out_dir, context, horizon, samples, probe, label, device) -> dict:
+def evaluate(run_dir, data, out_dir, context, horizon, samples, probe, label, raw,
+             device) -> dict:
     """Score the model on held-out data against baselines; write metrics.json and plots."""
     from sciformer.evaluation.run import evaluate as run
     from sciformer.evaluation.summary import format_table
 
     metrics = run(run_dir, data, out_dir, context=context, horizon=horizon, samples=samples,
-                  device=device, probe=probe, label=label, progress=_progress())
+                  device=device, probe=probe, label=label, progress=_progress(), raw=raw)
     click.echo(format_table(metrics))
     click.echo(f"Report in {out_dir}")
     return metrics
+
+
+@main.command()
+@click.argument("run_dir", type=RUN_DIR)
+@click.option("--method", type=click.Choice(["crps", "coverage"]), default="crps",
+              show_default=True, help="Fit each lead's factor by the fair CRPS, or to give "
+              "the central 80% interval 80% coverage.")
+@click.option("--horizon", type=click.IntRange(min=1),
+              help="Leads to fit (default: the horizon `evaluate` scores).")
+@click.option("--samples", type=click.IntRange(2, 10_000),
+              help="Sample paths per window (default: the run's data.samples).")
+@click.option("--device", default="auto", show_default=True)
+def calibrate(run_dir, method, horizon, samples, device) -> Path:
+    """Fit a forecasting run's spread recalibration on its validation trajectories; writes
+    RUN_DIR/calibration.json, applied by predict and evaluate (--raw skips it)."""
+    from sciformer.calibrate import calibrate as run
+
+    cal = run(run_dir, method=method, horizon=horizon, samples=samples, device=device)
+    before, after = cal.fitted["validation_before"], cal.fitted["validation_after"]
+    click.echo(f"Wrote {Path(run_dir) / 'calibration.json'}: factors "
+               f"{min(cal.factors):.3g}-{max(cal.factors):.3g} over {len(cal.factors)} leads "
+               f"({cal.fitted['n_windows']} validation windows); 80% coverage on validation "
+               f"{before['coverage_80'][0]:.2f}-{before['coverage_80'][1]:.2f} -> "
+               f"{after['coverage_80'][0]:.2f}-{after['coverage_80'][1]:.2f}")
+    return Path(run_dir) / "calibration.json"
 
 
 @main.command()

@@ -30,18 +30,22 @@ GROUP = 256  # records scored together; bounds memory on large inputs
 def predict(run_dir: str | Path, input_path: str | Path, out: str | Path, *,
             score: bool = False, horizon: int | None = None, samples: int | None = None,
             write_samples: bool = False, top_k: int = 5, device: str = "auto",
-            progress: bool = False, variants: str | Path | None = None) -> Path:
-    """Run the model of `run_dir` on `input_path` and write predictions to `out`."""
+            progress: bool = False, variants: str | Path | None = None,
+            raw: bool = False) -> Path:
+    """Run the model of `run_dir` on `input_path` and write predictions to `out`; forecasts
+    with `raw` use the sample paths as drawn, without the run's recalibration."""
     input_path, out = Path(input_path), Path(out)
     extra = [variants] if variants is not None else []
     check_output(out, inputs=[input_path, *extra], protected=run_files(run_dir))
     pipe = load(run_dir, device)
     if isinstance(pipe, Forecaster):
         _refuse(run_dir, "forecasting", score=score, variants=variants)
+        if raw:
+            pipe.calibration = None
         return predict_forecast(pipe, input_path, out, horizon, samples, write_samples,
                                 progress)
     _refuse(run_dir, "masked-residue", horizon=horizon, samples=samples,
-            write_samples=write_samples)
+            write_samples=write_samples, raw=raw)
     if variants is not None:
         from sciformer.variants import score_variants_file
 
@@ -126,7 +130,8 @@ def predict_forecast(fc: Forecaster, input_path: Path, out: Path, horizon: int |
                              n_samples=samples if write_samples else None,
                              attrs={"source": str(input_path), "context_steps": use,
                                     "samples": samples, "forecast_of": "steps after "
-                                    "the last step of each input trajectory"}) as w, \
+                                    "the last step of each input trajectory",
+                                    "recalibrated": int(fc.calibration is not None)}) as w, \
             progress_bar(m.n_traj, "predict", "traj", progress) as bar:
         for first in range(0, m.n_traj, batch):
             stop = min(first + batch, m.n_traj)

@@ -210,9 +210,20 @@ def model_forecasts(fc: Forecaster, contexts: np.ndarray, horizon: int, samples:
     empirical median and quantiles are reported. `first` is the index of contexts[0] among all
     windows (it seeds the draws, so a window's paths do not depend on how windows are blocked).
     """
-    paths = fc.sample(contexts, horizon, samples, seed=first,
-                      batch=batch or model_batch(fc.cfg))
-    return ModelForecast.from_samples(paths, fc.levels)
+    return model_and_raw_forecasts(fc, contexts, horizon, samples, first, batch)[0]
+
+
+def model_and_raw_forecasts(fc: Forecaster, contexts: np.ndarray, horizon: int, samples: int,
+                            first: int = 0, batch: int | None = None
+                            ) -> tuple[ModelForecast, ModelForecast | None]:
+    """`model_forecasts` and, when the run recalibrates its paths (`fc.calibration`), the
+    forecast of the same draws before recalibration (else None)."""
+    raw = fc.sample(contexts, horizon, samples, seed=first, batch=batch or model_batch(fc.cfg),
+                    calibrated=False)
+    if fc.calibration is None:
+        return ModelForecast.from_samples(raw, fc.levels), None
+    return (ModelForecast.from_samples(fc.calibration.apply(raw), fc.levels),
+            ModelForecast.from_samples(raw, fc.levels))
 
 
 def model_batch(cfg: RunConfig) -> int:
@@ -312,15 +323,19 @@ class Scores:
     model: ForecastScore
     baselines: dict[str, ForecastScore]
     shown: PlotWindows | None = None
+    raw: ForecastScore | None = None  # the model's paths before recalibration
 
     def add(self, truth: np.ndarray, model: ModelForecast,
-            base: dict[str, np.ndarray]) -> None:
+            base: dict[str, np.ndarray], raw: ModelForecast | None = None) -> None:
         """Score one batch of windows: the model by its sample paths if it has them, else by
-        its quantiles; the point baselines by their forecasts."""
+        its quantiles (and its paths before recalibration into `raw`); the point baselines
+        by their forecasts."""
         if model.samples is not None:
             self.model.add(model.median, truth, samples=model.samples)
         else:
             self.model.add(model.median, truth, quantiles=model.quantiles)
+        if raw is not None and self.raw is not None:
+            self.raw.add(raw.median, truth, samples=raw.samples)
         for name, pred in base.items():
             self.baselines[name].add(pred, truth)
 
@@ -337,7 +352,8 @@ def stream_scores(fc: Forecaster, f: TrajectoryFile, trajs: list[int], c: int, h
     step = block_trajectories(len(starts),
                               capped_batch(fc.cfg, samples * h * math.prod(f.meta.state_shape)))
     scores = Scores(ForecastScore(**scored, levels=fc.levels),
-                    {name: ForecastScore(**scored) for name in fitted})
+                    {name: ForecastScore(**scored) for name in fitted},
+                    raw=None if fc.calibration is None else ForecastScore(**scored))
     batch = capped_batch(fc.cfg, samples * h * math.prod(f.meta.state_shape))
     with progress_bar(len(trajs), "evaluate", "traj", progress) as bar:
         for i in range(0, len(trajs), step):
@@ -348,15 +364,27 @@ def stream_scores(fc: Forecaster, f: TrajectoryFile, trajs: list[int], c: int, h
             kept = []
             for j in range(0, len(ctx), batch):  # a model batch at a time: with sample
                 part = slice(j, j + batch)  # paths (S, batch, H, F) memory stays bounded
-                pred = model_forecasts(fc, ctx[part], h, samples, first=i * len(starts) + j,
-                                       batch=batch)
-                scores.add(truth[part], pred, baseline_forecasts(fitted, ctx[part], h))
+                pred, raw = model_and_raw_forecasts(fc, ctx[part], h, samples,
+                                                    first=i * len(starts) + j, batch=batch)
+                scores.add(truth[part], pred, baseline_forecasts(fitted, ctx[part], h), raw)
                 kept += [pred.rows([k - j]) for k in keep if j <= k < j + batch]
             if keep:
                 scores.shown = PlotWindows(ctx[keep], truth[keep], ModelForecast.concat(kept),
                                            [origin[k] for k in keep])
             bar.update(len(block))
     return scores
+
+
+def raw_paths_row(raw: dict[str, Any], fc: Forecaster) -> dict[str, Any]:
+    """The probabilistic scores of the model's paths before recalibration (the point scores
+    are the recalibrated model's: rescaling about the median keeps the median), and the
+    factors that were applied."""
+    out = {k: raw[k] for k in ("crps", "coverage_50", "coverage_80", "pit") if k in raw}
+    out["per_step"] = {"crps": raw["per_step"]["crps"]}
+    assert fc.calibration is not None
+    out["spread_factors"] = [round(float(v), 5) for v in fc.calibration.at(len(out[
+        "per_step"]["crps"]))]
+    return out
 
 
 def check_context(fc: Forecaster, context: int) -> None:
@@ -387,6 +415,9 @@ def score_all(fc: Forecaster, f: TrajectoryFile, trajs: list[int], sizes: tuple[
     scores = stream_scores(fc, f, trajs, c, h, samples, fitted, scored, progress)
     trained = fc.cfg.data.horizon
     model_m = summary_numbers(scores.model.result(), steps_per_lt, trained)
+    model_m["recalibrated"] = scores.raw is not None
+    if scores.raw is not None:
+        model_m["raw"] = raw_paths_row(scores.raw.result(), fc)
     base_m = {k: summary_numbers(v.result(), steps_per_lt, trained)
               for k, v in scores.baselines.items()}
     for name, fit in describe_baselines(fitted).items():

@@ -307,8 +307,12 @@ def _table(rows: Mapping[str, Mapping[str, Any]], vpt_unit: str | None) -> list[
 
 def metrics_table(metrics: Mapping[str, Any]) -> list[str]:
     """Markdown table lines of a metrics.json dict: the model against every baseline."""
-    rows = {"model": dict(metrics.get("model", {})), **dict(metrics.get("baselines", {}))}
-    return _table(rows, metrics.get("model", {}).get("vpt_unit"))
+    model = dict(metrics.get("model", {}))
+    rows = {"model": model}
+    if isinstance(model.get("raw"), Mapping):  # recalibrated: the paths as drawn, for contrast
+        rows["model, raw paths"] = {"crps": model["raw"].get("crps")}
+    rows.update(dict(metrics.get("baselines", {})))
+    return _table(rows, model.get("vpt_unit"))
 
 
 def coverage_lines(metrics: Mapping[str, Any]) -> list[str]:
@@ -320,11 +324,17 @@ def coverage_lines(metrics: Mapping[str, Any]) -> list[str]:
         return []
     n = len(model[keys[0]])
     leads = sorted(int(k[1:]) for k in model.get("nrmse_at", {})) or list(range(1, n + 1, 10))
+    cols = [(model, k, f"coverage of the {NOMINAL_COVERAGE[k]:.0%} interval") for k in keys]
+    raw = model.get("raw")
+    if isinstance(raw, Mapping):  # recalibrated paths: the raw ones alongside
+        cols = [c for k in keys for c in (
+            (model, k, f"{NOMINAL_COVERAGE[k]:.0%} interval, recalibrated"),
+            (raw, k, f"{NOMINAL_COVERAGE[k]:.0%} interval, raw paths")) if k in c[0]]
     lines = ["## Calibration (model)", "", "| lead (steps) | " + " | ".join(
-        f"coverage of the {NOMINAL_COVERAGE[k]:.0%} interval" for k in keys) + " |",
-        "|---:|" + "---:|" * len(keys)]
+        c[2] for c in cols) + " |", "|---:|" + "---:|" * len(cols)]
     for h in leads:
-        lines.append(f"| {h} | " + " | ".join(_cell(model[k][h - 1], None) for k in keys) + " |")
+        lines.append(f"| {h} | " + " | ".join(_cell(row[k][h - 1], None)
+                                             for row, k, _ in cols) + " |")
     return lines + [""]
 
 

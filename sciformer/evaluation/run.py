@@ -13,9 +13,12 @@ from sciformer.pipelines import Forecaster, ProteinLM, load
 def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path, *,
              context: int | None = None, horizon: int | None = None,
              samples: int | None = None, device: str = "auto", probe: str | None = None,
-             label: str = "label", progress: bool = False) -> dict:
+             label: str = "label", progress: bool = False, raw: bool = False) -> dict:
     """Evaluate the model in `run_dir` on `data`; returns the metrics written to metrics.json.
     `progress` shows a bar of records / trajectories scored.
+
+    A forecasting run's paths are recalibrated when it has a ``calibration.json`` (the raw
+    paths are scored too, as `model.raw`); `raw` scores the paths as drawn only.
 
     With `probe` ("sequence" | "residue"), fit a linear probe on frozen embeddings instead
     (`sciformer.evaluation.probe`), reading labels from column / header key `label`.
@@ -23,13 +26,16 @@ def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path, *,
     run_dir, data, out_dir = Path(run_dir), Path(data), Path(out_dir)
     check_output(out_dir, inputs=[data], protected=run_files(run_dir), kind="dir")
     pipe = load(run_dir, device)
-    forecast_only = {"context": context, "horizon": horizon, "samples": samples}
+    forecast_only = {"context": context, "horizon": horizon, "samples": samples,
+                     "raw": raw or None}
     if isinstance(pipe, ProteinLM):
         for name, value in forecast_only.items():
             if value is not None:
                 raise InputError(f"{run_dir}: --{name} does not apply to a masked-residue run")
     elif probe is not None:
         raise InputError(f"{run_dir}: --probe needs a protein (masked-residue) run")
+    elif raw:
+        pipe.calibration = None
     with atomic_dir(out_dir) as tmp:  # the report appears whole, or not at all
         if probe is not None:
             from sciformer.evaluation.probe import evaluate_probe

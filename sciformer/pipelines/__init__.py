@@ -14,6 +14,7 @@ import torch
 
 from sciformer.pipelines.forecast import Forecaster
 from sciformer.pipelines.protein import ProteinLM
+from sciformer.pipelines.recalibrate import SpreadCalibration
 from sciformer.runs import ForecastState, MaskedState, load_model, pick_device
 
 Pipeline = ProteinLM | Forecaster
@@ -27,7 +28,9 @@ def load(run_dir: str | Path, device: str | torch.device = "auto") -> Pipeline:
     if isinstance(state, MaskedState):
         return ProteinLM(model, cfg, state, dev)
     assert isinstance(state, ForecastState)
-    return Forecaster(model, cfg, state, dev)
+    fc = Forecaster(model, cfg, state, dev)
+    fc.calibration = SpreadCalibration.load(run_dir)  # None for runs without calibration.json
+    return fc
 
 
 __all__ = ["load", "ProteinLM", "Forecaster", "Pipeline"]

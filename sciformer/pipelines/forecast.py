@@ -28,6 +28,11 @@ of the paths.
 
 Rollouts longer than the trained horizon re-encode each path's own latest context chunk by
 chunk, so any horizon works. Sampling is seeded: the same call gives the same paths.
+
+**Recalibration.** When the run directory holds a ``calibration.json`` (written at the end of
+pretraining, or by `sciformer calibrate`), `sample` and `forecast` rescale each path's
+deviation from the ensemble median by a per-lead factor fitted on the run's validation
+trajectories (`sciformer.pipelines.recalibrate`); ``calibrated=False`` gives the paths as drawn.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from torch import Tensor, nn
 
 from sciformer.config import RunConfig
 from sciformer.errors import InputError
+from sciformer.pipelines.recalibrate import SpreadCalibration
 from sciformer.runs import ForecastState
 from sciformer.tokenizers.timeseries import BinTokenizer, PatchTokenizer, tokenizer_from_config
 
@@ -197,6 +203,7 @@ class Forecaster:
         self.context_length = cfg.data.context  # steps the encoder reads
         self.trained_horizon = cfg.data.horizon
         self.state_shape = tuple(state.state_shape)
+        self.calibration: SpreadCalibration | None = None  # set by `load` from calibration.json
 
     def __repr__(self) -> str:
         m = self.cfg.model
@@ -236,8 +243,9 @@ class Forecaster:
                              "fewer samples, a shorter horizon, or fewer contexts at a time")
 
     def sample(self, context: np.ndarray, horizon: int, samples: int | None = None,
-               seed: int = 0, batch: int | None = None) -> np.ndarray:
-        """Sample paths (S, B, horizon, F) after contexts (B, C, F) of flattened states."""
+               seed: int = 0, batch: int | None = None, calibrated: bool = True) -> np.ndarray:
+        """Sample paths (S, B, horizon, F) after contexts (B, C, F) of flattened states,
+        recalibrated when the run has a calibration and `calibrated` (see the module doc)."""
         samples = samples or self.cfg.data.samples
         if horizon < 1 or samples < 1:
             raise InputError(f"horizon={horizon} and samples={samples} must be >= 1")
@@ -250,15 +258,17 @@ class Forecaster:
                                  horizon, self.trained_horizon, self.levels, samples,
                                  seed + first, self.cfg.data.draws)
             out.append(paths.cpu().numpy())
-        return np.concatenate(out, axis=1)
+        paths = np.concatenate(out, axis=1)
+        return self.calibration.apply(paths) if calibrated and self.calibration else paths
 
     def forecast(self, context: Any, horizon: int | None = None, *, samples: int | None = None,
-                 seed: int = 0, return_samples: bool = True) -> Any:
+                 seed: int = 0, return_samples: bool = True, calibrated: bool = True) -> Any:
         """Forecast `horizon` steps after each context; returns an `xarray.Dataset`.
 
         `context` is a numpy array (n_traj, n_time, *state_shape) — or (n_time, *state_shape)
         for one trajectory — or an `xarray.DataArray` with a `time` dimension (first after an
-        optional trajectory dimension). The Dataset holds `median`, `quantiles` (a `quantile`
+        optional trajectory dimension). `calibrated=False` skips the run's recalibration.
+        The Dataset holds `median`, `quantiles` (a `quantile`
         dimension) and, with `return_samples`, `samples` (a `sample` dimension), on a `time`
         coordinate continuing the context's.
         """
@@ -273,7 +283,7 @@ class Forecaster:
         self.check_memory(len(values), horizon, samples * math.prod(shape)
                           // math.prod(self.state_shape), "forecast")
         flat = values.reshape(len(values), values.shape[1], -1)
-        paths = self.sample(flat, horizon, samples, seed)
+        paths = self.sample(flat, horizon, samples, seed, calibrated=calibrated)
         med, qs = summarise(paths, self.levels)
         return forecast_dataset(med, qs, paths if return_samples else None,
                                 self.levels, times, dims, shape, self.state)

@@ -439,7 +439,20 @@ def pretrain(data: list[str | Path], cfg: RunConfig, run_dir: str | Path, *,
     claim = claim_run_dir(run_dir, resume) if dist.is_main else contextlib.nullcontext()
     try:
         with claim:
-            return build_trainer(data, cfg, run_dir, dist, resume=resume,
-                                 progress=progress).fit()
+            trainer = build_trainer(data, cfg, run_dir, dist, resume=resume, progress=progress)
+            val = trainer.fit()
+            if dist.is_main and wants_calibration(trainer):
+                from sciformer.calibrate import calibrate
+
+                calibrate(run_dir, device=str(trainer.device))
+            return val
     finally:
         dist.close()
+
+
+def wants_calibration(trainer: Trainer) -> bool:
+    """Whether the run ends by fitting its spread recalibration (`sciformer.calibrate`): a
+    forecasting run with `train.calibrate` and validation trajectories to fit it on."""
+    task = trainer.task
+    return (trainer.cfg.train.calibrate and getattr(task, "name", "") == "forecast"
+            and len(getattr(task, "val_idx", [])) > 0)

@@ -1,0 +1,125 @@
+"""`sciformer calibrate RUN`: fit a forecasting run's spread recalibration on its validation
+trajectories and store it as ``calibration.json`` (`sciformer.pipelines.recalibrate`).
+
+Pretraining a forecasting run does this at its end (`train.calibrate`); the command refits an
+existing run (an older one, or with another method). The data are the run's own validation
+trajectories (split.json ``heldout_origin``: whole trajectories of the training files that no
+gradient step saw), never an evaluation file: up to `CALIBRATION_WINDOWS` windows of
+context + horizon steps, evenly spaced, the horizon being the one `sciformer evaluate` scores
+by default (about three Lyapunov times), so the factors cover every lead that evaluation sees.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sciformer.errors import InputError
+from sciformer.evaluation.calibration import (
+    COVERAGE_MASSES,
+    coverage_from_sorted,
+    crps_sorted_sum,
+)
+from sciformer.io.trajectories import TrajectoryFile
+from sciformer.pipelines import Forecaster, load
+from sciformer.pipelines.recalibrate import (
+    SMOOTH_FRACTION,
+    SpreadCalibration,
+    per_lead_factors,
+    smooth,
+)
+from sciformer.runs import read_split
+
+CALIBRATION_WINDOWS = 64  # validation windows the factors are fitted on (at most)
+MAX_PER_TRAJECTORY = 32  # windows per validation trajectory (at most)
+SEED = 1_000_003  # seeds the validation paths' draws (evaluation seeds by window index)
+
+
+def validation_windows(fc: Forecaster, run_dir: Path, horizon: int | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Contexts (N, C, F) and truths (N, H, F) from the run's validation trajectories, and
+    what they are (trajectories, windows, context, horizon)."""
+    from sciformer.evaluation.forecast import default_horizon, read_windows, window_starts
+
+    origin = read_split(run_dir).get("heldout_origin") or []
+    if not origin:
+        raise InputError(f"{run_dir / 'split.json'}: the run has no validation trajectories "
+                         "(data.val_fraction = 0) to fit a calibration on")
+    files = fc.state.train_files
+    by_file: dict[int, list[int]] = {}
+    for fi, t in origin:
+        by_file.setdefault(int(fi), []).append(int(t))
+    opened = {fi: TrajectoryFile(files[fi]) for fi in by_file}
+    meta = next(iter(opened.values())).meta
+    c = fc.context_length
+    lyap = meta.lyapunov_time or fc.state.lyapunov_time
+    n_time = min(f.meta.n_time for f in opened.values())
+    h = horizon or default_horizon(fc.trained_horizon, meta.dt, lyap, meta.state_shape)
+    h = min(h, n_time - c)  # what the validation trajectories hold
+    if h < 1:
+        raise InputError(f"{files[0]}: validation trajectories of {n_time} steps are shorter "
+                         f"than the context of {c} steps")
+    per = max(1, min(MAX_PER_TRAJECTORY, CALIBRATION_WINDOWS // len(origin)))
+    starts = window_starts(n_time, c + h, per)
+    ctx, truth = [], []
+    for fi, trajs in by_file.items():
+        wins, _ = read_windows(opened[fi], sorted(trajs), starts, c + h)
+        ctx.append(wins[:, :c])
+        truth.append(wins[:, c:])
+    about = {"data": "validation trajectories of the training files (split.json "
+                     "heldout_origin), never used for gradient steps",
+             "trajectories": [[int(a), int(b)] for a, b in origin],
+             "windows_per_trajectory": len(starts), "context": c, "horizon": h}
+    return np.concatenate(ctx), np.concatenate(truth), about
+
+
+def lead_scores(paths: np.ndarray, truth: np.ndarray) -> dict[str, list[float]]:
+    """Per-lead coverage of the central intervals and mean CRPS of paths (S, n, H, F)
+    against truth (n, H, F), a lead at a time (memory of one lead in float64)."""
+    out: dict[str, list[float]] = {k: [] for k in (*COVERAGE_MASSES, "crps")}
+    for h in range(paths.shape[2]):
+        s = np.sort(paths[:, :, h:h + 1].astype(np.float64), axis=0)
+        t = truth[:, h:h + 1].astype(np.float64)
+        n = t.size
+        for key, inside in coverage_from_sorted(s, t).items():
+            out[key].append(float(inside[0]) / n)
+        out["crps"].append(float(crps_sorted_sum(s, t)[0]) / n)
+    return out
+
+
+def _summary(scores: dict[str, list[float]]) -> dict[str, Any]:
+    """Range of each coverage curve and the mean CRPS, for calibration.json."""
+    out: dict[str, Any] = {k: [round(min(v), 4), round(max(v), 4)]
+                           for k, v in scores.items() if k != "crps"}
+    out["crps"] = float(np.mean(scores["crps"]))
+    return out
+
+
+def calibrate(run_dir: str | Path, *, method: str = "crps", horizon: int | None = None,
+              samples: int | None = None, device: str = "auto",
+              fc: Forecaster | None = None) -> SpreadCalibration:
+    """Fit the spread factors of the run in `run_dir` on its validation trajectories, write
+    ``calibration.json`` and return them. `samples` defaults to the run's `data.samples`."""
+    run_dir = Path(run_dir)
+    fc = fc or load(run_dir, device)
+    if not isinstance(fc, Forecaster):
+        raise InputError(f"{run_dir}: calibrate needs a forecasting run")
+    ctx, truth, about = validation_windows(fc, run_dir, horizon)
+    samples = samples or fc.cfg.data.samples
+    from sciformer.evaluation.forecast import model_batch
+
+    paths = fc.sample(ctx, about["horizon"], samples, seed=SEED, batch=model_batch(fc.cfg),
+                      calibrated=False)
+    raw = per_lead_factors(paths, truth, method)
+    cal = SpreadCalibration(smooth(raw), {})
+    before, after = lead_scores(paths, truth), lead_scores(cal.apply(paths), truth)
+    cal.fitted = {**about, "n_windows": len(ctx), "samples": samples, "method": method,
+                  "smoothing": f"moving average of log factors over {SMOOTH_FRACTION:.0%} of "
+                               "the leads; the last factor holds beyond the fitted horizon",
+                  "raw_factors": [round(float(v), 5) for v in raw],
+                  "validation_before": _summary(before), "validation_after": _summary(after),
+                  "validation_per_lead": {"before": before, "after": after}}
+    cal.save(run_dir)
+    return cal

@@ -1,0 +1,173 @@
+"""Post-hoc spread recalibration of sample paths: one factor per lead time.
+
+A forecaster's sample paths can be under- (or over-) dispersed: their central intervals cover
+the truth less (more) often than nominal. `SpreadCalibration` rescales each path's deviation
+from the ensemble median at lead t,
+
+    path'(t) = median(t) + s(t) * (path(t) - median(t)),
+
+which keeps the median (hence every point-forecast score) and the ranks of the paths, and only
+widens (s > 1) or narrows (s < 1) the spread. The factors are fitted on sample paths of the
+run's VALIDATION trajectories (`sciformer.calibrate`), never on the data a model is
+evaluated on, and stored in the run directory as ``calibration.json``; a run without that file
+is used as it is.
+
+Fitting (`fit_factors`), per lead, pooled over windows and features:
+
+- ``crps`` (default): the s minimising the sum of the *fair* ensemble CRPS
+  E|X - y| - E|X - X'| / 2 over distinct pairs (Ferro 2014, QJRMS 140:1917), which does not
+  reward an ensemble of S members for being narrower than the law it samples. As a function of
+  s it is sum_k sum_i |d_ki| / S * |s - r_k / d_ki| - s A (d: deviations from the median,
+  r = truth - median, A the pair terms), convex and piecewise linear, so its minimiser is
+  exactly a weighted quantile of the r_k / d_ki (`crps_factor`).
+- ``coverage``: the s at which the central `mass` interval of the rescaled paths covers
+  exactly that share of the truths (`coverage_factor`).
+
+The per-lead estimates are then smoothed (`smooth`: a centred moving average of log s over
+`SMOOTH_FRACTION` of the fitted leads) and held at their last value past the fitted horizon.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sciformer.errors import InputError
+from sciformer.evaluation.calibration import sorted_quantile
+
+CALIBRATION_FILE = "calibration.json"
+METHODS = ("crps", "coverage")
+FACTOR_RANGE = (0.1, 10.0)  # factors are clipped to this range (a guard against few samples)
+SMOOTH_FRACTION = 0.1  # moving-average window, as a share of the fitted leads (odd, >= 1)
+
+
+# ---- applying ---------------------------------------------------------------------------------
+@dataclass
+class SpreadCalibration:
+    """Per-lead spread factors `factors` (H_fit,) and what they were fitted on (`fitted`)."""
+
+    factors: np.ndarray
+    fitted: dict[str, Any] = field(default_factory=dict)
+
+    def at(self, horizon: int) -> np.ndarray:
+        """Factors of leads 1..horizon (horizon,): the fitted ones, the last held beyond."""
+        f = np.asarray(self.factors, dtype=np.float64)
+        return f[np.minimum(np.arange(horizon), len(f) - 1)]
+
+    def apply(self, paths: np.ndarray) -> np.ndarray:
+        """Recalibrated copy of sample paths (S, B, H, F): median + s(lead) * deviation."""
+        med = np.median(paths, axis=0, keepdims=True)
+        s = self.at(paths.shape[2]).astype(paths.dtype)[None, None, :, None]
+        return med + s * (paths - med)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": "spread", "factors": [float(v) for v in self.factors],
+                "fitted": self.fitted}
+
+    def save(self, run_dir: str | Path) -> Path:
+        """Write ``calibration.json`` into `run_dir` (atomically)."""
+        from sciformer.io.atomic import write_json_atomic
+
+        path = Path(run_dir) / CALIBRATION_FILE
+        write_json_atomic(path, self.to_dict())
+        return path
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str) -> SpreadCalibration:
+        """Parse the dict of ``calibration.json``; InputError naming `source` if malformed."""
+        factors = raw.get("factors") if isinstance(raw, dict) else None
+        ok = (isinstance(factors, list) and factors
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in factors))
+        f = np.asarray(factors if ok else [], dtype=np.float64)
+        if not ok or not np.all(np.isfinite(f)) or np.any(f <= 0):
+            raise InputError(f"{source}: 'factors' must be a non-empty list of positive "
+                             "numbers (delete the file to use the paths as sampled)")
+        if raw.get("method", "spread") != "spread":
+            raise InputError(f"{source}: unknown method {raw.get('method')!r} (expected "
+                             "'spread')")
+        return cls(f, dict(raw.get("fitted") or {}))
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> SpreadCalibration | None:
+        """The run's calibration, or None when it has no ``calibration.json``."""
+        path = Path(run_dir) / CALIBRATION_FILE
+        if not path.exists():
+            return None
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{path}: unreadable ({exc})") from None
+        return cls.from_dict(raw, str(path))
+
+
+# ---- fitting ----------------------------------------------------------------------------------
+def _lead(paths: np.ndarray, truth: np.ndarray, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deviations from the median at lead `h`: of the paths (S, n * F) and the truth (n * F,)."""
+    p = np.asarray(paths[:, :, h], dtype=np.float64).reshape(paths.shape[0], -1)
+    med = np.median(p, axis=0)
+    return p - med, np.asarray(truth[:, h], dtype=np.float64).ravel() - med
+
+
+def crps_factor(dev: np.ndarray, resid: np.ndarray) -> float:
+    """The s > 0 minimising the summed fair CRPS of median + s * dev against the truths.
+
+    `dev` (S, N): deviations of S paths at N points; `resid` (N,): truth - median. Exact: the
+    minimiser of sum w |s - t| - s A is the weighted quantile of t at (W + A) / (2 W).
+    """
+    m = dev.shape[0]
+    if m < 2:
+        return 1.0
+    srt = np.sort(dev, axis=0)
+    ranks = 2.0 * np.arange(m) - m + 1.0
+    pair = float((ranks[:, None] * srt).sum()) / (m * (m - 1))  # A: sum_k E|d-d'| / 2
+    nz = dev != 0
+    w = np.abs(dev[nz]) / m
+    t = (np.broadcast_to(resid, dev.shape)[nz]) / dev[nz]
+    total = w.sum()
+    if total <= 0 or not math.isfinite(total):
+        return 1.0
+    order = np.argsort(t)
+    cum = np.cumsum(w[order])
+    k = int(np.searchsorted(cum, min(total, 0.5 * (total + pair))))
+    return float(np.clip(t[order][min(k, len(t) - 1)], *FACTOR_RANGE))
+
+
+def coverage_factor(dev: np.ndarray, resid: np.ndarray, mass: float = 0.8) -> float:
+    """The s at which the central `mass` interval of median + s * dev holds `mass` of the
+    truths: each truth needs s >= r / hi (r > 0) or r / lo (r < 0), hi / lo the interval's
+    ends of the deviations; s is the `mass` quantile of those needs."""
+    sd = np.sort(dev, axis=0)
+    lo, hi = sorted_quantile(sd, (1 - mass) / 2), sorted_quantile(sd, (1 + mass) / 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        need = np.where(resid > 0, resid / hi, np.where(resid < 0, resid / lo, 0.0))
+    need = np.where(np.isnan(need) | (need < 0), np.inf, need)  # wrong-signed end: never
+    return float(np.clip(np.quantile(need, mass), *FACTOR_RANGE))
+
+
+def per_lead_factors(paths: np.ndarray, truth: np.ndarray, method: str = "crps") -> np.ndarray:
+    """Unsmoothed factor per lead (H,) of paths (S, n, H, F) against truth (n, H, F), pooled
+    over windows and features (one lead at a time: memory of one lead in float64)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    fit = crps_factor if method == "crps" else coverage_factor
+    return np.array([fit(*_lead(paths, truth, h)) for h in range(paths.shape[2])])
+
+
+def smooth(factors: np.ndarray, fraction: float = SMOOTH_FRACTION) -> np.ndarray:
+    """Centred moving average of log factors over an odd window of `fraction` of the leads
+    (shrinking at the ends, so the first and last leads are not pulled toward zero)."""
+    n = len(factors)
+    half = max(0, int(round(fraction * n)) // 2)
+    logs = np.log(np.asarray(factors, dtype=np.float64))
+    return np.exp(np.array([logs[max(0, i - half): i + half + 1].mean() for i in range(n)]))
+
+
+def fit_factors(paths: np.ndarray, truth: np.ndarray, method: str = "crps",
+                fraction: float = SMOOTH_FRACTION) -> np.ndarray:
+    """Smoothed per-lead spread factors (H,) fitted on paths (S, n, H, F) and truth (n, H, F)."""
+    return smooth(per_lead_factors(paths, truth, method), fraction)

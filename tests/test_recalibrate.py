@@ -1,0 +1,199 @@
+"""Spread recalibration of sample paths: the fitted factors, the stored file, the run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from sciformer.cli import main
+from sciformer.errors import InputError
+from sciformer.evaluation.metrics import coverage_per_step
+from sciformer.evaluation.run import evaluate
+from sciformer.pipelines import load
+from sciformer.pipelines.recalibrate import (
+    CALIBRATION_FILE,
+    SpreadCalibration,
+    crps_factor,
+    fit_factors,
+    per_lead_factors,
+    smooth,
+)
+
+SIGMA = np.array([0.5, 1.0, 2.0])  # the paths' spread per lead; the truth's is 1
+
+
+def gaussian_case(n: int = 400, samples: int = 32, features: int = 4, seed: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Paths (S, n, 3, F) of N(loc, SIGMA^2) and truths of N(loc, 1), loc random per point:
+    under-dispersed at lead 1, calibrated at lead 2, over-dispersed at lead 3."""
+    rng = np.random.default_rng(seed)
+    loc = rng.normal(size=(n, 3, features)) * 3
+    truth = loc + rng.normal(size=loc.shape)
+    paths = loc + SIGMA[None, None, :, None] * rng.normal(size=(samples, *loc.shape))
+    return paths, truth
+
+
+def fair_crps(paths: np.ndarray, truth: np.ndarray) -> float:
+    """Sum of the fair ensemble CRPS, by brute force over all pairs."""
+    m = paths.shape[0]
+    err = np.abs(paths - truth).mean(axis=0)
+    pairs = np.abs(paths[:, None] - paths[None, :]).sum(axis=(0, 1)) / (2 * m * (m - 1))
+    return float((err - pairs).sum())
+
+
+def test_crps_factor_is_the_exact_minimiser():
+    paths, truth = gaussian_case(n=40, samples=8, features=2, seed=3)
+    p, t = paths[:, :, 0].reshape(8, -1), truth[:, 0].ravel()
+    med = np.median(p, axis=0)
+    s = crps_factor(p - med, t - med)
+    score = [fair_crps(med + g * (p - med), t) for g in (s, 0.97 * s, 1.03 * s)]
+    assert score[0] <= min(score[1:])
+    grid = np.linspace(0.5, 4, 351)
+    best = grid[np.argmin([fair_crps(med + g * (p - med), t) for g in grid])]
+    assert s == pytest.approx(best, abs=0.02)
+
+
+@pytest.mark.parametrize("method", ["crps", "coverage"])
+def test_factors_restore_nominal_coverage_and_leave_calibrated_paths_alone(method):
+    paths, truth = gaussian_case()
+    f = per_lead_factors(paths, truth, method)
+    # about the true ratio 1 / SIGMA: the median of 32 draws is itself noisy (its error adds
+    # to the truth's deviation), so the optimal factors sit a little above 1 / SIGMA
+    np.testing.assert_allclose(f, 1 / SIGMA, rtol=0.2)
+    assert np.all(f > 0.95 / SIGMA)
+    assert abs(f[1] - 1) < 0.12
+    before = coverage_per_step(paths, truth)["coverage_80"]
+    after = coverage_per_step(SpreadCalibration(f).apply(paths), truth)["coverage_80"]
+    assert before[0] < 0.5 and before[2] > 0.95  # the case is really mis-dispersed
+    np.testing.assert_allclose(after, 0.8, atol=0.04)
+    held_out = gaussian_case(seed=7)  # fitted on one sample, right on another
+    again = coverage_per_step(SpreadCalibration(f).apply(held_out[0]), held_out[1])
+    np.testing.assert_allclose(again["coverage_80"], 0.8, atol=0.04)
+
+
+def test_apply_keeps_the_median_and_holds_the_last_factor():
+    paths, _ = gaussian_case(n=5)
+    cal = SpreadCalibration(np.array([2.0, 3.0]))
+    assert cal.at(5).tolist() == [2.0, 3.0, 3.0, 3.0, 3.0]
+    out = cal.apply(paths)
+    med = np.median(paths, axis=0)
+    np.testing.assert_allclose(np.median(out, axis=0), med, atol=1e-12)
+    np.testing.assert_allclose(out[:, :, 2] - med[:, 2], 3.0 * (paths[:, :, 2] - med[:, 2]))
+
+
+def test_smoothing_averages_log_factors_within_its_window():
+    assert smooth(np.full(50, 1.7)) == pytest.approx(np.full(50, 1.7))
+    raw = np.where(np.arange(40) % 2 == 0, 2.0, 0.5)  # a saw-tooth in log s: averages to ~1
+    assert np.all(np.abs(np.log(smooth(raw)[2:-2])) < np.log(2) / 2)
+    assert smooth(raw, fraction=0.0) == pytest.approx(raw)
+    paths, truth = gaussian_case(n=100)
+    assert fit_factors(paths, truth, fraction=0.0) == pytest.approx(
+        per_lead_factors(paths, truth))
+
+
+def test_calibration_file_round_trip_and_bad_files(tmp_path):
+    assert SpreadCalibration.load(tmp_path) is None  # an old run: no recalibration
+    cal = SpreadCalibration(np.array([1.5, 1.25]), {"n_windows": 3})
+    cal.save(tmp_path)
+    back = SpreadCalibration.load(tmp_path)
+    assert back.factors.tolist() == [1.5, 1.25] and back.fitted == {"n_windows": 3}
+    for bad in ({"factors": []}, {"factors": [1.0, -2.0]}, {"factors": "x"},
+                {"factors": [1.0], "method": "isotonic"}):
+        (tmp_path / CALIBRATION_FILE).write_text(json.dumps(bad))
+        with pytest.raises(InputError, match=CALIBRATION_FILE):
+            SpreadCalibration.load(tmp_path)
+    (tmp_path / CALIBRATION_FILE).write_text("{")
+    with pytest.raises(InputError, match="unreadable"):
+        SpreadCalibration.load(tmp_path)
+
+
+# ---- a run ------------------------------------------------------------------------------------
+TINY = {"model": {"d_model": 32, "n_heads": 4, "n_encoder_layers": 1, "n_decoder_layers": 1,
+                  "d_ff": 64, "dropout": 0.0},
+        "data": {"context": 16, "horizon": 8, "patch_len": 4, "val_fraction": 0.25,
+                 "samples": 16},
+        "train": {"max_steps": 20, "batch_size": 8, "warmup_steps": 2, "eval_every": 10,
+                  "log_every": 10, "checkpoint_every": 20, "threads": 1}}
+
+
+@pytest.fixture(scope="module")
+def workflow_run(tmp_path_factory) -> Path:
+    """A tiny Lorenz-63 workflow: simulate, pretrain (which calibrates), evaluate."""
+    root = tmp_path_factory.mktemp("calib")
+    wf = {"name": "calib", "stages": [
+        {"simulate": {"system": "lorenz63", "out": str(root / "train.h5"), "n_traj": 8,
+                      "n_steps": 300, "seed": 0}},
+        {"simulate": {"system": "lorenz63", "out": str(root / "test.h5"), "n_traj": 2,
+                      "n_steps": 300, "seed": 1}},
+        {"pretrain": {"data": [str(root / "train.h5")], "out_dir": str(root / "run"),
+                      "config": TINY}},
+        {"evaluate": {"run": str(root / "run"), "data": str(root / "test.h5"),
+                      "out_dir": str(root / "eval"), "horizon": 40}}]}
+    (root / "wf.yaml").write_text(yaml.safe_dump(wf))
+    res = CliRunner().invoke(main, ["run", str(root / "wf.yaml")])
+    assert res.exit_code == 0, res.output
+    return root
+
+
+def test_workflow_run_holds_its_calibration_and_evaluate_applies_it(workflow_run):
+    root = workflow_run
+    raw = json.loads((root / "run" / CALIBRATION_FILE).read_text())
+    split = json.loads((root / "run" / "split.json").read_text())
+    fitted = raw["fitted"]
+    assert fitted["trajectories"] == split["heldout_origin"]  # the validation trajectories
+    lyap_steps = 300 - 16  # L63's 3 Lyapunov times exceed the 300-step trajectories
+    assert fitted["horizon"] == len(raw["factors"]) == min(fitted["horizon"], lyap_steps)
+    assert fitted["n_windows"] == 2 * fitted["windows_per_trajectory"]
+    assert fitted["samples"] == 16 and fitted["context"] == 16
+    for side in ("validation_before", "validation_after"):
+        assert set(fitted[side]) == {"coverage_50", "coverage_80", "crps"}
+    m = json.loads((root / "eval" / "metrics.json").read_text())
+    assert m["model"]["recalibrated"] is True
+    row = m["model"]["raw"]
+    assert len(row["coverage_80"]) == len(row["spread_factors"]) == 40
+    assert row["spread_factors"] == pytest.approx(raw["factors"][:40], abs=1e-5)
+    assert row["crps"] != m["model"]["crps"]
+    assert "raw paths" in (root / "eval" / "summary.md").read_text()
+
+
+def test_forecaster_applies_the_factors_unless_told_not_to(workflow_run):
+    fc = load(workflow_run / "run", "cpu")
+    assert fc.calibration is not None
+    ctx = np.random.default_rng(0).normal(size=(2, 16, 3)).astype(np.float32) * 5
+    raw = fc.sample(ctx, 20, 8, calibrated=False)
+    cal = fc.sample(ctx, 20, 8)
+    np.testing.assert_allclose(cal, fc.calibration.apply(raw), rtol=1e-6)
+    med = np.median(raw, axis=0)
+    s = fc.calibration.at(20)
+    np.testing.assert_allclose(cal - med, s[None, None, :, None] * (raw - med), atol=1e-4)
+    ds = fc.forecast(ctx, 20, samples=8, calibrated=False)
+    np.testing.assert_allclose(ds["samples"].values.reshape(raw.shape), raw, rtol=1e-6)
+
+
+def test_evaluate_raw_and_old_runs_without_a_calibration(workflow_run, tmp_path):
+    root = workflow_run
+    m = evaluate(root / "run", root / "test.h5", tmp_path / "raw", device="cpu", horizon=40,
+                 raw=True)
+    assert m["model"]["recalibrated"] is False and "raw" not in m["model"]
+    calibrated = json.loads((root / "eval" / "metrics.json").read_text())
+    assert m["model"]["crps"] == pytest.approx(calibrated["model"]["raw"]["crps"])
+    assert m["model"]["nrmse"] == pytest.approx(calibrated["model"]["nrmse"])  # same median
+
+
+def test_calibrate_command_refits_and_recreates_the_file(workflow_run):
+    run = workflow_run / "run"
+    before = json.loads((run / CALIBRATION_FILE).read_text())
+    (run / CALIBRATION_FILE).unlink()
+    assert load(run, "cpu").calibration is None
+    res = CliRunner().invoke(main, ["calibrate", str(run), "--method", "coverage",
+                                    "--horizon", "24", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "80% coverage on validation" in res.output
+    again = json.loads((run / CALIBRATION_FILE).read_text())
+    assert again["fitted"]["method"] == "coverage" and len(again["factors"]) == 24
+    assert again["fitted"]["trajectories"] == before["fitted"]["trajectories"]
