@@ -205,8 +205,9 @@ def main(argv: list[str] | None = None) -> None:
         print(table(results["decode"], cols, "\nDecoding (greedy, batch x steps)"))
     if "samples" in args.only:
         results["samples"] = samples_bench.run(args.repeats or (1 if args.quick else 3),
-                                               horizon=24 if args.quick else 120)
-        cols = ["samples", "contexts", "horizon", "seconds", "cost_vs_one_path", "range"]
+                                               horizon=24 if args.quick else None)
+        cols = ["shape", "samples", "contexts", "horizon", "seconds", "cost_vs_one_path",
+                "range"]
         print(table(results["samples"], cols, "\nForecast sample paths: cost of S paths vs one"))
     if "speedups" in args.only:
         results["speedups"] = speedups_section(args)

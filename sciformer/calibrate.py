@@ -116,7 +116,7 @@ def calibrate(run_dir: str | Path, *, method: str = "crps", horizon: int | None 
     cal = SpreadCalibration(smooth(raw), {})
     before, after = lead_scores(paths, truth), lead_scores(cal.apply(paths), truth)
     cal.fitted = {**about, "n_windows": len(ctx), "samples": samples, "method": method,
-                  "smoothing": f"moving average of log factors over {SMOOTH_FRACTION:.0%} of "
+                  "smoothing": f"local-linear fit of log factors over {SMOOTH_FRACTION:.0%} of "
                                "the leads; the last factor holds beyond the fitted horizon",
                   "raw_factors": [round(float(v), 5) for v in raw],
                   "validation_before": _summary(before), "validation_after": _summary(after),

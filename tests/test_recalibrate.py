@@ -1,4 +1,5 @@
-"""Spread recalibration of sample paths: the fitted factors, the stored file, the run."""
+"""Spread recalibration of sample paths: the fitted factors, the stored file, the run; and
+the sampler's level sort."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from click.testing import CliRunner
 
 from sciformer.cli import main
 from sciformer.errors import InputError
+from sciformer.evaluation.forecast import default_horizon
 from sciformer.evaluation.metrics import coverage_per_step
+from sciformer.io.trajectories import TrajectoryFile
 from sciformer.evaluation.run import evaluate
 from sciformer.pipelines import load
 from sciformer.pipelines.recalibrate import (
@@ -88,6 +91,8 @@ def test_apply_keeps_the_median_and_holds_the_last_factor():
 
 def test_smoothing_averages_log_factors_within_its_window():
     assert smooth(np.full(50, 1.7)) == pytest.approx(np.full(50, 1.7))
+    trend = np.exp(np.linspace(0.0, 1.5, 60))  # a trend in log s is kept, ends included
+    assert smooth(trend, fraction=0.3) == pytest.approx(trend)
     raw = np.where(np.arange(40) % 2 == 0, 2.0, 0.5)  # a saw-tooth in log s: averages to ~1
     assert np.all(np.abs(np.log(smooth(raw)[2:-2])) < np.log(2) / 2)
     assert smooth(raw, fraction=0.0) == pytest.approx(raw)
@@ -146,8 +151,9 @@ def test_workflow_run_holds_its_calibration_and_evaluate_applies_it(workflow_run
     split = json.loads((root / "run" / "split.json").read_text())
     fitted = raw["fitted"]
     assert fitted["trajectories"] == split["heldout_origin"]  # the validation trajectories
-    lyap_steps = 300 - 16  # L63's 3 Lyapunov times exceed the 300-step trajectories
-    assert fitted["horizon"] == len(raw["factors"]) == min(fitted["horizon"], lyap_steps)
+    meta = TrajectoryFile(root / "train.h5").meta  # evaluate's default horizon, if it fits
+    want = min(default_horizon(8, meta.dt, meta.lyapunov_time), 300 - 16)
+    assert fitted["horizon"] == len(raw["factors"]) == want
     assert fitted["n_windows"] == 2 * fitted["windows_per_trajectory"]
     assert fitted["samples"] == 16 and fitted["context"] == 16
     for side in ("validation_before", "validation_after"):
@@ -197,3 +203,15 @@ def test_calibrate_command_refits_and_recreates_the_file(workflow_run):
     again = json.loads((run / CALIBRATION_FILE).read_text())
     assert again["fitted"]["method"] == "coverage" and len(again["factors"]) == 24
     assert again["fitted"]["trajectories"] == before["fitted"]["trajectories"]
+
+
+# ---- the sampler's level sort (sample-path cost) ------------------------------------------------
+@pytest.mark.parametrize("n_q", [1, 2, 3, 7, 9])
+def test_sort_levels_equals_torch_sort(n_q):
+    import torch
+
+    from sciformer.pipelines.forecast import sort_levels
+
+    q = torch.randn(5, 3, 11, n_q, generator=torch.Generator().manual_seed(n_q))
+    q[0, 0, 0] = 1.0  # ties
+    assert torch.equal(sort_levels(q), q.sort(dim=-1).values)

@@ -23,7 +23,7 @@ Fitting (`fit_factors`), per lead, pooled over windows and features:
 - ``coverage``: the s at which the central `mass` interval of the rescaled paths covers
   exactly that share of the truths (`coverage_factor`).
 
-The per-lead estimates are then smoothed (`smooth`: a centred moving average of log s over
+The per-lead estimates are then smoothed (`smooth`: local-linear in log s over a window of
 `SMOOTH_FRACTION` of the fitted leads) and held at their last value past the fitted horizon.
 """
 
@@ -159,12 +159,23 @@ def per_lead_factors(paths: np.ndarray, truth: np.ndarray, method: str = "crps")
 
 
 def smooth(factors: np.ndarray, fraction: float = SMOOTH_FRACTION) -> np.ndarray:
-    """Centred moving average of log factors over an odd window of `fraction` of the leads
-    (shrinking at the ends, so the first and last leads are not pulled toward zero)."""
+    """Local-linear smoothing of log factors: at each lead, the value at that lead of the
+    least-squares line through the leads within half a window (`fraction` of all leads) on
+    either side, the window cut at the ends. Inside, this is the centred moving average; at
+    the ends it follows the trend instead of flattening it."""
     n = len(factors)
     half = max(0, int(round(fraction * n)) // 2)
     logs = np.log(np.asarray(factors, dtype=np.float64))
-    return np.exp(np.array([logs[max(0, i - half): i + half + 1].mean() for i in range(n)]))
+    out = np.empty(n)
+    for i in range(n):
+        lo, hi = max(0, i - half), min(n, i + half + 1)
+        x, y = np.arange(lo, hi) - i, logs[lo:hi]
+        if len(x) < 3:
+            out[i] = y.mean() if len(x) > 1 else logs[i]
+            continue
+        slope = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
+        out[i] = y.mean() - slope * x.mean()  # the line at x = 0 (lead i)
+    return np.exp(out)
 
 
 def fit_factors(paths: np.ndarray, truth: np.ndarray, method: str = "crps",
