@@ -98,12 +98,11 @@ def _summary(scores: dict[str, list[float]]) -> dict[str, Any]:
 
 
 def calibrate(run_dir: str | Path, *, method: str = "crps", horizon: int | None = None,
-              samples: int | None = None, device: str = "auto",
-              fc: Forecaster | None = None) -> SpreadCalibration:
+              samples: int | None = None, device: str = "auto") -> SpreadCalibration:
     """Fit the spread factors of the run in `run_dir` on its validation trajectories, write
     ``calibration.json`` and return them. `samples` defaults to the run's `data.samples`."""
     run_dir = Path(run_dir)
-    fc = fc or load(run_dir, device)
+    fc = load(run_dir, device)
     if not isinstance(fc, Forecaster):
         raise InputError(f"{run_dir}: calibrate needs a forecasting run")
     ctx, truth, about = validation_windows(fc, run_dir, horizon)
