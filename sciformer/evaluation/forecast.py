@@ -50,6 +50,7 @@ from sciformer.evaluation.heldout import select_unseen
 from sciformer.evaluation.metrics import DEFINITIONS, LEAD_BINS, ForecastScore, nrmse_at
 from sciformer.io.trajectories import TrajectoryFile, TrajectoryMeta
 from sciformer.pipelines.forecast import Forecaster
+from sciformer.pipelines.recalibrate import SpreadCalibration
 from sciformer.progress import progress_bar
 from sciformer.runs import ForecastState, read_split
 
@@ -375,15 +376,14 @@ def stream_scores(fc: Forecaster, f: TrajectoryFile, trajs: list[int], c: int, h
     return scores
 
 
-def raw_paths_row(raw: dict[str, Any], fc: Forecaster) -> dict[str, Any]:
+def raw_paths_row(raw: dict[str, Any], calibration: SpreadCalibration) -> dict[str, Any]:
     """The probabilistic scores of the model's paths before recalibration (the point scores
     are the recalibrated model's: rescaling about the median keeps the median), and the
-    factors that were applied."""
+    factors that were applied per lead."""
     out = {k: raw[k] for k in ("crps", "coverage_50", "coverage_80", "pit") if k in raw}
     out["per_step"] = {"crps": raw["per_step"]["crps"]}
-    assert fc.calibration is not None
-    out["spread_factors"] = [round(float(v), 5) for v in fc.calibration.at(len(out[
-        "per_step"]["crps"]))]
+    factors = calibration.at(len(raw["per_step"]["crps"]))
+    out["spread_factors"] = [round(float(v), 5) for v in factors]
     return out
 
 
@@ -416,8 +416,8 @@ def score_all(fc: Forecaster, f: TrajectoryFile, trajs: list[int], sizes: tuple[
     trained = fc.cfg.data.horizon
     model_m = summary_numbers(scores.model.result(), steps_per_lt, trained)
     model_m["recalibrated"] = scores.raw is not None
-    if scores.raw is not None:
-        model_m["raw"] = raw_paths_row(scores.raw.result(), fc)
+    if scores.raw is not None and fc.calibration is not None:
+        model_m["raw"] = raw_paths_row(scores.raw.result(), fc.calibration)
     base_m = {k: summary_numbers(v.result(), steps_per_lt, trained)
               for k, v in scores.baselines.items()}
     for name, fit in describe_baselines(fitted).items():

@@ -328,8 +328,9 @@ def coverage_lines(metrics: Mapping[str, Any]) -> list[str]:
     raw = model.get("raw")
     if isinstance(raw, Mapping):  # recalibrated paths: the raw ones alongside
         cols = [c for k in keys for c in (
-            (model, k, f"{NOMINAL_COVERAGE[k]:.0%} interval, recalibrated"),
-            (raw, k, f"{NOMINAL_COVERAGE[k]:.0%} interval, raw paths")) if k in c[0]]
+            (model, k, f"coverage of the {NOMINAL_COVERAGE[k]:.0%} interval, recalibrated"),
+            (raw, k, f"coverage of the {NOMINAL_COVERAGE[k]:.0%} interval, raw paths"))
+            if k in c[0]]
     lines = ["## Calibration (model)", "", "| lead (steps) | " + " | ".join(
         c[2] for c in cols) + " |", "|---:|" + "---:|" * len(cols)]
     for h in leads:

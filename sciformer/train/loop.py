@@ -441,7 +441,7 @@ def pretrain(data: list[str | Path], cfg: RunConfig, run_dir: str | Path, *,
         with claim:
             trainer = build_trainer(data, cfg, run_dir, dist, resume=resume, progress=progress)
             val = trainer.fit()
-            if dist.is_main and wants_calibration(trainer):
+            if dist.is_main and wants_calibration(trainer, run_dir):
                 from sciformer.calibrate import calibrate
 
                 calibrate(run_dir, device=str(trainer.device))
@@ -450,9 +450,12 @@ def pretrain(data: list[str | Path], cfg: RunConfig, run_dir: str | Path, *,
         dist.close()
 
 
-def wants_calibration(trainer: Trainer) -> bool:
+def wants_calibration(trainer: Trainer, run_dir: Path) -> bool:
     """Whether the run ends by fitting its spread recalibration (`sciformer.calibrate`): a
-    forecasting run with `train.calibrate` and validation trajectories to fit it on."""
-    task = trainer.task
-    return (trainer.cfg.train.calibrate and getattr(task, "name", "") == "forecast"
-            and len(getattr(task, "val_idx", [])) > 0)
+    forecasting run with `train.calibrate` and validation trajectories of its training files
+    to fit it on (split.json `heldout_origin`; a zoo corpus, split by system, has none)."""
+    if not (trainer.cfg.train.calibrate and trainer.task.name == "forecast"):
+        return False
+    from sciformer.runs import read_split
+
+    return bool(read_split(run_dir).get("heldout_origin"))
