@@ -30,12 +30,14 @@ GROUP = 256  # records scored together; bounds memory on large inputs
 def predict(run_dir: str | Path, input_path: str | Path, out: str | Path, *,
             score: bool = False, horizon: int | None = None, samples: int | None = None,
             write_samples: bool = False, top_k: int = 5, device: str = "auto",
-            progress: bool = False, variants: str | Path | None = None) -> Path:
-    """Run the model of `run_dir` on `input_path` and write predictions to `out`."""
+            progress: bool = False, variants: str | Path | None = None,
+            precision: str = "fp32") -> Path:
+    """Run the model of `run_dir` on `input_path` and write predictions to `out`
+    (`precision` of protein runs: fp32, bf16 or auto, see `sciformer.precision`)."""
     input_path, out = Path(input_path), Path(out)
     extra = [variants] if variants is not None else []
     check_output(out, inputs=[input_path, *extra], protected=run_files(run_dir))
-    pipe = load(run_dir, device)
+    pipe = load(run_dir, device, precision)
     if isinstance(pipe, Forecaster):
         _refuse(run_dir, "forecasting", score=score, variants=variants)
         return predict_forecast(pipe, input_path, out, horizon, samples, write_samples,
