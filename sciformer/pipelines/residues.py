@@ -63,7 +63,7 @@ def window_plan(length: int, window: int) -> list[tuple[int, int, np.ndarray]]:
 
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: training's validation calls this (FSDP, compile)
 def masked_log_probs(model: nn.Module, inputs: list[np.ndarray], queries: list[np.ndarray],
                      window: int, tokens_per_batch: int, device: torch.device,
                      precision: str = "fp32") -> Iterator[tuple[int, np.ndarray]]:
