@@ -194,3 +194,15 @@ def test_encode_depth_refuses_select() -> None:
     tokens = torch.randint(4, 24, (1, 6))
     with pytest.raises(ValueError, match="full depth"):
         model.encode(tokens, select=torch.ones_like(tokens, dtype=torch.bool), depth=1)
+
+
+def test_forecasting_runs_compute_in_fp32(tmp_path: Path) -> None:
+    from tests.test_forecast import l63_run
+
+    r = l63_run(tmp_path, (6, 200), (5, 200))
+    assert isinstance(sciformer.load(r["run"], "cpu", precision="auto"), sciformer.Forecaster)
+    with pytest.raises(ConfigError, match="protein runs only"):
+        sciformer.load(r["run"], "cpu", precision="bf16")
+    res = CliRunner().invoke(main, ["predict", str(r["run"]), str(r["test"]), "--out",
+                                    str(tmp_path / "f.h5"), "--precision", "bf16"])
+    assert res.exit_code == 1 and res.output.count("\n") == 1 and "fp32" in res.output
