@@ -2,8 +2,10 @@
 
 One random ESM-2-shaped model is built with `transformers` (no download), saved, and imported
 with `sciformer import-esm2`, so both sides hold the same weights. Both embed the same
-proteins (the first N records of the shipped proteome) in the same token-budget batches,
-in the same process, and produce the same thing: the mean final-layer vector per protein.
+proteins (the first N records of the shipped proteome) in length-sorted token-budget
+batches (fair-esm's recipe; sciformer also closes a batch before it pads more than 10%,
+`residues.inference_batches`), in the same process, and produce the same thing: the mean
+final-layer vector per protein.
 sciformer's time includes its windowing/blending bookkeeping; HF gets pre-built batches.
 Residues per second are printed per repeat, with medians and the sciformer / HF ratio.
 

@@ -5,8 +5,12 @@ with `transformers`, saved and imported with `import-esm2`, so both sides hold t
 weights (`benchmarks.embed_throughput.build_pair`). Each measurement runs the same proteins
 (the first shipped ones no longer than one window) through:
 
-- ``embed``: sciformer's `embed_sequences` (mean of the final layer per protein) vs HF
-  `model.esm(...).last_hidden_state` in the same token-budget batches;
+- ``embed``: sciformer's `embed_sequences` (mean of the final layer per protein), which
+  batches length-sorted pieces to the token budget and closes a batch before it pads more
+  than 10% (`residues.inference_batches`), vs HF `model.esm(...).last_hidden_state` as a user
+  of fair-esm's recipe runs it: length-sorted batches filled to the token budget (fair-esm's
+  `get_batch_indices`, as its `extract.py`; already better than batching in file order), and,
+  in a third row, HF given sciformer's own batches (the kernels compared alone);
 - ``pseudo-perplexity``: every residue masked in turn (Salazar et al. 2020), the L masked
   copies batched to the same token budget: sciformer's `predict --score` path
   (`sciformer.pipelines.residues.each_masked_alone`, which computes the last layer only at
@@ -15,9 +19,10 @@ weights (`benchmarks.embed_throughput.build_pair`). Each measurement runs the sa
 Residues per second (scored residues / wall seconds, median of interleaved repeats after a
 warm-up) and the peak resident memory above the start (`benchmarks.PeakMemory`) of each call
 are reported, with the largest difference between the two sides' outputs. bf16 rows are
-measured only where the CPU multiplies bf16 at least half as fast as fp32 (native
-AVX-512-BF16/AMX); elsewhere the note says it was skipped. This measures only; it changes no
-model code.
+measured only where the CPU has native bf16 (`sciformer.precision.native_cpu_bf16`:
+AVX-512-BF16/AMX); elsewhere the note says it was skipped. sciformer's bf16 is its
+`precision="bf16"` option; HF's is `torch.autocast` around the call, as a user would write it.
+This measures only; it changes no model code.
 
     python -m benchmarks.protein_inference [--size 8M] [--quick] [--json OUT]
 """
@@ -36,8 +41,9 @@ import numpy as np
 import torch
 
 from benchmarks import PeakMemory, matmul_peak, median, setup_threads, table
-from benchmarks.embed_throughput import SIZES, build_pair, proteins, run_hf, run_ours
-from sciformer.pipelines.residues import each_masked_alone
+from benchmarks.embed_throughput import SIZES, build_pair, proteins, run_hf
+from sciformer.pipelines.residues import each_masked_alone, embed_sequences, inference_batches
+from sciformer.precision import native_cpu_bf16
 from sciformer.tokenizers.protein import TOKENIZER, frame
 from sciformer.tokenizers.protein import token_budget_batches
 
@@ -62,16 +68,37 @@ def hf_pseudo_log_probs(model, seq: np.ndarray, budget: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def ours_pseudo_log_probs(model, seq: np.ndarray, window: int, budget: int) -> np.ndarray:
+def ours_pseudo_log_probs(model, seq: np.ndarray, window: int, budget: int,
+                          precision: str = "fp32") -> np.ndarray:
     """log p(true residue) at every position of `seq`, each masked alone, through the path
     of `ProteinLM.pseudo_log_likelihoods` (`predict --score`)."""
-    logp = each_masked_alone(model, seq, np.arange(len(seq)), window, budget, CPU)
+    logp = each_masked_alone(model, seq, np.arange(len(seq)), window, budget, CPU, precision)
     return logp[np.arange(len(seq)), seq.astype(np.int64)]
 
 
-def _autocast(precision: str):
-    """bf16 autocast on the CPU, or nothing."""
-    if precision == "bf16":
+def ours_embed(model, seqs: list[np.ndarray], layer: int, window: int, budget: int,
+               precision: str = "fp32") -> np.ndarray:
+    """Mean `layer` vector per protein through sciformer's embedding path (`embed`)."""
+    return np.stack([res[0].mean(axis=0) for _, res, _ in embed_sequences(
+        model, seqs, [layer], window, budget, CPU, precision=precision)])
+
+
+@torch.no_grad()
+def hf_embed_in_batches(model, seqs: list[np.ndarray], batches: list[list[int]]) -> np.ndarray:
+    """HF's mean last_hidden_state per protein, computed in the given batches."""
+    out: list[np.ndarray] = [np.empty(0)] * len(seqs)
+    for members in batches:
+        tokens = TOKENIZER.pad_batch([frame(seqs[m]) for m in members])
+        h = model.esm(input_ids=tokens, attention_mask=(tokens != TOKENIZER.pad_id).long())
+        h = h.last_hidden_state.float().numpy()
+        for row, m in enumerate(members):
+            out[m] = h[row, 1:1 + len(seqs[m])].mean(axis=0)
+    return np.stack(out)
+
+
+def _autocast(precision: str, peer: str):
+    """bf16 autocast around an HF call (sciformer's side takes its own option), or nothing."""
+    if precision == "bf16" and peer != "sciformer":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -95,62 +122,79 @@ def _measure(jobs: dict[str, Any], residues: int, repeats: int, precision: str
     one: with one thread it is the work itself, whatever else the cores are running."""
     out = {}
     for name, fn in jobs.items():
-        with _autocast(precision):
+        with _autocast(precision, name):
             fn()  # warm-up outside the memory window
             with PeakMemory() as mem:
                 result = fn()
         out[name] = {"result": result,
                      "peak_mb": None if mem.value is None else mem.value / 2**20}
-    with _autocast(precision):
-        times = _timed_repeats(jobs, repeats)
+    timed = {name: _in_precision(fn, precision, name) for name, fn in jobs.items()}
+    times = _timed_repeats(timed, repeats)
     for name in jobs:
         out[name]["residues_per_s"] = residues / median(times[name]["wall"])
         out[name]["residues_per_cpu_s"] = residues / median(times[name]["cpu"])
     return out
 
 
-def run(size: str, n_embed: int, n_ppl: int, repeats: int, budget: int) -> dict[str, Any]:
-    """Rows of both tasks, both peers, fp32 (and bf16 where the CPU has it natively)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        hf, ours, cfg = build_pair(size, CPU, Path(tmp))
+def _in_precision(fn: Any, precision: str, peer: str) -> Any:
+    """`fn` run under the peer's bf16 autocast where it needs one."""
+    def call() -> Any:
+        with _autocast(precision, peer):
+            return fn()
+    return call
+
+
+def _jobs(hf, ours, cfg, embed_seqs, ppl_seqs, budget: int, precision: str
+          ) -> dict[str, tuple[int, dict[str, Any]]]:
+    """{task: (residues, {peer: job})} for one precision."""
     window, layer = cfg.data.crop_length, cfg.model.n_encoder_layers
-    embed_seqs = proteins(n_embed, window)
-    ppl_seqs = proteins(n_ppl, 256)
-    cfg.data.tokens_per_batch = budget
-    tasks = {
+    ours_batches = inference_batches([len(s) + 2 for s in embed_seqs], budget)
+    return {
         "embed": (sum(map(len, embed_seqs)), {
-            "sciformer": lambda: run_ours(ours, embed_seqs, layer, window, budget, CPU),
-            "HF EsmForMaskedLM": lambda: run_hf(hf, embed_seqs, budget, CPU)}),
+            "sciformer": lambda: ours_embed(ours, embed_seqs, layer, window, budget,
+                                            precision),
+            "HF EsmForMaskedLM": lambda: run_hf(hf, embed_seqs, budget, CPU),
+            "HF, sciformer's batches": lambda: hf_embed_in_batches(hf, embed_seqs,
+                                                                   ours_batches)}),
         "pseudo-perplexity": (sum(map(len, ppl_seqs)), {
             "sciformer": lambda: np.concatenate(
-                [ours_pseudo_log_probs(ours, s, window, budget) for s in ppl_seqs]),
+                [ours_pseudo_log_probs(ours, s, window, budget, precision) for s in ppl_seqs]),
             "HF EsmForMaskedLM": lambda: np.concatenate(
                 [hf_pseudo_log_probs(hf, s, budget) for s in ppl_seqs])}),
     }
+
+
+def run(size: str, n_embed: int, n_ppl: int, repeats: int, budget: int) -> dict[str, Any]:
+    """Rows of both tasks, every peer, fp32 (and bf16 where the CPU has it natively)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        hf, ours, cfg = build_pair(size, CPU, Path(tmp))
+    embed_seqs = proteins(n_embed, cfg.data.crop_length)
+    ppl_seqs = proteins(n_ppl, 256)
+    cfg.data.tokens_per_batch = budget
     bf16_speed = matmul_peak(torch.bfloat16, 512, 3) / matmul_peak(torch.float32, 512, 3)
-    native_bf16 = bf16_speed >= 0.5
-    fp32_results: dict[tuple[str, str], np.ndarray] = {}
+    native_bf16 = native_cpu_bf16()
+    fp32_results: dict[str, np.ndarray] = {}
     rows = []
     for precision in ("fp32", "bf16") if native_bf16 else ("fp32",):
+        tasks = _jobs(hf, ours, cfg, embed_seqs, ppl_seqs, budget, precision)
         for task, (residues, jobs) in tasks.items():
             res = _measure(jobs, residues, repeats, precision)
-            a, b = (res[k]["result"] for k in jobs)
-            diff = float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
-            ref = fp32_results.setdefault((task, "sciformer"), a) if precision == "fp32" \
-                else fp32_results[(task, "sciformer")]
             mine = res["sciformer"]
+            ours_out = np.asarray(mine["result"], np.float64)
+            ref = fp32_results.setdefault(task, ours_out)  # sciformer's fp32 result
             for name in jobs:
                 r = res[name]
+                out = np.asarray(r["result"], np.float64)
                 rows.append({
                     "size": size, "task": task, "precision": precision, "peer": name,
                     "residues": residues, "residues_per_s": r["residues_per_s"],
                     "residues_per_cpu_s": r["residues_per_cpu_s"], "peak_mb": r["peak_mb"],
-                    "max_abs_diff": diff,
-                    "vs_fp32": float(np.abs(np.asarray(r["result"], np.float64) - ref).max()),
+                    "max_abs_diff": float(np.abs(ours_out - out).max()),
+                    "vs_fp32": float(np.abs(out - ref).max()),
                     "sciformer_x": mine["residues_per_s"] / r["residues_per_s"],
                     "sciformer_x_cpu": mine["residues_per_cpu_s"] / r["residues_per_cpu_s"]})
-    note = "" if native_bf16 else ("bf16 skipped: this CPU has no native bf16 matmul "
-                                   "(emulated bf16 is slower than fp32)")
+    note = "" if native_bf16 else ("bf16 skipped: this CPU has no native bf16 (AVX-512-BF16 "
+                                   "/ AMX), so bf16 would be emulated and slower than fp32")
     return {"size": size, "shape": SIZES[size], "budget": budget, "rows": rows, "note": note,
             "bf16_matmul_over_fp32": bf16_speed}
 
@@ -198,8 +242,8 @@ def main(argv: list[str] | None = None) -> None:
             "vs_fp32"]
     rows = [r for res in results for r in res["rows"]]
     print(table(rows, cols, f"\nProtein inference vs HF EsmForMaskedLM, {args.threads} threads "
-                "(sciformer_x: sciformer's rate over the row's; vs_fp32: largest difference "
-                "from sciformer's fp32 result)"))
+                "(sciformer_x: sciformer's rate over the row's; max_abs_diff: largest "
+                "difference from sciformer's result; vs_fp32: from sciformer's fp32 result)"))
     for res in results:
         print(f"{res['size']}: bf16 matmul {res['bf16_matmul_over_fp32']:.2f}x fp32. "
               + (res["note"] or ""))

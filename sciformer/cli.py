@@ -133,15 +133,18 @@ def _saved_max_steps(run_dir: Path) -> int:
                    "the wild-type FASTA given as INPUT; writes a CSV.")
 @click.option("--raw", is_flag=True,
               help="Forecast: sample paths as drawn, without the run's calibration.json.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]), default="fp32",
+              show_default=True, help="Proteins: bf16 autocast, or auto = bf16 only where the "
+                                      "device has native bf16 (AVX-512-BF16/AMX, CUDA).")
 @click.option("--device", default="auto", show_default=True)
 def predict(run_dir, input_path, out, score, top_k, horizon, samples, write_samples, variants,
-            raw, device) -> Path:
+            raw, device, precision) -> Path:
     """Fill <mask> residues (TSV, top-k), score variants (CSV) or forecast (HDF5)."""
     from sciformer.predict import predict as run
 
     run(run_dir, input_path, out, score=score, top_k=top_k, horizon=horizon, samples=samples,
         write_samples=write_samples, device=device, progress=_progress(), variants=variants,
-        raw=raw)
+        raw=raw, precision=precision)
     click.echo(f"Wrote {out}")
     return out
 
@@ -211,13 +214,18 @@ def calibrate(run_dir, method, horizon, samples, device) -> Path:
 @click.option("--per-residue", is_flag=True, help="Also store every residue's vectors.")
 @click.option("--pooled", type=click.Choice(["mean", "cls"]), default="mean", show_default=True)
 @click.option("--tokens-per-batch", type=click.IntRange(min=1), help="Token budget per batch.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]), default="fp32",
+              show_default=True, help="Proteins: bf16 autocast, or auto = bf16 only where the "
+                                      "device has native bf16 (AVX-512-BF16/AMX, CUDA).")
 @click.option("--device", default="auto", show_default=True)
-def embed(run_dir, fasta, out, layers, per_residue, pooled, tokens_per_batch, device) -> Path:
+def embed(run_dir, fasta, out, layers, per_residue, pooled, tokens_per_batch, device,
+          precision) -> Path:
     """Embed proteins: pooled (and per-residue) vectors of chosen layers, as HDF5."""
     from sciformer.embed import embed as run
 
     res = run(run_dir, fasta, out, layers=layers, per_residue=per_residue, pooled=pooled,
-              device=device, tokens_per_batch=tokens_per_batch, progress=_progress())
+              device=device, tokens_per_batch=tokens_per_batch, progress=_progress(),
+              precision=precision)
     click.echo(f"Wrote {out}: {res.n_written} records embedded, {res.n_skipped} already done")
     return out
 

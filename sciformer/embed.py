@@ -9,7 +9,8 @@ input embedding and n_encoder_layers = the final, normalised output):
     /per_residue/<key>/<layer>   (L, D)     with --per-residue; <key> = `safe_key(id)`,
                                             the group's attrs hold `id` and `index`
     root attrs                   weights, records (content hashes), run, fasta (paths, for
-                                 information), layers, pooled, window, overlap, complete
+                                 information), layers, pooled, window, overlap, precision
+                                 (fp32 | bf16, as computed), complete
 
 Record ids may hold '/' (the HDF5 path separator) or be '.'/'..': `safe_key` percent-encodes
 them reversibly, so distinct ids always get distinct keys; the exact id is kept in the group's
@@ -83,11 +84,12 @@ class EmbedSettings:
     per_residue: bool
     window: int
     overlap: int
+    precision: str = "fp32"  # as computed (`auto` resolved); files without it were fp32
 
     def check(self, f: h5py.File, path: Path) -> None:
         """InputError naming the first setting in which `f` differs."""
         for name, want in vars(self).items():
-            have = f.attrs.get(name)
+            have = f.attrs.get(name, "fp32" if name == "precision" else None)
             have = have.tolist() if isinstance(have, np.ndarray) else have
             have = bool(have) if isinstance(want, bool) and have is not None else have
             if have != want:
@@ -208,8 +210,9 @@ def _groups(path: Path, todo: np.ndarray, budget: int
 def embed(run_dir: str | Path, fasta: str | Path, out: str | Path, *,
           layers: str | list[int] = "-1", per_residue: bool = False, pooled: str = "mean",
           device: str = "auto", tokens_per_batch: int | None = None,
-          progress: bool = False) -> EmbedResult:
-    """Embed every record of `fasta` with the model of `run_dir` into the HDF5 file `out`."""
+          progress: bool = False, precision: str = "fp32") -> EmbedResult:
+    """Embed every record of `fasta` with the model of `run_dir` into the HDF5 file `out`
+    (`precision`: fp32, bf16 or auto, see `sciformer.precision`)."""
     from sciformer.pipelines import ProteinLM, load
     from sciformer.runs import WEIGHTS
 
@@ -219,13 +222,13 @@ def embed(run_dir: str | Path, fasta: str | Path, out: str | Path, *,
     partial = out.with_name(out.name + ".partial")
     for path in (out, partial):
         check_output(path, inputs=[fasta], protected=run_files(run_dir))
-    lm = load(run_dir, device)
+    lm = load(run_dir, device, precision)
     if not isinstance(lm, ProteinLM):
         raise InputError(f"{run_dir}: embed needs a protein (masked-residue) run")
     wanted = parse_layers(layers) if isinstance(layers, str) else list(layers)
     ids, lengths, records = _index_fasta(fasta)
     settings = EmbedSettings(file_hash(Path(run_dir) / WEIGHTS), records, lm.layers(wanted),
-                             pooled, per_residue, lm.window, lm.window // 4)
+                             pooled, per_residue, lm.window, lm.window // 4, lm.precision)
     if out.exists() and _already_done(out, settings, ids):
         return EmbedResult(out, len(ids), 0, len(ids), 0)
     created = make_parents(out.parent)

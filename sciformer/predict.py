@@ -31,13 +31,14 @@ def predict(run_dir: str | Path, input_path: str | Path, out: str | Path, *,
             score: bool = False, horizon: int | None = None, samples: int | None = None,
             write_samples: bool = False, top_k: int = 5, device: str = "auto",
             progress: bool = False, variants: str | Path | None = None,
-            raw: bool = False) -> Path:
+            raw: bool = False, precision: str = "fp32") -> Path:
     """Run the model of `run_dir` on `input_path` and write predictions to `out`; forecasts
-    with `raw` use the sample paths as drawn, without the run's recalibration."""
+    with `raw` use the sample paths as drawn, without the run's recalibration (`precision`
+    of protein runs: fp32, bf16 or auto, see `sciformer.precision`)."""
     input_path, out = Path(input_path), Path(out)
     extra = [variants] if variants is not None else []
     check_output(out, inputs=[input_path, *extra], protected=run_files(run_dir))
-    pipe = load(run_dir, device)
+    pipe = load(run_dir, device, precision)
     if isinstance(pipe, Forecaster):
         _refuse(run_dir, "forecasting", score=score, variants=variants)
         if raw:

@@ -115,7 +115,8 @@ class SciFormer(nn.Module):
 
     # ---- stacks -------------------------------------------------------------------------
     def encode(self, src: Tensor, src_pad: Tensor | None = None, return_layers: bool = False,
-               select: Tensor | None = None) -> Tensor | list[Tensor]:
+               select: Tensor | None = None, depth: int | None = None
+               ) -> Tensor | list[Tensor]:
         """Encoder memory (B, S, D); `src_pad` (B, S) is True at padding positions.
 
         With `return_layers`, a list of every layer's output (input embedding first, the
@@ -125,9 +126,20 @@ class SciFormer(nn.Module):
         norm only there ("sparse prediction": the same values, most of one layer's work saved
         when, as in masked-residue training, a few positions are scored). Sliding-window
         attention (`local`) computes the full last layer and then selects.
+
+        With `depth` < n_encoder_layers, only the first `depth` layers run (embeddings of an
+        earlier layer need no more): their outputs are returned without the final norm, which
+        belongs to the last layer (`select` is then not allowed).
         """
         h = self.embed_inputs(src, pad=src_pad)
         mask = AttnMask(key_pad=src_pad)
+        if depth is not None and depth < len(self.encoder):
+            if select is not None:
+                raise ValueError("encode: `select` reads the last layer; it needs the full depth")
+            layers = [h]
+            for layer in self.encoder[:max(depth, 0)]:
+                layers.append(self._run(layer, layers[-1], mask, self.rotary))
+            return layers if return_layers else layers[-1]
         sparse = select is not None and not return_layers and self.cfg.attention != "local"
         layers = [h]
         for layer in self.encoder[:-1] if sparse else self.encoder:

@@ -12,22 +12,32 @@ from pathlib import Path
 
 import torch
 
+from sciformer.errors import ConfigError
 from sciformer.pipelines.forecast import Forecaster
 from sciformer.pipelines.protein import ProteinLM
 from sciformer.pipelines.recalibrate import SpreadCalibration
+from sciformer.precision import PRECISIONS
 from sciformer.runs import ForecastState, MaskedState, load_model, pick_device
 
 Pipeline = ProteinLM | Forecaster
 
 
-def load(run_dir: str | Path, device: str | torch.device = "auto") -> Pipeline:
+def load(run_dir: str | Path, device: str | torch.device = "auto", precision: str = "fp32"
+         ) -> Pipeline:
     """The pipeline of a run directory: `ProteinLM` or `Forecaster`, on `device`
-    ("auto": a GPU when there is one)."""
+    ("auto": a GPU when there is one). Protein runs take `precision` "fp32", "bf16" or
+    "auto" (bf16 where the device has it natively); forecasting runs compute in fp32 (an
+    explicit "bf16" is refused)."""
     dev = device if isinstance(device, torch.device) else pick_device(device)
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision '{precision}': must be one of {', '.join(PRECISIONS)}")
     model, cfg, state = load_model(run_dir, dev)
     if isinstance(state, MaskedState):
-        return ProteinLM(model, cfg, state, dev)
+        return ProteinLM(model, cfg, state, dev, precision)
     assert isinstance(state, ForecastState)
+    if precision == "bf16":
+        raise ConfigError(f"{run_dir}: precision 'bf16' applies to protein runs only; "
+                          "forecasting runs compute in fp32")
     fc = Forecaster(model, cfg, state, dev)
     fc.calibration = SpreadCalibration.load(run_dir)  # None for runs without calibration.json
     return fc

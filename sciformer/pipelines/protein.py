@@ -8,6 +8,8 @@
 
 Sequences may be strings or Biopython `SeqRecord`s; results are numpy arrays and plain
 lists/dicts. Every method covers long sequences with overlapping windows (never truncates).
+`precision` ("fp32", "bf16" or "auto": bf16 where the device has it natively; see
+`sciformer.precision`) sets how the model computes; results are float32 either way.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import nn
 
 from sciformer.config import RunConfig
 from sciformer.errors import InputError
+from sciformer.precision import resolve_precision
 from sciformer.pipelines.residues import (
     each_masked_alone,
     embed_sequences,
@@ -59,8 +62,9 @@ class ProteinLM:
     task = "masked"
 
     def __init__(self, model: nn.Module, cfg: RunConfig, state: MaskedState,
-                 device: torch.device) -> None:
+                 device: torch.device, precision: str = "fp32") -> None:
         self.model, self.cfg, self.state, self.device = model, cfg, state, device
+        self.precision = resolve_precision(precision, device, "precision")  # fp32 | bf16
         self.alphabet = ALPHABET
         self.mask_id = TOKENIZER.mask_id
         self.window = cfg.data.crop_length  # residues per window (the training crop)
@@ -69,7 +73,8 @@ class ProteinLM:
     def __repr__(self) -> str:
         m = self.cfg.model
         return (f"ProteinLM({m.n_encoder_layers} layers, d_model {m.d_model}, "
-                f"{self.model.num_parameters():,} parameters, window {self.window})")
+                f"{self.model.num_parameters():,} parameters, window {self.window}, "
+                f"{self.precision})")
 
     # ---- tokens --------------------------------------------------------------------------
     def tokens(self, seqs: SequenceLike | Iterable[SequenceLike]) -> list[np.ndarray]:
@@ -79,7 +84,7 @@ class ProteinLM:
     def _log_probs_at(self, tokens: list[np.ndarray], queries: list[np.ndarray]
                       ) -> Iterator[tuple[int, np.ndarray]]:
         return masked_log_probs(self.model, tokens, queries, self.window,
-                                self.tokens_per_batch, self.device)
+                                self.tokens_per_batch, self.device, self.precision)
 
     # ---- the API ---------------------------------------------------------------------------
     def log_probs(self, seqs: SequenceLike | Iterable[SequenceLike]) -> list[np.ndarray]:
@@ -123,7 +128,7 @@ class ProteinLM:
             raise InputError("pseudo-perplexity needs complete sequences; this one holds "
                              "<mask> (score it with fill_masks instead)")
         logp = each_masked_alone(self.model, tokens, np.arange(len(tokens)), self.window,
-                                 self.tokens_per_batch, self.device)
+                                 self.tokens_per_batch, self.device, self.precision)
         return logp[np.arange(len(tokens)), tokens.astype(np.int64)]
 
     def pseudo_perplexity(self, seqs: SequenceLike | Iterable[SequenceLike]) -> np.ndarray:
@@ -137,14 +142,16 @@ class ProteinLM:
               pooled: str = "mean") -> dict[str, Any]:
         """Embeddings of each sequence at `layers` (0 = input embedding, -1 = last).
 
-        Returns {"ids", "layers" (absolute numbers), "pooled": (N, n_layers, D) and, with
-        `per_residue`, "per_residue": a list of (n_layers, L, D) arrays}.
+        Returns {"ids", "layers" (absolute numbers), "precision" (the one used), "pooled":
+        (N, n_layers, D) and, with `per_residue`, "per_residue": a list of (n_layers, L, D)
+        arrays}.
         """
         if pooled not in POOLING:
             raise InputError(f"pooled='{pooled}': must be one of {', '.join(POOLING)}")
         ids, _ = as_sequences(seqs)
         absolute = self.layers(layers)
-        out: dict[str, Any] = {"ids": ids, "layers": absolute, "pooled": []}
+        out: dict[str, Any] = {"ids": ids, "layers": absolute, "precision": self.precision,
+                               "pooled": []}
         if per_residue:
             out["per_residue"] = []
         for _, res, cls in self.embedding_stream(self.tokens(seqs), absolute):
@@ -163,7 +170,8 @@ class ProteinLM:
                          ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """(i, per-residue (n_layers, L, D), <cls> (n_layers, D)) per sequence."""
         return embed_sequences(self.model, tokens, layers, self.window,
-                               tokens_per_batch or self.tokens_per_batch, self.device)
+                               tokens_per_batch or self.tokens_per_batch, self.device,
+                               precision=self.precision)
 
     def score_variants(self, wild_type: SequenceLike, mutations: Sequence[str]
                        ) -> list[dict[str, Any]]:
@@ -190,6 +198,7 @@ class ProteinLM:
             raise InputError("the wild type holds <mask>; give the complete sequence")
         tokens = TOKENIZER.encode(wild_type, add_special=False)
         alone = each_masked_alone(self.model, tokens, np.asarray(positions, np.int64),
-                                  self.window, self.tokens_per_batch, self.device)
+                                  self.window, self.tokens_per_batch, self.device,
+                                  self.precision)
         (unmasked,) = self.log_probs(wild_type)
         return dict(zip(positions, alone)), unmasked

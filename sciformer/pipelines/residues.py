@@ -4,8 +4,11 @@ Long sequences are never truncated. For log-probabilities every residue is read 
 window (of the training crop length, overlapping by a quarter) where it sits most centrally
 (`window_plan`); for embeddings the windows' vectors are blended with linear ramps over each
 overlap (`blend_weights`). Pieces of all sequences are batched together to a token budget
-(fair-esm's recipe) and, for log-probabilities, the last layer runs only at the queried
-positions (`model.encode(..., select=...)`), as masked training does.
+(fair-esm's recipe, closing a batch before its padding exceeds `INFERENCE_PADDING` of its
+tokens) and, for log-probabilities, the last layer runs only at the queried positions
+(`model.encode(..., select=...)`), as masked training does; embeddings of an earlier layer run
+the encoder only that deep. `precision` "bf16" runs the model under bf16 autocast
+(`sciformer.precision`); results are float32 either way.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from torch import nn
 
 from sciformer.config import RunConfig
 from sciformer.errors import ConfigError
+from sciformer.precision import autocast
 from sciformer.tokenizers.protein import TOKENIZER, frame, iter_windows, token_budget_batches
 
 
@@ -28,6 +32,18 @@ def padding(tokens: torch.Tensor) -> torch.Tensor | None:
     same arithmetic with less work."""
     pad = tokens == TOKENIZER.pad_id
     return pad if bool(pad.any()) else None
+
+
+#: A batch is closed before its padding exceeds this fraction of its tokens: padded positions
+#: cost as much as real ones, while on a CPU a batch of one sequence runs as fast per token.
+INFERENCE_PADDING = 0.1
+
+
+def inference_batches(lengths: list[int], tokens_per_batch: int) -> list[list[int]]:
+    """Indices of pieces (framed lengths) in length-sorted batches of the token budget that
+    pad at most `INFERENCE_PADDING` of their tokens."""
+    return token_budget_batches(lengths, tokens_per_batch, shuffle=False,
+                                max_padding=INFERENCE_PADDING)
 
 
 # ---- log-probabilities -----------------------------------------------------------------------
@@ -47,10 +63,10 @@ def window_plan(length: int, window: int) -> list[tuple[int, int, np.ndarray]]:
 
 
 
-@torch.no_grad()
+@torch.no_grad()  # not inference_mode: training's validation calls this (FSDP, compile)
 def masked_log_probs(model: nn.Module, inputs: list[np.ndarray], queries: list[np.ndarray],
-                     window: int, tokens_per_batch: int, device: torch.device
-                     ) -> Iterator[tuple[int, np.ndarray]]:
+                     window: int, tokens_per_batch: int, device: torch.device,
+                     precision: str = "fp32") -> Iterator[tuple[int, np.ndarray]]:
     """Log-probabilities (n_queries, V) at the query positions of each residue-id sequence.
 
     `inputs[i]` are residue ids (already masked where wanted, no <cls>/<eos>); `queries[i]`
@@ -63,13 +79,15 @@ def masked_log_probs(model: nn.Module, inputs: list[np.ndarray], queries: list[n
             if len(keep):
                 pieces.append((i, frame(seq[s:e]), keep - s + 1, keep))
     results: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {i: [] for i in range(len(inputs))}
-    for members in token_budget_batches([len(p[1]) for p in pieces], tokens_per_batch, shuffle=False):
+    for members in inference_batches([len(p[1]) for p in pieces], tokens_per_batch):
         tokens = TOKENIZER.pad_batch([pieces[m][1] for m in members]).to(device)
         select = torch.zeros(tokens.shape, dtype=torch.bool)
         for row, m in enumerate(members):
             select[row, pieces[m][2]] = True
-        h = model.encode(tokens, padding(tokens), select=select.to(device))  # (N, D)
-        logp = torch.log_softmax(model.token_logits(h).float(), dim=-1).cpu().numpy()
+        with autocast(device, precision):
+            h = model.encode(tokens, padding(tokens), select=select.to(device))  # (N, D)
+            logits = model.token_logits(h)
+        logp = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
         bounds = np.cumsum([0] + [len(pieces[m][2]) for m in members])  # rows in select order
         for row, m in enumerate(members):
             results[pieces[m][0]].append((pieces[m][3], logp[bounds[row]:bounds[row + 1]]))
@@ -84,9 +102,10 @@ def masked_log_probs(model: nn.Module, inputs: list[np.ndarray], queries: list[n
 MASKED_COPIES_PER_CALL = 512  # masked copies built at a time: memory stays bounded on long inputs
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def each_masked_alone(model: nn.Module, seq: np.ndarray, positions: np.ndarray, window: int,
-                      tokens_per_batch: int, device: torch.device) -> np.ndarray:
+                      tokens_per_batch: int, device: torch.device, precision: str = "fp32"
+                      ) -> np.ndarray:
     """Log-probabilities (len(positions), V) at each position of `seq` with that position
     alone masked: pseudo-log-likelihood (Salazar et al. 2020) and masked-marginal variant
     scores (Meier et al. 2021) both read these.
@@ -110,7 +129,7 @@ def each_masked_alone(model: nn.Module, seq: np.ndarray, positions: np.ndarray, 
             copies.append(c)
             queries.append(np.array([pos - s]))
         for i, logp in masked_log_probs(model, copies, queries, window, tokens_per_batch,
-                                        device):
+                                        device, precision):
             out[first + i] = logp[0]
     return out
 
@@ -202,10 +221,10 @@ class _Pending:
     n_windows: int = 0
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def embed_sequences(model: nn.Module, seqs: list[np.ndarray], layers: list[int], window: int,
-                    tokens_per_batch: int, device: torch.device, overlap: int | None = None
-                    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+                    tokens_per_batch: int, device: torch.device, overlap: int | None = None,
+                    precision: str = "fp32") -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """(i, per-residue (n_layers, L, D), <cls> (n_layers, D)) for each residue-id sequence.
 
     Windows of every sequence are batched together to the token budget; results come in
@@ -218,11 +237,12 @@ def embed_sequences(model: nn.Module, seqs: list[np.ndarray], layers: list[int],
     pending = [_Pending(np.zeros((len(layers), len(q), d), np.float32), np.zeros(len(q)),
                         np.zeros((len(layers), d), np.float32)) for q in seqs]
     lengths = [p[2] - p[1] + 2 for p in pieces]
-    for members in token_budget_batches(lengths, tokens_per_batch, shuffle=False):
+    for members in inference_batches(lengths, tokens_per_batch):
         tokens = TOKENIZER.pad_batch([frame(seqs[pieces[m][0]][pieces[m][1]:pieces[m][2]])
                                       for m in members]).to(device)
-        outs = model.encode(tokens, padding(tokens), return_layers=True)
-        chosen = torch.stack([outs[k] for k in layers]).float().cpu().numpy()  # (n, B, T, D)
+        with autocast(device, precision):  # only as deep as the deepest layer asked for
+            outs = model.encode(tokens, padding(tokens), return_layers=True, depth=max(layers))
+        chosen = torch.stack([outs[k].float() for k in layers]).cpu().numpy()  # (n, B, T, D)
         for row, m in enumerate(members):
             i, s, e, wt = pieces[m]
             rec = pending[i]

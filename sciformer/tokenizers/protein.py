@@ -156,7 +156,8 @@ def frame(residues: np.ndarray) -> np.ndarray:
 
 
 def token_budget_batches(
-    lengths: Sequence[int], tokens_per_batch: int, *, shuffle: bool, seed: int | None = None
+    lengths: Sequence[int], tokens_per_batch: int, *, shuffle: bool, seed: int | None = None,
+    max_padding: float | None = None,
 ) -> list[list[int]]:
     """Group sequence indices into batches whose padded size n_seqs * max_len fits the budget.
 
@@ -164,20 +165,24 @@ def token_budget_batches(
     greedily, then (optionally, seeded) shuffle the order of batches -- not their contents --
     so training does not see lengths in order. A sequence longer than the budget gets a batch
     of its own rather than being dropped. Pass lengths as they will be padded (with specials).
+    With `max_padding`, a batch is also closed before its padding would exceed that fraction
+    of its real tokens (inference: padding costs only time, and small batches cost little).
     """
     if tokens_per_batch < 1:
         raise ConfigError(f"data.tokens_per_batch: must be at least 1, got {tokens_per_batch}")
     order = np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
     batches: list[list[int]] = []
     current: list[int] = []
-    longest = 0
+    longest = real = 0  # longest length and sum of lengths in `current`
     for idx in order.tolist():
         size = int(lengths[idx])
-        if current and (len(current) + 1) * max(longest, size) > tokens_per_batch:
+        padded = (len(current) + 1) * max(longest, size)
+        if current and (padded > tokens_per_batch or (
+                max_padding is not None and padded > (1 + max_padding) * (real + size))):
             batches.append(current)
-            current, longest = [], 0
+            current, longest, real = [], 0, 0
         current.append(idx)
-        longest = max(longest, size)
+        longest, real = max(longest, size), real + size
     if current:
         batches.append(current)
     if shuffle:

@@ -41,6 +41,7 @@ from sciformer.errors import CheckpointError, SciformerError
 from sciformer.io.atomic import make_parents, remove_created, write_json_atomic, write_text_atomic
 from sciformer.io.lock import LOCK_NAME, RunLock
 from sciformer.model import SciFormer
+from sciformer.precision import autocast, native_cpu_bf16
 from sciformer.progress import progress_bar
 from sciformer.runs import pick_device, state_to_dict
 from sciformer.tasks import Task, build_task, micro_seed
@@ -49,28 +50,12 @@ from sciformer.train.data import BatchSource
 from sciformer.train.distributed import Distributed, TaskStep
 
 
-def native_cpu_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (AVX-512 / AMX, as oneDNN sees it);
-    True where torch cannot tell. AVX2-only CPUs emulate bf16 many times slower than fp32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return True
-
-
 def warn_slow_precision(device: torch.device, precision: str) -> None:
     """One warning when bf16 autocast is asked for on a CPU that only emulates bf16."""
     if precision == "bf16" and device.type == "cpu" and not native_cpu_bf16():
         warnings.warn("train.precision=bf16: this CPU has no native bf16 matrix instructions "
-                      "(AVX-512 or AMX), so autocast emulates them and trains far slower than "
+                      "(AVX-512-BF16 or AMX), so autocast emulates them and trains far slower than "
                       "fp32 (`python -m benchmarks` measures both matmul speeds)", stacklevel=3)
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CPU or GPU when asked for, else a no-op."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
