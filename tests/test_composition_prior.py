@@ -66,7 +66,8 @@ def test_term_equals_the_composition_baseline_by_hand() -> None:
     got = _log_probs(net, tokens, select).exp().detach().numpy()  # (2, V)
     want = CompositionBaseline(PI, alpha=7.0).distributions([seq], [masked])[0]
     # visible: A, C, D, A, E, A (n = 6): p(A) = (3 + 7 pi_A) / 13, by hand
-    assert want[TOK.alphabet.index("A")] == pytest.approx((3 + 7 * PI[TOK.alphabet.index("A")]) / 13)
+    a = TOK.alphabet.index("A")
+    assert want[a] == pytest.approx((3 + 7 * PI[a]) / 13)
     residues = PI > 0
     for row in got:  # the non-residue ids take OTHER_P each, the residues the rest
         assert row[~residues] == pytest.approx(np.full((~residues).sum(), OTHER_P), rel=1e-3)

@@ -4,13 +4,14 @@ With ``model.composition_prior`` the token logits at a position are
 
     logits(h) + gate * log p(a),   p(a) = (c_a + alpha pi_a) / (n + alpha)
 
-over the residue ids (pi_a > 0; the other ids, never a residue, get p = `OTHER_P`), where c are the counts of the residues
-*visible in the input* the model reads (a piece of at most ``data.crop_length`` residues; a
-``<mask>``, special or padding token is not a residue, so masked positions are left out, as the
-`composition` baseline of `sciformer.evaluation.masked_baselines` leaves them out), n their
-sum, and pi the training residue frequencies (add-one, as that baseline's prior). ``gate`` and
-``alpha`` are learned (alpha as its log), pi is a buffer set from the training counts before
-the first step and stored with the weights. With ``gate = 1`` and logits equal for every
+over the residue ids (pi_a > 0; the other ids, never a residue, get p = `OTHER_P`), where c
+are the counts of the residues *visible in the input* the model reads (a piece of at most
+``data.crop_length`` residues; a ``<mask>``, special or padding token is not a residue, so
+masked positions are left out, as the `composition` baseline of
+`sciformer.evaluation.masked_baselines` leaves them out), n their sum, and pi the training
+residue frequencies (add-one, as that baseline's prior). ``gate`` and ``alpha`` are learned
+(alpha as its log); pi is a buffer set from the training counts before the first step and
+stored with the weights. With ``gate = 1`` and logits equal for every
 residue, the model's prediction is exactly that baseline's on the same visible residues; the
 transformer only has to learn what goes beyond the protein's composition.
 
