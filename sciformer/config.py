@@ -55,6 +55,9 @@ class ModelConfig:
     final_norm: bool = True  # LayerNorm after the last layer (needed with pre-LN)
     embed_scale: bool = True  # multiply token embeddings by sqrt(d_model); ESM-2 does not
     token_dropout: bool = False  # ESM-2: zero <mask> embeddings, rescale the rest (see model)
+    # masked residues: add gate * log(the input's own residue composition, Dirichlet prior of
+    # the training frequencies) to the logits (model.composition; gate and strength learned)
+    composition_prior: bool = False
     mask_id: int = 32  # token dropout: the <mask> id (ESM alphabet)
     layer_norm_eps: float = 1e-5  # epsilon of every LayerNorm (HF ESM configs may say 1e-12)
 
@@ -94,6 +97,8 @@ class ModelConfig:
         _check(self.vocab_size >= 0, "model.vocab_size", "must be >= 0")
         _check(self.input_dim >= 0 and self.output_dim >= 0, "model.input_dim", "must be >= 0")
         _check(self.layer_norm_eps > 0, "model.layer_norm_eps", "must be positive")
+        _check(not self.composition_prior or self.vocab_size > 0, "model.composition_prior",
+               "needs a token vocabulary (masked residues)")
         _check(not self.token_dropout or 0 <= self.mask_id < self.vocab_size, "model.mask_id",
                f"{self.mask_id} is not a token id of the vocabulary (model.vocab_size="
                f"{self.vocab_size}) needed by model.token_dropout")
@@ -292,7 +297,7 @@ DERIVED_FIELDS = ("model.vocab_size", "model.input_dim", "model.output_dim", "mo
 TASK_ONLY = {
     "masked": ("data.split_identity", "data.split_kmer", "data.crop_length", "data.mask_rate",
                "data.mask_token_rate", "data.random_token_rate", "data.tokens_per_batch",
-               "model.token_dropout"),
+               "model.token_dropout", "model.composition_prior"),
     "forecast": ("data.tokenizer", "data.channels", "data.scaling", "data.context",
                  "data.horizon", "data.patch_len", "data.space_patch", "data.n_bins",
                  "data.bin_limit", "data.quantiles", "data.stride", "data.samples", "data.draws",

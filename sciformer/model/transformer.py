@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from sciformer.compiling import eager
 from sciformer.config import ModelConfig
 from sciformer.model.attention import AttnMask
+from sciformer.model.composition import CompositionPrior
 from sciformer.model.heads import TokenHead, ValueHead
 from sciformer.model.layers import DecoderLayer, EncoderLayer
 from sciformer.model.positions import Rotary, build_positions
@@ -51,6 +52,7 @@ class SciFormer(nn.Module):
         self.dec_norm = nn.LayerNorm(d, eps=eps) if final and has_dec else nn.Identity()
         self.token_head = TokenHead(cfg) if cfg.vocab_size > 0 else None
         self.value_head = ValueHead(cfg) if cfg.output_dim > 0 else None
+        self.composition = CompositionPrior(cfg.vocab_size) if cfg.composition_prior else None
         self.checkpointing = False  # activation checkpointing, switched on by the trainer
         self._init_weights()
 
@@ -187,9 +189,22 @@ class SciFormer(nn.Module):
         return {"offset": 0, "layers": [{} for _ in self.decoder]}
 
     # ---- outputs ------------------------------------------------------------------------
-    def token_logits(self, h: Tensor) -> Tensor:
-        """Logits (B, T, V) from hidden states, through the (tied) token head."""
-        return self.token_head(h, self.embed.weight if self.embed is not None else None)
+    def token_logits(self, h: Tensor, tokens: Tensor | None = None,
+                     select: Tensor | None = None) -> Tensor:
+        """Logits (B, T, V) from hidden states, through the (tied) token head.
+
+        With `model.composition_prior`, the input token ids `tokens` (B, S) the states were
+        encoded from are needed, and `select` when `h` holds only the selected positions
+        (``encode(..., select=...)``): the composition term of each row is added
+        (`sciformer.model.composition`).
+        """
+        logits = self.token_head(h, self.embed.weight if self.embed is not None else None)
+        if self.composition is None:
+            return logits
+        if tokens is None:
+            raise ValueError("this model adds a composition prior (model.composition_prior): "
+                             "token_logits needs the input tokens")
+        return logits + self.composition(tokens, select).to(logits.dtype)
 
     def values(self, h: Tensor) -> Tensor:
         """Continuous outputs (B, T, output_dim) from hidden states."""

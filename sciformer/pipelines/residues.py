@@ -84,9 +84,10 @@ def masked_log_probs(model: nn.Module, inputs: list[np.ndarray], queries: list[n
         select = torch.zeros(tokens.shape, dtype=torch.bool)
         for row, m in enumerate(members):
             select[row, pieces[m][2]] = True
+        select = select.to(device)
         with autocast(device, precision):
-            h = model.encode(tokens, padding(tokens), select=select.to(device))  # (N, D)
-            logits = model.token_logits(h)
+            h = model.encode(tokens, padding(tokens), select=select)  # (N, D)
+            logits = model.token_logits(h, tokens, select)  # tokens: for a composition prior
         logp = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
         bounds = np.cumsum([0] + [len(pieces[m][2]) for m in members])  # rows in select order
         for row, m in enumerate(members):

@@ -10,7 +10,9 @@ A task is what the training loop talks to. Its contract:
 - ``batch(index, rank, world)``: micro-batch number ``index`` of the training stream, a pure
   function of (seed, index), so a resumed run sees exactly the batches it would have seen;
 - ``loss(model, batch)``: scalar loss and a dict of float statistics;
-- ``validate(model)``: held-out statistics, deterministic.
+- ``validate(model)``: held-out statistics, deterministic;
+- ``init_model(model)`` (optional): set data-derived initial values of a new model before the
+  first step (the masked task's composition prior); a resumed or fine-tuned run loads them.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from sciformer.config import RunConfig, for_task
 from sciformer.errors import InputError
+from sciformer.evaluation.masked_baselines import prior
 from sciformer.fingerprints import RecordedPrints, fasta_fingerprints
 from sciformer.io.proteins import load_proteins
 from sciformer.pipelines.residues import evaluate_masked
@@ -82,6 +83,12 @@ class MaskedTask:
         return MaskedState(train_files=[str(p) for p in self.paths],
                            residue_counts=counts.tolist())
 
+    def init_model(self, model: nn.Module) -> None:
+        """The composition prior's base measure: the training residue frequencies, add-one
+        smoothed as the baselines' (`masked_baselines.prior`)."""
+        if getattr(model, "composition", None) is not None:
+            model.composition.set_prior(torch.as_tensor(prior(self.state().residue_counts)))
+
     def split(self) -> dict[str, Any]:
         prints = [fp for p in self.paths for fp in fasta_fingerprints(p)]  # in record order
         return {"unit": "record", "files": [str(p) for p in self.paths],
@@ -118,7 +125,7 @@ class MaskedTask:
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         chosen = batch["targets"] != -100
         h = model.encode(batch["inputs"], batch["pad"], select=chosen)  # (N, D): chosen only
-        logits = model.token_logits(h)  # (N, V)
+        logits = model.token_logits(h, batch["inputs"], chosen)  # (N, V)
         loss = F.cross_entropy(logits.float(), batch["targets"][chosen])
         return loss, {"loss": loss.detach(), "n_masked": chosen.sum()}
 

@@ -337,6 +337,8 @@ def build_trainer(data: list[str | Path], cfg: RunConfig, run_dir: str | Path,
     cfg = task.cfg  # completed for the task (derived model fields)
     seed_everything(cfg.train.seed)  # same initial weights on every rank (FSDP needs it)
     model = SciFormer(cfg.model)
+    if hasattr(task, "init_model"):  # data-derived initial values; a restore overwrites them
+        task.init_model(model)
     if cfg.train.init_from and folder is None:
         from sciformer.train.finetune import load_init_weights
 
