@@ -3,7 +3,7 @@ Neural Operator for Parametric Partial Differential Equations").
 
 The Well (Ohana et al. 2024) reports FNO as its reference surrogate: the last few states in,
 the next state out, rolled out autoregressively. `FNOBaseline` is that recipe at a size a CPU
-trains in about a minute, fitted on the TRAINING split of the run only:
+trains in a few minutes, fitted on the TRAINING split of the run only:
 
     input  (n_in frames x fields + 2 grid coordinates) -> pointwise lift to `width` channels
     L x  [ spectral conv (lowest `modes` x `modes` Fourier modes, complex weights)
