@@ -146,7 +146,7 @@ class DataConfig:
     samples: int = 32
     draws: str = "element"  # patch sampler: a uniform per value (element) or per patch (patch)
     stride: int = 1  # time steps between consecutive training windows
-    # training on the model's own rollouts (patch tokenizer; see docs/forecast-training.md)
+    # training on the model's own rollouts (patch, field_patch; see docs/forecast-training.md)
     pushforward: int = 0  # up to K chunks rolled out without gradient before the scored chunk
     pushforward_warmup: float = 0.0  # fraction of the steps over which K ramps up from 0
     sampled_inputs: float = 0.0  # share of batches whose decoder inputs are the model's draws

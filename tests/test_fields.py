@@ -139,6 +139,19 @@ def test_fno_learns_a_shift() -> None:
     assert fno.describe()["steps"] == 120
 
 
+def test_fno_stops_at_its_cpu_budget_annealed() -> None:
+    """The budget is CPU seconds of this process, and the cosine schedule follows it when it
+    runs out before the steps: the last step's learning rate is near zero."""
+    rng = np.random.default_rng(1)
+    trajs = [rng.normal(size=(10, 64)) for _ in range(2)]
+    fno = FNOBaseline((8, 8, 1), n_in=1, width=4, modes=2, layers=1, steps=10**6, lr=1e-2,
+                      time_budget=0.3, batch_size=2).fit(trajs)
+    info = fno.describe()
+    assert 1 < info["steps"] < 10**6
+    assert 0.3 <= info["cpu_seconds"] < 3.0 and info["cpu_budget"] == 0.3
+    assert info["final_lr"] < 0.01 * 1e-2  # annealed: under 1% of the peak
+
+
 # ---- VRMSE by lead bin ---------------------------------------------------------------------
 def test_lead_bins_of_a_known_curve() -> None:
     curve = np.arange(1, 31, dtype=float)  # step k scores k
@@ -159,6 +172,56 @@ def test_vrmse_lead_bins_of_the_spatial_mean() -> None:
     want = math.sqrt(15 / 16)
     assert set(bins) == {"1", "2-6", "7-12"}
     assert all(abs(v - want) < 1e-6 for v in bins.values())
+
+
+# ---- training on the model's own rollouts -----------------------------------------------------
+def field_task(tmp_path: Path, *extra: str):
+    """A forecasting task on 16 x 16 fields (4 tokens per frame) with context 2, horizon 1."""
+    from sciformer.config import load_config
+    from sciformer.io.trajectory_writer import write_trajectories
+    from sciformer.tasks.forecast import ForecastTask
+
+    rng = np.random.default_rng(0)
+    states = rng.normal(size=(4, 12, 16, 16, 1)).astype(np.float32)
+    write_trajectories(tmp_path / "f.h5", states, dt=0.1)
+    sets = ["data.context=2", "data.horizon=1", "data.patch_len=1", "data.space_patch=8",
+            "model.d_model=16", "model.n_heads=2", "model.n_encoder_layers=1",
+            "model.n_decoder_layers=1", "model.d_ff=32", "model.dropout=0.0", "train.batch_size=3",
+            "data.val_fraction=0.25", "data.quantiles=[0.1,0.5,0.9]", *extra]
+    return ForecastTask(load_config(None, sets), [tmp_path / "f.h5"])
+
+
+def test_field_pushforward_scores_the_truth_after_the_models_own_frame(tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    """data.pushforward works for field tokens: with one chunk pushed, the scored context ends
+    with the model's own sampled frame (all S tokens of it, drawn without gradient) and the
+    target is the true frame after it."""
+    from sciformer.pipelines.forecast import sample_patch_tokens
+    from sciformer.tasks import forecast as task_mod
+
+    task = field_task(tmp_path, "data.pushforward=1", "data.sampled_inputs=0.5")
+    assert task.pushforward == 1 and task.window_len == 2 + 2 * 1
+    rng = np.random.default_rng(0)
+    plans = {task_mod.rollout_plan(task.cfg, 5, rng)[:2] for _ in range(200)}
+    assert plans == {(0, 0), (0, 1), (1, 0), (1, 1)}  # both kinds of own inputs are used
+    model, tok, d = SciFormer(task.cfg.model), task.tokenizer, task.cfg.data
+    x = task.batch(0)["window"]  # (3, 2 + 2, 256)
+    seen: dict = {}
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda src, dec_in: (
+        seen.__setitem__("src", src.detach().clone()) or forward(src, dec_in)))
+    pinball = task_mod.pinball_loss
+    monkeypatch.setattr(task_mod, "pinball_loss", lambda q, tgt, lv: (
+        seen.__setitem__("target", tgt.clone()) or pinball(q, tgt, lv)))
+    task_mod.rollout_loss(model, tok, d, x, pushed=1, sampled=False, seed=7).backward()
+    with torch.no_grad():
+        src0, state = tok.encode_context(x[:, :2])
+        own = tok.decode(sample_patch_tokens(model, tok, src0, 1, d.quantiles,
+                                             torch.Generator().manual_seed(7), d.draws), state)
+    ctx = torch.cat([x[:, 1:2], own], dim=1)  # the last true frame, then the model's own
+    torch.testing.assert_close(seen["src"], tok.encode(ctx, state))
+    torch.testing.assert_close(seen["target"], tok.encode(x[:, 3:4], state))
+    assert not torch.allclose(own, x[:, 2:3])
 
 
 # ---- end to end ------------------------------------------------------------------------------

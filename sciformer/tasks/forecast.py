@@ -47,6 +47,9 @@ from sciformer.tokenizers.timeseries import (
 
 MAX_STAT_TRAJECTORIES = 256  # training trajectories read for the normalisation statistics
 VAL_WINDOWS = 256  # fixed validation windows
+#: Tokenizers of continuous patches: they can train on the model's own rollouts (pushforward,
+#: sampled decoder inputs); a field's time patch is S tokens, rolled out block by block.
+PATCH_KINDS = ("patch", "field_patch")
 
 
 def data_statistics(data: TrajectoryCollection,
@@ -143,7 +146,7 @@ class ForecastTask:
         self.data = TrajectoryCollection(paths)
         d = cfg.data
         kind = tokenizer_kind(cfg, self.data.meta.state_shape)
-        self.pushforward = d.pushforward if kind == "patch" else 0
+        self.pushforward = d.pushforward if kind in PATCH_KINDS else 0
         self.window_len = d.context + (1 + self.pushforward) * d.horizon
         if kind != "bins" and (d.context % d.patch_len or d.horizon % d.patch_len):
             raise InputError(f"data.context={d.context} and data.horizon={d.horizon} must be "
@@ -268,9 +271,9 @@ def rollout_plan(cfg: RunConfig, index: int, rng: np.random.Generator) -> tuple[
     d = cfg.data
     ramp = d.pushforward_warmup * cfg.train.max_steps
     top = d.pushforward if ramp <= 0 else min(d.pushforward, int(d.pushforward * index / ramp))
-    pushed = int(rng.integers(0, top + 1)) if d.tokenizer == "patch" else 0
+    pushed = int(rng.integers(0, top + 1)) if d.tokenizer in PATCH_KINDS else 0
     late = index >= d.sampled_inputs_from * cfg.train.max_steps
-    sampled = int(rng.random() < d.sampled_inputs and late and d.tokenizer == "patch")
+    sampled = int(rng.random() < d.sampled_inputs and late and d.tokenizer in PATCH_KINDS)
     return pushed, sampled, int(rng.integers(0, 2**62))
 
 
