@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from sciformer.cli import main
 from sciformer.config import load_config
-from sciformer.errors import CheckpointError, ConfigError
+from sciformer.errors import CheckpointError, ConfigError, InputError
 from sciformer.evaluation.chaos_baselines import NVAR
 from sciformer.io.trajectories import write_trajectories
 from sciformer.model import SciFormer
@@ -225,3 +225,17 @@ def test_cli_pretrain_and_evaluate_a_hybrid_run(circles, tmp_path):
     res = CliRunner().invoke(main, ["pretrain", str(circles), "--out-dir", str(tmp_path / "x"),
                                     *sets, "--set", "data.tokenizer=bins"])
     assert res.exit_code != 0 and "data.anchor=nvar needs" in res.output
+
+
+def test_failed_nvar_fit_is_an_error_or_with_auto_an_explicit_fallback(circles, monkeypatch):
+    from sciformer.tasks import forecast as task_mod
+
+    def broken(*args):
+        raise np.linalg.LinAlgError("NVAR: no (k, alpha) on the grid gave a finite fit")
+
+    monkeypatch.setattr(task_mod, "fit_anchor", broken)
+    with pytest.raises(InputError, match="data.anchor=nvar: the NVAR fit .* failed"):
+        task_for(circles, "data.anchor=nvar")
+    with pytest.warns(UserWarning, match="persistence-anchored"):
+        task = task_for(circles, "data.anchor=auto")
+    assert task.anchor is None and task.cfg.data.anchor == "persistence"

@@ -4,8 +4,10 @@ The encoder reads ``data.context`` steps; the decoder produces the next ``data.h
 
 - ``patch`` tokenizer (default): continuous patches (PatchTST / Panda). The decoder is
   autoregressive over patches: its input at position j is patch j-1 (the last context patch
-  first), its output the quantiles of patch j, as an increment on the last known state (a
-  persistence anchor, so the network learns the change). Trained with the pinball loss.
+  first), its output the quantiles of patch j, as offsets on an anchor (`data.anchor`): the
+  last known state repeated (persistence, so the network learns the change) or, for a hybrid
+  model, the closed-loop forecast of patch j by an NVAR fitted on the training split before
+  training (`fit_anchor`; the network learns the correction). Trained with the pinball loss.
   Patches are scaled by the TRAINING data's per-channel mean and std
   (`DatasetScaledPatchTokenizer`), not per window as RevIN does: the dynamics of a simulated
   system depend on where on the attractor the state is, which per-window scaling hides (on
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -209,11 +212,20 @@ class ForecastTask:
         self.tokenizer = tok = make_tokenizer(cfg, self.n_features, stats,
                                               self.data.meta.state_shape)
         anchor = anchor_kind(cfg, tok)
+        self.anchor, self.anchor_info = None, None
+        if anchor == "nvar":
+            try:
+                self.anchor, self.anchor_info = fit_anchor(self.data, train, tok, d)
+            except (np.linalg.LinAlgError, InputError) as exc:
+                if d.anchor != "auto":
+                    raise InputError(f"{paths[0]}: data.anchor=nvar: the NVAR fit on the "
+                                     f"training trajectories failed ({exc})") from None
+                warnings.warn(f"data.anchor=auto: the NVAR fit failed ({exc}); this run is "
+                              "persistence-anchored", stacklevel=2)
+                anchor = "persistence"
         if anchor != d.anchor:  # auto resolved; recorded in the run's config
             cfg = copy.deepcopy(cfg)
             cfg.data.anchor = anchor
-        self.anchor, self.anchor_info = (fit_anchor(self.data, train, tok, d)
-                                         if anchor == "nvar" else (None, None))
         if isinstance(tok, PatchTokenizer):
             widths = dict(vocab_size=0, input_dim=tok.token_dim,
                           output_dim=tok.token_dim * len(d.quantiles),
