@@ -33,7 +33,11 @@ from torch import Tensor, nn
 
 from sciformer.config import RunConfig, explicit_keys, for_task
 from sciformer.errors import ConfigError, InputError
-from sciformer.evaluation.chaos_baselines import MAX_DENSE_FEATURES, NVAR
+from sciformer.evaluation.chaos_baselines import (
+    MAX_DENSE_FEATURES,
+    NVAR,
+    NVAR_VALIDATION_STEPS,
+)
 from sciformer.fingerprints import RecordedPrints, duplicates, trajectory_fingerprints
 from sciformer.io.trajectories import TrajectoryFile
 from sciformer.model.anchor import NVARAnchor
@@ -142,14 +146,18 @@ def fit_anchor(data: TrajectoryCollection, items: list[int], tok: DatasetScaledP
     """The NVAR anchor fitted on the training trajectories `items` (at most
     MAX_STAT_TRAJECTORIES, evenly spread) in the tokenizer's normalised units, and what it
     chose (`NVAR.describe`). Only delays whose states fit in one patch are tried, since the
-    anchor of a patch reads the previous patch alone."""
+    anchor of a patch reads the previous patch alone. Delays and ridge strength are chosen by
+    the longest closed-loop validation NVAR does (`NVAR_VALIDATION_STEPS`), not over one
+    training horizon: the hybrid rolls the anchor out patch after patch over any horizon, and
+    on KS the fit chosen over 32 steps (ridge 1e-2) diverged after ~50 steps, the one chosen
+    over 128 (ridge 1) did not."""
     pick = np.unique(np.linspace(0, len(items) - 1, MAX_STAT_TRAJECTORIES).round().astype(int))
     loc, scale = np.asarray(tok.loc), np.asarray(tok.scale)
     train = [(data.window(data.items[items[i]], 0, data.n_time(data.items[items[i]]))
               - loc) / scale for i in pick]
     probe = NVAR()
     delays = [k for k in probe.delays if probe.span(k) <= d.patch_len]
-    nvar = NVAR(delays=delays, horizon=d.horizon).fit(train)
+    nvar = NVAR(delays=delays, horizon=NVAR_VALIDATION_STEPS).fit(train)
     return NVARAnchor.from_nvar(nvar), nvar.describe()
 
 
