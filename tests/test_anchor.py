@@ -159,8 +159,12 @@ def test_anchor_round_trips_through_the_run_directory(circles, tmp_path):
     task = task_for(circles, "data.anchor=nvar")  # the same fit, recomputed
     for name, value in task.anchor.state_tensors().items():
         torch.testing.assert_close(tensors[name], value)
+    resumed = load_config(None, [*TINY, "data.anchor=nvar", "train.max_steps=12"])
+    pretrain([circles], resumed, run, resume=True, progress=False)  # restores anchor.* too
     model, cfg, state = load_model(run)
     assert isinstance(model.anchor, NVARAnchor) and cfg.data.anchor == "nvar"
+    for name, value in task.anchor.state_tensors().items():
+        torch.testing.assert_close(load_file(str(run / "model.safetensors"))[name], value)
     assert state.anchor["delays"] == model.anchor.delays
     config = json.loads((run / "config.json").read_text())
     assert config["data"]["anchor"] == "nvar" and config["anchor"]["delays"] >= 1
