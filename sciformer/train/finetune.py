@@ -5,8 +5,9 @@ adapt briefly to the user's data): the new run keeps the SOURCE run's architectu
 format (the `model` section; the data fields that fix the token and head widths and the
 positions: tokenizer, channels, scaling, patch_len, context, horizon, bins, quantiles, the
 anchor kind) and takes everything else -- the data files, the optimiser, the step budget, the
-seed -- from the user; an NVAR anchor is refitted on the new data. The weights are loaded before the first step, so the first loss is the source model's
-loss on the first batch. `train.init_from` is recorded in config.json (provenance).
+seed -- from the user; an NVAR anchor is refitted on the new data. The weights are loaded
+before the first step, so the first loss is the source model's loss on the first batch.
+`train.init_from` is recorded in config.json (provenance).
 
 Refused with one line: a masked-residue source run (forecasting only), a user setting that
 contradicts the source's architecture, and weights whose shapes do not fit the new data (a
