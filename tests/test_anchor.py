@@ -243,3 +243,18 @@ def test_failed_nvar_fit_is_an_error_or_with_auto_an_explicit_fallback(circles, 
     with pytest.warns(UserWarning, match="persistence-anchored"):
         task = task_for(circles, "data.anchor=auto")
     assert task.anchor is None and task.cfg.data.anchor == "persistence"
+
+
+def test_finetune_from_a_hybrid_run_refits_the_anchor_on_the_new_data(circles, tmp_path):
+    src, dst, other = tmp_path / "src", tmp_path / "dst", tmp_path / "other.h5"
+    pretrain([circles], load_config(None, [*TINY, "data.anchor=nvar"]), src, progress=False)
+    write_trajectories(other, 2.0 * rotation(8, 200, seed=7), dt=0.1)
+    pretrain([other], load_config(None, [*TINY, f"train.init_from={src}"]), dst,
+             progress=False)
+    model, cfg, _ = load_model(dst)
+    assert cfg.data.anchor == "nvar"  # the source's anchor kind
+    want = task_for(other, "data.anchor=nvar").anchor.state_tensors()  # fitted on `other`
+    got, old = model.anchor.state_tensors(), load_model(src)[0].anchor.state_tensors()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name])
+    assert not torch.equal(got["anchor.mu"], old["anchor.mu"])
