@@ -146,8 +146,9 @@ class DataConfig:
     draws: str = "element"  # patch sampler: a uniform per value (element) or per patch (patch)
     # what the patch quantiles are offsets on: persistence (the last known state repeated) or
     # nvar (a closed-loop NVAR forecast fitted on the training split: a hybrid model; joint
-    # patch tokens with dataset scaling only); auto: nvar where it applies, else persistence
-    anchor: str = "persistence"
+    # patch tokens with dataset scaling only); auto: nvar where it applies (ODE states, 1-D
+    # fields), else persistence
+    anchor: str = "auto"
     stride: int = 1  # time steps between consecutive training windows
     # training on the model's own rollouts (patch tokenizer; see docs/forecast-training.md)
     pushforward: int = 0  # up to K chunks rolled out without gradient before the scored chunk

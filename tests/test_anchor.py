@@ -111,7 +111,7 @@ def test_hybrid_at_init_forecasts_like_nvar_persistence_does_not(circles):
     loss = teacher_forced_loss(model, task.tokenizer, ctx, fut[:, :8], LEVELS)
     assert loss.item() < 1e-4  # pinball loss of an exact forecast
 
-    plain = task_for(circles)  # default: persistence
+    plain = task_for(circles, "data.anchor=persistence")
     assert plain.anchor is None and plain.cfg.data.anchor == "persistence"
     torch.manual_seed(0)
     model = zero_head(SciFormer(plain.cfg.model))
@@ -122,7 +122,7 @@ def test_hybrid_at_init_forecasts_like_nvar_persistence_does_not(circles):
 
 
 def test_persistence_quantiles_are_offsets_on_the_last_state(circles):
-    task = task_for(circles)
+    task = task_for(circles, "data.anchor=persistence")
     model = SciFormer(task.cfg.model).eval()
     src = task.tokenizer.encode_context(torch.from_numpy(rotation(2, 16)))[0]
     h = model(src, src)
@@ -184,13 +184,14 @@ def test_persistence_run_has_no_anchor_and_old_configs_load(circles, tmp_path):
     """A persistence run writes no anchor tensors; a config.json without data.anchor (a run
     from before the field) loads as persistence-anchored."""
     run = tmp_path / "run"
-    pretrain([circles], load_config(None, TINY), run, progress=False)
+    pretrain([circles], load_config(None, [*TINY, "data.anchor=persistence"]), run,
+             progress=False)
     assert not any(k.startswith("anchor.") for k in load_file(str(run / "model.safetensors")))
     config = json.loads((run / "config.json").read_text())
     del config["data"]["anchor"], config["anchor"]
     (run / "config.json").write_text(json.dumps(config))
     model, cfg, state = load_model(run)
-    assert model.anchor is None and state.anchor is None
+    assert model.anchor is None and state.anchor is None and cfg.data.anchor == "auto"
 
 
 @pytest.mark.parametrize("extra", [["data.channels=independent"], ["data.tokenizer=bins"],
@@ -199,7 +200,7 @@ def test_nvar_anchor_refused_without_whole_state_dataset_scaled_patches(circles,
     with pytest.raises(ConfigError, match="data.anchor=nvar needs whole-state patch tokens"):
         task_for(circles, "data.anchor=nvar", *extra)
     assert task_for(circles, "data.anchor=auto", *extra).cfg.data.anchor == "persistence"
-    assert task_for(circles, "data.anchor=auto").cfg.data.anchor == "nvar"
+    assert task_for(circles).cfg.data.anchor == "nvar"  # the default, auto: nvar here
 
 
 def test_nvar_anchor_refused_for_fields_and_zoo(tmp_path):
