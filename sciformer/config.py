@@ -104,6 +104,10 @@ class ModelConfig:
                f"{self.vocab_size}) needed by model.token_dropout")
 
 
+#: `data.anchor` values: what forecast quantiles are offsets on (docs/forecast-training.md).
+ANCHORS = ("persistence", "nvar", "auto")
+
+
 @dataclass
 class DataConfig:
     """How files become training examples, for both tasks."""
@@ -145,6 +149,11 @@ class DataConfig:
     # them. 32 estimates 10-90% quantiles and CRPS well at a third of the cost of 100
     samples: int = 32
     draws: str = "element"  # patch sampler: a uniform per value (element) or per patch (patch)
+    # what the patch quantiles are offsets on: persistence (the last known state repeated) or
+    # nvar (a closed-loop NVAR forecast fitted on the training split: a hybrid model; joint
+    # patch tokens with dataset scaling only); auto: nvar where it applies (ODE states, 1-D
+    # fields), else persistence
+    anchor: str = "auto"
     stride: int = 1  # time steps between consecutive training windows
     # training on the model's own rollouts (patch, field_patch; see docs/forecast-training.md)
     pushforward: int = 0  # up to K chunks rolled out without gradient before the scored chunk
@@ -192,6 +201,7 @@ class DataConfig:
         _check(1 <= self.samples <= 10_000, "data.samples", "must be in 1..10000")
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
         _check(self.draws in ("element", "patch"), "data.draws", "must be element or patch")
+        _check(self.anchor in ANCHORS, "data.anchor", f"must be one of {', '.join(ANCHORS)}")
         _check(self.pushforward >= 0, "data.pushforward", "must be >= 0")
         _check(0.0 <= self.pushforward_warmup <= 1.0, "data.pushforward_warmup",
                "must be in [0, 1]")
@@ -301,8 +311,9 @@ TASK_ONLY = {
     "forecast": ("data.tokenizer", "data.channels", "data.scaling", "data.context",
                  "data.horizon", "data.patch_len", "data.space_patch", "data.n_bins",
                  "data.bin_limit", "data.quantiles", "data.stride", "data.samples", "data.draws",
-                 "data.pushforward", "data.pushforward_warmup", "data.sampled_inputs",
-                 "data.sampled_inputs_from", "data.input_noise", "train.batch_size"),
+                 "data.anchor", "data.pushforward", "data.pushforward_warmup",
+                 "data.sampled_inputs", "data.sampled_inputs_from", "data.input_noise",
+                 "train.batch_size"),
 }
 TASK_WORDS = {"masked": "masked-residue (FASTA)", "forecast": "forecasting (HDF5)"}
 

@@ -62,6 +62,7 @@ class ForecastState:
     tokenizer: dict[str, Any] = field(default_factory=dict)  # the tokenizer's to_config()
     channel_agnostic: bool = False  # forecasts states with any channel count
     base_systems: list[str] | None = None  # zoo runs: the base systems trained on
+    anchor: dict[str, Any] | None = None  # hybrid runs: what the NVAR anchor chose (delays...)
 
 
 TaskState = MaskedState | ForecastState
@@ -136,14 +137,19 @@ def _check_masked_state(s: MaskedState, cfg: RunConfig, source: str) -> None:
         raise CheckpointError(f"{source}: 'residue_counts' holds a negative count")
 
 
-def read_weights(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
-    """The safetensors weights at `path`, checked against `model`'s names and shapes."""
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the safetensors file at `path` (unchecked)."""
     try:
-        tensors = load_file(str(path))
+        return load_file(str(path))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: weights file not found") from None
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def read_weights(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
+    """The safetensors weights at `path`, checked against `model`'s names and shapes."""
+    tensors = read_tensors(path)
     check_weights(model, tensors, str(path), "match config.json", "config.json implies")
     return tensors
 
@@ -180,8 +186,32 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu"
 
     cfg, state = read_run(run_dir)
     model = SciFormer(cfg.model)
-    load_weights(model, Path(run_dir) / WEIGHTS)
+    path = Path(run_dir) / WEIGHTS
+    tensors = read_tensors(path)
+    attach_anchor(model, tensors, cfg, str(path))
+    check_weights(model, tensors, str(path), "match config.json", "config.json implies")
+    model.load_state_dict(tensors)
     return model.to(device).eval(), cfg, state
+
+
+def attach_anchor(model: nn.Module, tensors: dict[str, torch.Tensor], cfg: RunConfig,
+                  source: str) -> None:
+    """Give `model` the NVAR anchor saved among its weights (``anchor.*``; a hybrid run,
+    `data.anchor: nvar`). Runs without those tensors (persistence, or written before the
+    anchor existed) stay persistence-anchored; a config that disagrees is refused."""
+    from sciformer.model.anchor import NVARAnchor
+
+    try:
+        anchor = NVARAnchor.from_tensors(tensors)
+    except ValueError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
+    said = cfg.data.anchor
+    if (anchor is None and said == "nvar") or (anchor is not None and said == "persistence"):
+        has = "holds" if anchor is not None else "has no"
+        raise CheckpointError(f"{source}: {has} NVAR anchor tensors (anchor.*) but config.json "
+                              f"says data.anchor={said}")
+    if anchor is not None:
+        model.anchor = anchor
 
 
 def read_split(run_dir: str | Path) -> dict[str, Any]:

@@ -303,7 +303,7 @@ def _tamper(src: Path, dst: Path, edit) -> Path:
 @pytest.mark.parametrize("which, edit, fragment", [
     ("masked", lambda c: c.update(task="forecast"), "unknown entries ['imported_from', "
      "'residue_counts'] for a 'forecast' run"),
-    ("forecast", lambda c: c.update(task="masked"), "unknown entries ['base_systems', 'channel_agnostic', 'dt'"),
+    ("forecast", lambda c: c.update(task="masked"), "unknown entries ['anchor', 'base_systems', 'channel_agnostic'"),
     ("masked", lambda c: c.pop("task"), "no 'task' entry"),
     ("masked", lambda c: c.pop("model"), "no 'model' section"),
     ("forecast", lambda c: c.pop("tokenizer"), "'tokenizer' has no 'name'"),

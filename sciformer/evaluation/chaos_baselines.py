@@ -29,11 +29,18 @@ from sciformer.evaluation.baselines import (
     _ridge_solve,
     _safe_std,
 )
+from sciformer.model.anchor import delay_features
 
 MAX_SELECTION_WINDOWS = 256  # training windows on which a hyper-parameter is chosen
 #: NVAR's closed-loop validation: windows and steps per (k, alpha) candidate. Rollouts of a
 #: 64-point field cost ~50 MFLOP a step per 256 windows, so these bound the fit to seconds.
 NVAR_VALIDATION_WINDOWS, NVAR_VALIDATION_STEPS = 64, 128
+#: Above this many state features the dense baselines (ridge AR on lagged states, NVAR's
+#: quadratic monomials, parroting) are skipped, and no NVAR anchor is fitted: their normal
+#: equations grow as F^2 (F^4 for NVAR) -- a 64 x 64 field has F = 4096 -- and they are not
+#: what field surrogates are compared with; persistence, the mean and (2-D fields) the FNO
+#: stand in.
+MAX_DENSE_FEATURES = 1024
 
 
 def selection_windows(xs: list[np.ndarray], length: int, max_windows: int) -> np.ndarray:
@@ -187,8 +194,7 @@ class NVAR(_ForecastBaseline):
 
     def _features(self, buf: np.ndarray, k: int, pairs: tuple) -> np.ndarray:
         """`(n, k F + n_quad)` features of the newest state of each `(n, >= span, F)` buffer."""
-        lin = np.concatenate([buf[:, -1 - i * self.skip] for i in range(k)], axis=1)
-        return np.concatenate([lin, lin[:, pairs[0]] * lin[:, pairs[1]]], axis=1)
+        return delay_features(buf, k, self.skip, pairs[0], pairs[1])
 
     def _rows(self, zs: list[np.ndarray], k: int, pairs: tuple
               ) -> tuple[tuple, tuple[np.ndarray, np.ndarray]]:

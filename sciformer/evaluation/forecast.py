@@ -44,7 +44,12 @@ from sciformer.config import RunConfig
 from sciformer.errors import ConfigError, InputError
 from sciformer.evaluation.baselines import RidgeAR
 from sciformer.evaluation.calibration import empirical_quantiles
-from sciformer.evaluation.chaos_baselines import ALL_BASELINES, NVAR, Parroting
+from sciformer.evaluation.chaos_baselines import (
+    ALL_BASELINES,
+    MAX_DENSE_FEATURES,
+    NVAR,
+    Parroting,
+)
 from sciformer.evaluation.forecast_plots import draw_plots
 from sciformer.evaluation.heldout import select_unseen
 from sciformer.evaluation.metrics import DEFINITIONS, LEAD_BINS, ForecastScore, nrmse_at
@@ -62,11 +67,6 @@ MAX_BASELINE_TRAJECTORIES = 256  # training trajectories used to fit baselines a
 N_PLOTTED = 3  # trajectories drawn in forecast.png
 EVAL_BLOCK_TRAJECTORIES = 64  # trajectories read, forecast and scored at a time (>= N_PLOTTED)
 MIN_MODEL_BATCH = 64  # windows per model forward pass: max(train.batch_size, this)
-#: Above this many state features the dense baselines (ridge AR on lagged states, NVAR's
-#: quadratic monomials, parroting) are skipped: their normal equations grow as F^2 (F^4 for
-#: NVAR) -- a 64 x 64 field has F = 4096 -- and they are not what field surrogates are
-#: compared with; persistence, the mean and (2-D fields) the FNO stand in.
-MAX_DENSE_FEATURES = 1024
 #: Bytes of sample paths, quantiles and median (float64) one model batch may hold: caps the
 #: windows per forward pass for large fields (S x batch x H x F values each).
 EVAL_BATCH_BYTES = 2**28

@@ -54,6 +54,9 @@ class SciFormer(nn.Module):
         self.value_head = ValueHead(cfg) if cfg.output_dim > 0 else None
         self.composition = CompositionPrior(cfg.vocab_size) if cfg.composition_prior else None
         self.checkpointing = False  # activation checkpointing, switched on by the trainer
+        # forecasts: what the value head's quantiles are offsets on; None = persistence, else
+        # an `anchor.NVARAnchor` (attached by the forecast task, or from the run's weights)
+        self.anchor: nn.Module | None = None
         self._init_weights()
 
     def _init_weights(self) -> None:

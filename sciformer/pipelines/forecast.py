@@ -59,18 +59,24 @@ def block_tokens(tok: PatchTokenizer | BinTokenizer) -> int:
     return int(getattr(tok, "space_tokens", 1))
 
 
-def _anchor(dec_in: Tensor, tok: PatchTokenizer) -> Tensor:
-    """Last step of each decoder-input patch, repeated over the patch: (B', N, token_dim)."""
+def _anchor(model: nn.Module, dec_in: Tensor, tok: PatchTokenizer) -> Tensor:
+    """What the patch after each decoder-input patch is predicted as an offset on,
+    (B', N, token_dim): the model's NVAR anchor's closed-loop forecast of it (a hybrid run,
+    `data.anchor: nvar`), else its last step repeated over the patch (persistence)."""
+    anchor = getattr(model, "anchor", None)
+    if anchor is not None:
+        return anchor(dec_in, tok.patch_len)
     width = dec_in.shape[-1] // tok.patch_len  # features per step inside a token
     return dec_in[..., -width:].repeat(1, 1, tok.patch_len)
 
 
 def patch_quantiles(model: nn.Module, tok: PatchTokenizer, h: Tensor, dec_in: Tensor,
                     n_q: int) -> Tensor:
-    """Decoder states -> quantiles (B', N, token_dim, n_q) as increments on the last known
-    state (a persistence anchor, so the network learns the change)."""
+    """Decoder states -> quantiles (B', N, token_dim, n_q) as offsets on the anchor of each
+    patch (`_anchor`: persistence or NVAR, so the network learns the change or the
+    correction)."""
     out = model.values(h).unflatten(-1, (tok.token_dim, n_q))  # (B', N, token_dim, n_q)
-    return out + _anchor(dec_in, tok)[..., None]
+    return out + _anchor(model, dec_in, tok)[..., None]
 
 
 # ---- sampling --------------------------------------------------------------------------------

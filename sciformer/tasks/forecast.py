@@ -4,8 +4,10 @@ The encoder reads ``data.context`` steps; the decoder produces the next ``data.h
 
 - ``patch`` tokenizer (default): continuous patches (PatchTST / Panda). The decoder is
   autoregressive over patches: its input at position j is patch j-1 (the last context patch
-  first), its output the quantiles of patch j, as an increment on the last known state (a
-  persistence anchor, so the network learns the change). Trained with the pinball loss.
+  first), its output the quantiles of patch j, as offsets on an anchor (`data.anchor`): the
+  last known state repeated (persistence, so the network learns the change) or, for a hybrid
+  model, the closed-loop forecast of patch j by an NVAR fitted on the training split before
+  training (`fit_anchor`; the network learns the correction). Trained with the pinball loss.
   Patches are scaled by the TRAINING data's per-channel mean and std
   (`DatasetScaledPatchTokenizer`), not per window as RevIN does: the dynamics of a simulated
   system depend on where on the attractor the state is, which per-window scaling hides (on
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +32,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sciformer.config import RunConfig, explicit_keys, for_task
-from sciformer.errors import InputError
+from sciformer.errors import ConfigError, InputError
+from sciformer.evaluation.chaos_baselines import (
+    MAX_DENSE_FEATURES,
+    NVAR,
+    NVAR_VALIDATION_STEPS,
+)
 from sciformer.fingerprints import RecordedPrints, duplicates, trajectory_fingerprints
 from sciformer.io.trajectories import TrajectoryFile
+from sciformer.model.anchor import NVARAnchor
 from sciformer.pipelines.forecast import block_tokens, patch_quantiles, sample_patch_tokens
 from sciformer.runs import ForecastState
 from sciformer.splits import split_indices
@@ -117,6 +126,44 @@ def make_tokenizer(cfg: RunConfig, n_features: int,
                            channels=d.channels)
 
 
+def anchor_kind(cfg: RunConfig, tok: PatchTokenizer | BinTokenizer) -> str:
+    """`data.anchor` resolved for this tokenizer: nvar needs whole-state patch tokens in fixed
+    training units (`DatasetScaledPatchTokenizer`, joint channels) and a state of at most
+    `MAX_DENSE_FEATURES` values; auto picks nvar there and persistence elsewhere."""
+    want = cfg.data.anchor
+    fits = (type(tok) is DatasetScaledPatchTokenizer and tok.channels == "joint"
+            and tok.n_features <= MAX_DENSE_FEATURES)
+    if want == "auto":
+        return "nvar" if fits else "persistence"
+    if want == "nvar" and not fits:
+        raise ConfigError(f"data.anchor=nvar needs whole-state patch tokens "
+                          f"(data.tokenizer=patch, channels=joint, scaling=dataset) of at most "
+                          f"{MAX_DENSE_FEATURES} features; this run has {tok.name} tokens, "
+                          f"{getattr(tok, 'channels', '?')} channels, {tok.n_features} features "
+                          "(use data.anchor=persistence)")
+    return want
+
+
+def fit_anchor(data: TrajectoryCollection, items: list[int], tok: DatasetScaledPatchTokenizer,
+               d: Any) -> tuple[NVARAnchor, dict[str, Any]]:
+    """The NVAR anchor fitted on the training trajectories `items` (at most
+    MAX_STAT_TRAJECTORIES, evenly spread) in the tokenizer's normalised units, and what it
+    chose (`NVAR.describe`). Only delays whose states fit in one patch are tried, since the
+    anchor of a patch reads the previous patch alone. Delays and ridge strength are chosen by
+    the longest closed-loop validation NVAR does (`NVAR_VALIDATION_STEPS`), not over one
+    training horizon: the hybrid rolls the anchor out patch after patch over any horizon, and
+    on KS the fit chosen over 32 steps (ridge 1e-2) diverged after ~50 steps, the one chosen
+    over 128 (ridge 1) did not."""
+    pick = np.unique(np.linspace(0, len(items) - 1, MAX_STAT_TRAJECTORIES).round().astype(int))
+    loc, scale = np.asarray(tok.loc), np.asarray(tok.scale)
+    train = [(data.window(data.items[items[i]], 0, data.n_time(data.items[items[i]]))
+              - loc) / scale for i in pick]
+    probe = NVAR()
+    delays = [k for k in probe.delays if probe.span(k) <= d.patch_len]
+    nvar = NVAR(delays=delays, horizon=NVAR_VALIDATION_STEPS).fit(train)
+    return NVARAnchor.from_nvar(nvar), nvar.describe()
+
+
 class TrajectoryCollection:
     """Several trajectory files with the same state shape, addressed as (file, trajectory)."""
 
@@ -175,6 +222,21 @@ class ForecastTask:
             cfg.data.tokenizer = kind
         self.tokenizer = tok = make_tokenizer(cfg, self.n_features, stats,
                                               self.data.meta.state_shape)
+        anchor = anchor_kind(cfg, tok)
+        self.anchor, self.anchor_info = None, None
+        if anchor == "nvar":
+            try:
+                self.anchor, self.anchor_info = fit_anchor(self.data, train, tok, d)
+            except (np.linalg.LinAlgError, InputError) as exc:
+                if d.anchor != "auto":
+                    raise InputError(f"{paths[0]}: data.anchor=nvar: the NVAR fit on the "
+                                     f"training trajectories failed ({exc})") from None
+                warnings.warn(f"data.anchor=auto: the NVAR fit failed ({exc}); this run is "
+                              "persistence-anchored", stacklevel=2)
+                anchor = "persistence"
+        if anchor != d.anchor:  # auto resolved; recorded in the run's config
+            cfg = copy.deepcopy(cfg)
+            cfg.data.anchor = anchor
         if isinstance(tok, PatchTokenizer):
             widths = dict(vocab_size=0, input_dim=tok.token_dim,
                           output_dim=tok.token_dim * len(d.quantiles),
@@ -193,7 +255,14 @@ class ForecastTask:
                              dt=meta.dt, lyapunov_time=meta.lyapunov_time, system=meta.system,
                              field_names=meta.field_names, tokenizer=self.tokenizer.to_config(),
                              channel_agnostic=self.tokenizer.to_config().get(
-                                 "channel_agnostic", False))
+                                 "channel_agnostic", False),
+                             anchor=self.anchor_info if self.anchor is not None else None)
+
+    def attach(self, model: nn.Module) -> None:
+        """Give the freshly built model the NVAR anchor fitted on the training split (saved
+        with its weights), if this run has one."""
+        if self.anchor is not None:
+            model.anchor = self.anchor
 
     def split(self) -> dict[str, Any]:
         items = self.data.items

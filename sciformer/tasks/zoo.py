@@ -55,12 +55,14 @@ def is_zoo_corpus(path: str | Path) -> bool:
 
 def require_agnostic(cfg: RunConfig, source: str) -> RunConfig:
     """`cfg` with channel-agnostic settings (patch tokens, independent channels, instance
-    scaling); an explicit setting to the contrary is refused, naming it."""
-    want = {"tokenizer": "patch", "channels": "independent", "scaling": "instance"}
+    scaling, persistence anchor); an explicit setting to the contrary is refused, naming it
+    (`data.anchor: auto` resolves to persistence)."""
+    want = {"tokenizer": "patch", "channels": "independent", "scaling": "instance",
+            "anchor": "persistence"}
     user = explicit_keys(cfg)
     for key, value in want.items():
         have = getattr(cfg.data, key)
-        if have != value and f"data.{key}" in user:
+        if have not in (value, "auto") and f"data.{key}" in user:
             raise ConfigError(f"{source}: a zoo corpus trains a channel-agnostic model; "
                               f"data.{key}={have!r} cannot be used (needs {value!r})")
         setattr(cfg.data, key, value)

@@ -3,10 +3,11 @@
 Few-shot transfer, as in the foundation-model recipe (pretrain once on many systems, then
 adapt briefly to the user's data): the new run keeps the SOURCE run's architecture and token
 format (the `model` section; the data fields that fix the token and head widths and the
-positions: tokenizer, channels, scaling, patch_len, context, horizon, bins, quantiles) and
-takes everything else -- the data files, the optimiser, the step budget, the seed -- from the
-user. The weights are loaded before the first step, so the first loss is the source model's
-loss on the first batch. `train.init_from` is recorded in config.json (provenance).
+positions: tokenizer, channels, scaling, patch_len, context, horizon, bins, quantiles, the
+anchor kind) and takes everything else -- the data files, the optimiser, the step budget, the
+seed -- from the user; an NVAR anchor is refitted on the new data. The weights are loaded
+before the first step, so the first loss is the source model's loss on the first batch.
+`train.init_from` is recorded in config.json (provenance).
 
 Refused with one line: a masked-residue source run (forecasting only), a user setting that
 contradicts the source's architecture, and weights whose shapes do not fit the new data (a
@@ -21,11 +22,12 @@ from torch import nn
 
 from sciformer.config import DERIVED_FIELDS, RunConfig, explicit_keys, read_run_config
 from sciformer.errors import CheckpointError, ConfigError
-from sciformer.runs import CONFIG, WEIGHTS, read_weights
+from sciformer.model.anchor import PREFIX
+from sciformer.runs import CONFIG, WEIGHTS, check_weights, read_tensors
 
 #: Data fields that fix the model's token format, head widths and positions.
 TOKEN_FIELDS = ("tokenizer", "channels", "scaling", "patch_len", "context", "horizon",
-                "n_bins", "bin_limit", "quantiles")
+                "n_bins", "bin_limit", "quantiles", "anchor")
 
 
 def finetune_config(cfg: RunConfig) -> RunConfig:
@@ -35,6 +37,9 @@ def finetune_config(cfg: RunConfig) -> RunConfig:
     if extra.get("task") != "forecast":
         raise ConfigError(f"{source}: --init-from needs a forecasting run; this is a "
                           f"'{extra.get('task')}' run")
+    # the anchor the source was trained with (a run from before data.anchor reads as the
+    # default, auto, but was persistence-anchored)
+    saved.data.anchor = "nvar" if extra.get("anchor") else "persistence"
     user = explicit_keys(cfg)
     derived = {k.split(".", 1)[1] for k in DERIVED_FIELDS}
     pairs = [("model", k) for k in vars(saved.model) if not k.startswith("_")
@@ -52,8 +57,10 @@ def finetune_config(cfg: RunConfig) -> RunConfig:
 def load_init_weights(model: nn.Module, source: str | Path) -> None:
     """Load the source run's weights into `model` (the model built for the new data)."""
     path = Path(source) / WEIGHTS
-    try:
-        model.load_state_dict(read_weights(model, path))
+    try:  # the source's NVAR anchor (if any) stays behind: the task fits one on the new data
+        tensors = {k: v for k, v in read_tensors(path).items() if not k.startswith(PREFIX)}
+        check_weights(model, tensors, str(path), "match config.json", "config.json implies")
+        model.load_state_dict(tensors)
     except CheckpointError as exc:
         raise CheckpointError(f"--init-from {source}: incompatible with this data ({exc}); a "
                               "run trained on another channel count needs "

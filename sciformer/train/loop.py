@@ -343,6 +343,8 @@ def build_trainer(data: list[str | Path], cfg: RunConfig, run_dir: str | Path,
         from sciformer.train.finetune import load_init_weights
 
         load_init_weights(model, cfg.train.init_from)
+    if hasattr(task, "attach"):  # parts the task fitted on its data (a forecast anchor)
+        task.attach(model)
     seed_everything(micro_seed(cfg.train.seed, dist.rank, salt=7))  # dropout differs per rank
     device = dist.device(pick_device(cfg.train.device))
     if dist.is_main:
