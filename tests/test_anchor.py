@@ -104,7 +104,7 @@ def test_hybrid_at_init_forecasts_like_nvar_persistence_does_not(circles):
     task = task_for(circles, "data.anchor=nvar")
     assert task.anchor is not None and task.cfg.data.anchor == "nvar"
     model = SciFormer(task.cfg.model)
-    task.attach(model)
+    task.init_model(model)
     paths = sample_paths(zero_head(model), task.tokenizer, ctx, 32, 8, LEVELS, samples=3)
     assert torch.equal(paths[0], paths[2])  # no spread: all quantiles coincide
     torch.testing.assert_close(paths[0], fut, atol=2e-3, rtol=0)

@@ -11,8 +11,9 @@ A task is what the training loop talks to. Its contract:
   function of (seed, index), so a resumed run sees exactly the batches it would have seen;
 - ``loss(model, batch)``: scalar loss and a dict of float statistics;
 - ``validate(model)``: held-out statistics, deterministic;
-- ``init_model(model)`` (optional): set data-derived initial values of a new model before the
-  first step (the masked task's composition prior); a resumed or fine-tuned run loads them.
+- ``init_model(model)`` (optional): give a new (or fine-tuned) model the parts fitted on this
+  run's training data before the first step (the masked task's composition prior, the
+  forecast task's NVAR anchor); a resumed run restores them from its checkpoint.
 """
 
 from __future__ import annotations

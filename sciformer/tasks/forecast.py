@@ -258,7 +258,7 @@ class ForecastTask:
                                  "channel_agnostic", False),
                              anchor=self.anchor_info if self.anchor is not None else None)
 
-    def attach(self, model: nn.Module) -> None:
+    def init_model(self, model: nn.Module) -> None:
         """Give the freshly built model the NVAR anchor fitted on the training split (saved
         with its weights), if this run has one."""
         if self.anchor is not None:

@@ -337,14 +337,12 @@ def build_trainer(data: list[str | Path], cfg: RunConfig, run_dir: str | Path,
     cfg = task.cfg  # completed for the task (derived model fields)
     seed_everything(cfg.train.seed)  # same initial weights on every rank (FSDP needs it)
     model = SciFormer(cfg.model)
-    if hasattr(task, "init_model"):  # data-derived initial values; a restore overwrites them
-        task.init_model(model)
     if cfg.train.init_from and folder is None:
         from sciformer.train.finetune import load_init_weights
 
         load_init_weights(model, cfg.train.init_from)
-    if hasattr(task, "attach"):  # parts the task fitted on its data (a forecast anchor)
-        task.attach(model)
+    if hasattr(task, "init_model"):  # parts fitted on this run's data; a restore overwrites them
+        task.init_model(model)
     seed_everything(micro_seed(cfg.train.seed, dist.rank, salt=7))  # dropout differs per rank
     device = dist.device(pick_device(cfg.train.device))
     if dist.is_main:
