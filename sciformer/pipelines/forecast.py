@@ -12,9 +12,11 @@ of the paths.
 
 - ``field_patch`` tokenizer (2+-D fields): as ``patch``, but one time patch is S spatial
   tokens, predicted together (the decoder is block-causal) and decoded block by block with the
-  cache; one uniform draw per path and time patch is shared by its S tokens, so a sampled
-  frame has no seams at patch borders.
-- ``patch`` tokenizer: the decoder predicts quantiles of the next patch (pinball loss). A patch
+  cache; draws follow `data.draws` as below (with ``patch``, one uniform per path and time
+  patch is shared by its S tokens, so a sampled frame has no seams at patch borders).
+- ``patch`` tokenizer: the decoder predicts quantiles of the next patch (pinball loss), as
+  offsets on an anchor: the last known state (persistence) or, with the NVAR anchor
+  (`data.anchor`), a fitted NVAR's closed-loop forecast of the patch. A patch
   is drawn by inverse-CDF sampling of that quantile function, interpolated linearly in normal
   scores z = Phi^-1(level) between the predicted levels and extended linearly beyond the
   extreme ones (so a Gaussian predictive law is reproduced exactly, tails included).
