@@ -57,6 +57,11 @@ class ModelConfig:
     token_dropout: bool = False  # ESM-2: zero <mask> embeddings, rescale the rest (see model)
     mask_id: int = 32  # token dropout: the <mask> id (ESM alphabet)
     layer_norm_eps: float = 1e-5  # epsilon of every LayerNorm (HF ESM configs may say 1e-12)
+    # forecasts with independent channels (rows = window x channel): after every encoder
+    # layer, a channel layer attends across the channels of one window at each patch index
+    # (no channel positions: any channel count, permutation-equivariant; Panda, Lai et al.
+    # 2025); on by default for zoo-corpus pretraining, off otherwise
+    channel_attention: bool = False
 
     def validate(self) -> None:
         _check(self.d_model > 0, "model.d_model", "must be positive")
@@ -257,6 +262,9 @@ class RunConfig:
         self.model.validate()
         self.data.validate()
         self.train.validate()
+        _check(not self.model.channel_attention or self.data.channels == "independent",
+               "model.channel_attention", "mixes the channel rows of independent channels; "
+               f"data.channels={self.data.channels!r} has one row per window")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -296,7 +304,8 @@ TASK_ONLY = {
                  "data.horizon", "data.patch_len", "data.space_patch", "data.n_bins",
                  "data.bin_limit", "data.quantiles", "data.stride", "data.samples", "data.draws",
                  "data.pushforward", "data.pushforward_warmup", "data.sampled_inputs",
-                 "data.sampled_inputs_from", "data.input_noise", "train.batch_size"),
+                 "data.sampled_inputs_from", "data.input_noise", "train.batch_size",
+                 "model.channel_attention"),
 }
 TASK_WORDS = {"masked": "masked-residue (FASTA)", "forecast": "forecasting (HDF5)"}
 
