@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from sciformer.compiling import eager
 from sciformer.config import ModelConfig
 from sciformer.model.attention import AttnMask
-from sciformer.model.channels import Groups, mix_channels
+from sciformer.model.channels import ChannelAttention, Groups, mix_channels
 from sciformer.model.heads import TokenHead, ValueHead
 from sciformer.model.layers import DecoderLayer, EncoderLayer
 from sciformer.model.positions import Rotary, build_positions
@@ -51,7 +51,7 @@ class SciFormer(nn.Module):
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
         # one channel layer after each encoder layer; absent (no weights) when off, so runs
         # saved before the field existed load unchanged
-        self.channel_layers = (nn.ModuleList(EncoderLayer(cfg)
+        self.channel_layers = (nn.ModuleList(ChannelAttention(cfg)
                                              for _ in range(cfg.n_encoder_layers))
                                if cfg.channel_attention else None)
         final = cfg.final_norm and cfg.norm == "pre"
