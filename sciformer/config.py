@@ -57,10 +57,9 @@ class ModelConfig:
     token_dropout: bool = False  # ESM-2: zero <mask> embeddings, rescale the rest (see model)
     mask_id: int = 32  # token dropout: the <mask> id (ESM alphabet)
     layer_norm_eps: float = 1e-5  # epsilon of every LayerNorm (HF ESM configs may say 1e-12)
-    # forecasts with independent channels (rows = window x channel): after every encoder
-    # layer, a channel layer attends across the channels of one window at each patch index
-    # (no channel positions: any channel count, permutation-equivariant; Panda, Lai et al.
-    # 2025); on by default for zoo-corpus pretraining, off otherwise
+    # independent channels: after each encoder layer, attend across the channels of one
+    # window at each patch index (no channel positions, any count; Panda, Lai et al. 2025);
+    # on by default when pretraining on a zoo corpus
     channel_attention: bool = False
 
     def validate(self) -> None:

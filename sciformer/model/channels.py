@@ -12,7 +12,7 @@ The grouping is either one channel count for all windows (an int: R = B * C rows
 patch tokenizers lay out a batch) or the channel count of each window (a (G,) tensor summing
 to R: windows of systems of different dimensions packed row after row, as zoo training
 batches them). Packed windows are attended in runs of equal channel count, so nothing is
-padded and no mask is needed (padding to the widest window cost twice the time).
+padded and no mask is needed (padding to the widest window cost 1.5 times as much).
 """
 
 from __future__ import annotations
@@ -25,15 +25,18 @@ from sciformer.config import ModelConfig
 from sciformer.model.attention import AttnMask, MultiHeadAttention
 from sciformer.model.layers import Residual
 
+DENSE_KINDS = ("scaled_dot", "dot", "additive")
 Groups = int | Tensor  # channels per window: one count for all, or one per window (G,)
 
 
 class ChannelAttention(nn.Module):
-    """Self-attention across the channels of one window, inputs (G * N, C, D)."""
+    """Self-attention across the channels of one window, inputs (G * N, C, D); a dense kernel
+    (the configured one unless it is a long-sequence kind: C is small and has no order)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.attn = Residual(cfg, MultiHeadAttention(cfg))
+        kind = cfg.attention if cfg.attention in DENSE_KINDS else "scaled_dot"
+        self.attn = Residual(cfg, MultiHeadAttention(cfg, kind))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.attn(x, mask=AttnMask())
