@@ -106,9 +106,10 @@ def test_zoo_batches_never_mix_channels_of_different_windows(tmp_path):
     from sciformer.tasks import build_task
 
     dims = [3, 4, 6, 1, 5, 9, 3, 2]
-    task = build_task(load_config(None, [*TINY, "train.batch_size=6"]),
+    task = build_task(load_config(None, [*TINY, "train.batch_size=6",
+                                         "model.channel_attention=true",
+                                         "data.channels=independent"]),
                       [coded_corpus(tmp_path / "zoo.h5", dims)])
-    assert task.cfg.model.channel_attention  # on by default for a corpus
     for i in range(30):
         b = task.batch(i)
         rows, groups = b["window"][:, :, 0].double().numpy(), b["channels"].tolist()
@@ -137,7 +138,9 @@ def zoo_run(tmp_path_factory) -> Path:
             x = f["systems"][name]["states"]
             x[...] = np.cumsum(rng.normal(size=x.shape), axis=1).astype(np.float32)
     run = root / "run"
-    pretrain([corpus], load_config(None, TINY), run, progress=False)
+    pretrain([corpus], load_config(None, [*TINY, "model.channel_attention=true",
+                                         "data.channels=independent"]), run,
+             progress=False)
     return run
 
 
@@ -175,3 +178,23 @@ def test_a_run_saved_without_the_field_loads_unchanged(tmp_path):
     fc = load(run, device="cpu")
     assert fc.model.cfg.channel_attention is False and fc.model.channel_layers is None
     np.testing.assert_array_equal(fc.sample(ctx, 8, samples=2), before)
+
+
+def test_zoo_batches_without_channel_attention_are_one_channel_windows(tmp_path):
+    from sciformer.tasks import build_task
+
+    dims = [3, 4, 6, 1, 5, 9, 3, 2]
+    task = build_task(load_config(None, [*TINY, "train.batch_size=6"]),
+                      [coded_corpus(tmp_path / "zoo.h5", dims)])
+    assert not task.cfg.model.channel_attention  # off unless asked for
+    seen = set()
+    for i in range(30):
+        b = task.batch(i)
+        rows = b["window"][:, :, 0].double().numpy()
+        assert b["channels"].tolist() == [1] * 6 and rows.shape[0] == 6
+        g = (rows[:, 0] // 1e5).astype(int)
+        assert set(g) <= set(task.train_idx)
+        seen.update((rows[:, 0] % 10).astype(int).tolist())
+        steps = np.arange(rows.shape[1]) * 10  # one channel's consecutive steps
+        np.testing.assert_array_equal(rows - rows[:, :1], np.broadcast_to(steps, rows.shape))
+    assert len(seen) > 3  # channels other than the first are drawn

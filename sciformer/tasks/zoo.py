@@ -4,22 +4,24 @@ A corpus (`sciformer simulate zoo`, docs/zoo.md) holds one group per chaotic sys
 `systems/<i>_<bases>/states (n_traj, n_time, n_fields)`, with n_fields from 3 to 12. One
 model learns them all through channel-agnostic tokens (`tokenizers.agnostic`): every channel
 is its own series of patch tokens, normalised per context (RevIN). Channel attention
-(`model.channel_attention`, on by default here) lets the channels of one window see each
-other, as in Panda (Lai, Bao & Gilpin 2025), which pretrains on a zoo of perturbed and
-coupled chaotic flows the same way.
+(`model.channel_attention`, off by default: measured worse zero-shot, docs/zoo-model.md) lets
+the channels of one window see each other, as in Panda (Lai, Bao & Gilpin 2025), which
+pretrains on a zoo of perturbed and coupled chaotic flows the same way.
 
-- **Batches of whole windows.** A training example is one window of ALL channels of one
-  trajectory of one system. Windows of systems of different dimensions are packed channel
-  row after channel row, (R, T, 1) with R the sum of their channel counts, and the batch's
-  `channels` (G,) gives each window's count, so the model groups rows by window and never
-  mixes channels of different windows. `train.batch_size` counts windows.
+- **Batches.** Without channel attention a training example is one window of ONE channel of
+  one trajectory of one system (rows (B, T, 1)). With it, an example is one window of ALL
+  channels: windows of systems of different dimensions are packed channel row after channel
+  row, (R, T, 1) with R the sum of their channel counts, and the batch's `channels` (G,)
+  gives each window's count, so the model groups rows by window and never mixes channels of
+  different windows. `train.batch_size` counts windows either way.
 
 - **Split by whole system.** `data.val_fraction` of the corpus GROUPS (seeded) are held out
   for validation; no window of a held-out group is ever in a training batch. The corpus never
   holds the library's held-out base systems (rossler, halvorsen, ...): those are for
   zero-shot evaluation (`sciformer evaluate RUN rossler.h5`).
 - **Sampling.** Each training example draws a training system uniformly (so large and small
-  systems weigh the same), then a trajectory and a start uniformly.
+  systems weigh the same), then a trajectory, (without channel attention) a channel, and a
+  start uniformly.
 - **Provenance.** The run's task state records `base_systems` (the corpus's root attribute)
   and split.json names the training and validation groups.
 
@@ -44,7 +46,8 @@ from sciformer.splits import split_indices
 from sciformer.tasks import micro_seed
 from sciformer.tasks.forecast import make_tokenizer, teacher_forced_loss
 
-VAL_WINDOWS = 64  # fixed validation windows (all channels of a state each)
+VAL_WINDOWS = 256  # fixed validation windows of one channel each
+VAL_STATES = 64  # ... of whole states each (channel attention)
 
 
 def is_zoo_corpus(path: str | Path) -> bool:
@@ -61,8 +64,7 @@ def is_zoo_corpus(path: str | Path) -> bool:
 
 def require_agnostic(cfg: RunConfig, source: str) -> RunConfig:
     """`cfg` with channel-agnostic settings (patch tokens, independent channels, instance
-    scaling; channel attention unless the user turned it off); an explicit setting to the
-    contrary is refused, naming it."""
+    scaling); an explicit setting to the contrary is refused, naming it."""
     want = {"tokenizer": "patch", "channels": "independent", "scaling": "instance"}
     user = explicit_keys(cfg)
     for key, value in want.items():
@@ -71,8 +73,6 @@ def require_agnostic(cfg: RunConfig, source: str) -> RunConfig:
             raise ConfigError(f"{source}: a zoo corpus trains a channel-agnostic model; "
                               f"data.{key}={have!r} cannot be used (needs {value!r})")
         setattr(cfg.data, key, value)
-    if "model.channel_attention" not in user:
-        cfg.model.channel_attention = True
     return cfg
 
 
@@ -140,15 +140,19 @@ class ZooTask:
                 "held_out_base_systems": self.held_out_systems}
 
     def batch(self, index: int, rank: int = 0, world: int = 1) -> dict[str, Tensor]:
-        """`batch_size` windows of whole states, seeded by the batch index: their channels as
-        rows (R, C+H, 1), window after window, and each window's channel count (G,)."""
+        """`batch_size` windows, seeded by the batch index: one random channel each, or with
+        channel attention whole states; their channels as rows (R, C+H, 1), window after
+        window, and each window's channel count (G,)."""
         rng = np.random.default_rng(micro_seed(self.cfg.train.seed, index * world + rank, 11))
+        whole = self.cfg.model.channel_attention
         wins = []
         for g in rng.choice(self.train_idx, size=self.cfg.train.batch_size):
             x = self.states[int(g)]  # (n_traj, n_time, n_fields)
             t = rng.integers(x.shape[0])
+            ch = None if whole else int(rng.integers(x.shape[2]))
             s = rng.integers(0, x.shape[1] - self.window_len + 1)
-            wins.append(x[t, s:s + self.window_len])  # (C+H, n_fields)
+            cols = slice(None) if whole else slice(ch, ch + 1)
+            wins.append(x[t, s:s + self.window_len, cols])  # (C+H, n_fields | 1)
         return pack_windows(wins)
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Any]]:
@@ -158,16 +162,17 @@ class ZooTask:
         return loss, {"loss": loss.detach()}
 
     def validation_windows(self) -> list[np.ndarray]:
-        """Fixed whole-state windows (C+H, n_fields) spread evenly over the validation
-        systems."""
-        wins = []
-        per = max(1, VAL_WINDOWS // max(1, len(self.val_idx)))
+        """Fixed windows (C+H, n_fields), or one channel each (C+H, 1) without channel
+        attention, spread evenly over the validation systems."""
+        whole, wins = self.cfg.model.channel_attention, []
+        per = max(1, (VAL_STATES if whole else VAL_WINDOWS) // max(1, len(self.val_idx)))
         for g in self.val_idx:
             x = self.states[g]
-            n_tr, n_t, _ = x.shape
+            n_tr, n_t, n_ch = x.shape
             for k in range(per):
                 s = int(round(k * (n_t - self.window_len) / max(1, per - 1)))
-                wins.append(x[k % n_tr, s:s + self.window_len])
+                cols = slice(None) if whole else slice(k % n_ch, k % n_ch + 1)
+                wins.append(x[k % n_tr, s:s + self.window_len, cols])
         return wins
 
     @torch.no_grad()
