@@ -60,6 +60,10 @@ class ModelConfig:
     composition_prior: bool = False
     mask_id: int = 32  # token dropout: the <mask> id (ESM alphabet)
     layer_norm_eps: float = 1e-5  # epsilon of every LayerNorm (HF ESM configs may say 1e-12)
+    # independent channels: after each encoder layer, attend across the channels of one
+    # window at each patch index (no channel positions, any count; Panda, Lai et al. 2025);
+    # on by default when pretraining on a zoo corpus
+    channel_attention: bool = False
 
     def validate(self) -> None:
         _check(self.d_model > 0, "model.d_model", "must be positive")
@@ -273,6 +277,9 @@ class RunConfig:
         self.model.validate()
         self.data.validate()
         self.train.validate()
+        _check(not self.model.channel_attention or self.data.channels == "independent",
+               "model.channel_attention", "mixes the channel rows of independent channels; "
+               f"data.channels={self.data.channels!r} has one row per window")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -313,7 +320,7 @@ TASK_ONLY = {
                  "data.bin_limit", "data.quantiles", "data.stride", "data.samples", "data.draws",
                  "data.anchor", "data.pushforward", "data.pushforward_warmup",
                  "data.sampled_inputs", "data.sampled_inputs_from", "data.input_noise",
-                 "train.batch_size"),
+                 "train.batch_size", "model.channel_attention"),
 }
 TASK_WORDS = {"masked": "masked-residue (FASTA)", "forecast": "forecasting (HDF5)"}
 

@@ -98,8 +98,9 @@ def test_zoo_task_reads_mixed_dimensions_and_never_trains_on_heldout_groups(tmp_
     assert sorted(task.train_idx + task.val_idx) == list(range(8))
     seen = set()
     for i in range(40):
-        w = task.batch(i)["window"]
-        assert w.shape == (8, 24, 1)
+        b = task.batch(i)
+        w, groups = b["window"], b["channels"]
+        assert len(groups) == 8 and w.shape == (int(groups.sum()), 24, 1)
         seen |= {int(round(v)) for v in w[:, :, 0].max(dim=1).values.floor().tolist()}
     assert seen <= set(task.train_idx) and not seen & set(task.val_idx)
     assert len(seen) >= 4  # systems of several dimensions were drawn

@@ -6,6 +6,9 @@
 
 The encoder alone serves masked-residue prediction (``n_decoder_layers = 0``). Decoding
 takes a key/value cache (`new_cache`) and then needs only the newest target positions.
+With ``model.channel_attention`` each encoder layer is followed by a channel layer that
+attends across the channel rows of one window (`sciformer.model.channels`); `encode` is then
+told the grouping (`channels`).
 The model knows nothing of tasks, tokenizers, devices or data parallelism.
 """
 
@@ -21,6 +24,7 @@ from sciformer.compiling import eager
 from sciformer.config import ModelConfig
 from sciformer.model.attention import AttnMask
 from sciformer.model.composition import CompositionPrior
+from sciformer.model.channels import ChannelAttention, Groups, mix_channels
 from sciformer.model.heads import TokenHead, ValueHead
 from sciformer.model.layers import DecoderLayer, EncoderLayer
 from sciformer.model.positions import Rotary, build_positions
@@ -46,6 +50,11 @@ class SciFormer(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers))
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
+        # one channel layer after each encoder layer; absent (no weights) when off, so runs
+        # saved before the field existed load unchanged
+        self.channel_layers = (nn.ModuleList(ChannelAttention(cfg)
+                                             for _ in range(cfg.n_encoder_layers))
+                               if cfg.channel_attention else None)
         final = cfg.final_norm and cfg.norm == "pre"
         eps, has_dec = cfg.layer_norm_eps, cfg.n_decoder_layers > 0
         self.enc_norm = nn.LayerNorm(d, eps=eps) if final else nn.Identity()
@@ -120,9 +129,14 @@ class SciFormer(nn.Module):
 
     # ---- stacks -------------------------------------------------------------------------
     def encode(self, src: Tensor, src_pad: Tensor | None = None, return_layers: bool = False,
-               select: Tensor | None = None, depth: int | None = None
+               select: Tensor | None = None, depth: int | None = None,
+               channels: Groups | None = None
                ) -> Tensor | list[Tensor]:
         """Encoder memory (B, S, D); `src_pad` (B, S) is True at padding positions.
+
+        `channels` says which rows are the channels of one window, for a model with channel
+        attention (required there, ignored otherwise): an int C (rows ``b * C + c``) or the
+        channel count of each window (G,), windows packed row after row.
 
         With `return_layers`, a list of every layer's output (input embedding first, the
         final normalised output last) is returned, for embeddings and probes. With `select`
@@ -136,19 +150,28 @@ class SciFormer(nn.Module):
         earlier layer need no more): their outputs are returned without the final norm, which
         belongs to the last layer (`select` is then not allowed).
         """
+        mixing = self.channel_layers is not None
+        if mixing and channels is None:
+            raise ValueError("this model attends across channels (model.channel_attention): "
+                             "encode() needs the channels of each window")
         h = self.embed_inputs(src, pad=src_pad)
         mask = AttnMask(key_pad=src_pad)
         if depth is not None and depth < len(self.encoder):
+            if mixing:
+                raise ValueError("encode: `depth` is not supported with channel attention")
             if select is not None:
                 raise ValueError("encode: `select` reads the last layer; it needs the full depth")
             layers = [h]
             for layer in self.encoder[:max(depth, 0)]:
                 layers.append(self._run(layer, layers[-1], mask, self.rotary))
             return layers if return_layers else layers[-1]
-        sparse = select is not None and not return_layers and self.cfg.attention != "local"
+        sparse = (select is not None and not return_layers and self.cfg.attention != "local"
+                  and not mixing)
         layers = [h]
-        for layer in self.encoder[:-1] if sparse else self.encoder:
+        for i, layer in enumerate(self.encoder[:-1] if sparse else self.encoder):
             h = self._run(layer, h, mask, self.rotary)
+            if mixing:
+                h = self._run(mix_channels, self.channel_layers[i], h, channels)
             layers.append(h)
         if sparse:
             at, valid = _selected_index(select)
@@ -214,9 +237,10 @@ class SciFormer(nn.Module):
         return self.value_head(h)
 
     def forward(self, src: Tensor, tgt: Tensor, src_pad: Tensor | None = None,
-                tgt_pad: Tensor | None = None) -> Tensor:
-        """Teacher-forced encoder-decoder pass: decoder states (B, T, D)."""
-        return self.decode(tgt, self.encode(src, src_pad), src_pad, tgt_pad)
+                tgt_pad: Tensor | None = None, channels: Groups | None = None) -> Tensor:
+        """Teacher-forced encoder-decoder pass: decoder states (B, T, D); `channels` as in
+        `encode`."""
+        return self.decode(tgt, self.encode(src, src_pad, channels=channels), src_pad, tgt_pad)
 
 
 @eager  # its output's shape depends on the data: outside the graph in a compiled step

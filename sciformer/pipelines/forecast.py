@@ -50,7 +50,12 @@ from sciformer.config import RunConfig
 from sciformer.errors import InputError
 from sciformer.pipelines.recalibrate import SpreadCalibration
 from sciformer.runs import ForecastState
-from sciformer.tokenizers.timeseries import BinTokenizer, PatchTokenizer, tokenizer_from_config
+from sciformer.tokenizers.timeseries import (
+    BinTokenizer,
+    PatchTokenizer,
+    ScaleState,
+    tokenizer_from_config,
+)
 
 SAMPLE_MEMORY_BYTES = 2**31  # refuse forecasts whose sample paths would exceed this in memory
 
@@ -59,6 +64,12 @@ SAMPLE_MEMORY_BYTES = 2**31  # refuse forecasts whose sample paths would exceed 
 def block_tokens(tok: PatchTokenizer | BinTokenizer) -> int:
     """Tokens per time patch: S spatial patches for field patch tokens, else 1."""
     return int(getattr(tok, "space_tokens", 1))
+
+
+def window_channels(state: ScaleState) -> int:
+    """Token rows per window: its F channels with independent channels (rows b * F + f), else
+    1; what a model with channel attention is told (`SciFormer.encode`'s `channels`)."""
+    return state.n_features if state.channels == "independent" else 1
 
 
 def _anchor(model: nn.Module, dec_in: Tensor, tok: PatchTokenizer) -> Tensor:
@@ -115,28 +126,31 @@ def inverse_cdf(q: Tensor, z_levels: Tensor, z: Tensor) -> Tensor:
     return (q0 + w * (q1 - q0))[..., 0]
 
 
-def _encode(model: nn.Module, src: Tensor, copies: int) -> Tensor:
-    """Encoder memory of `src` (R', N, D); with `copies` > 1 the rows are that many identical
-    sample-major blocks, so one block is encoded and tiled (the first chunk of a rollout)."""
+def _encode(model: nn.Module, src: Tensor, copies: int, channels: int | Tensor = 1) -> Tensor:
+    """Encoder memory of `src` (R', N, D), `channels` rows per window; with `copies` > 1 the
+    rows are that many identical sample-major blocks (of whole windows), so one block is
+    encoded and tiled (the first chunk of a rollout)."""
     if copies == 1:
-        return model.encode(src)
+        return model.encode(src, channels=channels)
     block = src.shape[0] // copies
-    return model.encode(src[:block]).repeat(copies, 1, 1)  # (R', N, D)
+    return model.encode(src[:block], channels=channels).repeat(copies, 1, 1)  # (R', N, D)
 
 
 def sample_patch_tokens(model: nn.Module, tok: PatchTokenizer, src: Tensor, n_patches: int,
                         levels: list[float], gen: torch.Generator | None,
-                        draws: str = "element", copies: int = 1) -> Tensor:
+                        draws: str = "element", copies: int = 1,
+                        channels: int | Tensor = 1) -> Tensor:
     """`n_patches` time patches of tokens (R', n_patches * k, token_dim) sampled
     autoregressively after the encoded context `src` (R', N, token_dim), k tokens per time
     patch (`block_tokens`: 1, or the spatial patches of a field): each is the inverse CDF of
     the predicted quantiles at normal draws (`draws`: one per token element, or one per row
-    and time patch) and is fed back as the next input.
+    and time patch) and is fed back as the next input. `channels`: rows per window
+    (`window_channels`), for models with channel attention.
 
     Shared by inference (`_patch_chunk`) and by training on the model's own rollouts
     (`sciformer.tasks.forecast`), so training sees exactly the paths inference draws.
     """
-    memory = _encode(model, src, copies)
+    memory = _encode(model, src, copies, channels)
     k = block_tokens(tok)  # tokens of one time patch, decoded together
     cache, dec_in, outs = model.new_cache(), src[:, -k:], []
     z_levels = normal_scores(levels, src.device)
@@ -157,7 +171,7 @@ def _patch_chunk(model: nn.Module, tok: PatchTokenizer, ctx: Tensor, steps: int,
     """One chunk of sampled continuations (R, steps, F) of the R contexts `ctx` (R, C, F)."""
     src, state = tok.encode_context(ctx)  # (R', N, token_dim)
     drawn = sample_patch_tokens(model, tok, src, -(-steps // tok.patch_len), levels, gen, draws,
-                                copies)
+                                copies, window_channels(state))
     return tok.decode(drawn, state)[:, :steps]  # (R, steps, F)
 
 
@@ -165,7 +179,7 @@ def _bins_chunk(model: nn.Module, tok: BinTokenizer, ctx: Tensor, steps: int,
                 gen: torch.Generator, copies: int = 1) -> Tensor:
     """One chunk of sampled continuations (R, steps, F): tokens drawn from the model's law."""
     src, state = tok.encode_context(ctx)
-    memory = _encode(model, src, copies)
+    memory = _encode(model, src, copies, window_channels(state))
     cache = model.new_cache()
     token = torch.full((src.shape[0], 1), tok.bos_id, dtype=torch.long, device=src.device)
     per_step = tok.n_features if tok.channels == "joint" else 1

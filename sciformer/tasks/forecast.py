@@ -41,7 +41,12 @@ from sciformer.evaluation.chaos_baselines import (
 from sciformer.fingerprints import RecordedPrints, duplicates, trajectory_fingerprints
 from sciformer.io.trajectories import TrajectoryFile
 from sciformer.model.anchor import NVARAnchor
-from sciformer.pipelines.forecast import block_tokens, patch_quantiles, sample_patch_tokens
+from sciformer.pipelines.forecast import (
+    block_tokens,
+    patch_quantiles,
+    sample_patch_tokens,
+    window_channels,
+)
 from sciformer.runs import ForecastState
 from sciformer.splits import split_indices
 from sciformer.tasks import micro_seed
@@ -367,7 +372,7 @@ def rollout_loss(model: nn.Module, tok, d: Any, x: Tensor, pushed: int, sampled:
         for k in range(pushed):  # the model's own closed-loop chunks, sampled
             src, state = tok.encode_context(ctx)
             drawn = sample_patch_tokens(model, tok, src, h // tok.patch_len, d.quantiles, gen,
-                                        d.draws)
+                                        d.draws, channels=window_channels(state))
             ctx = torch.cat([ctx, tok.decode(drawn, state)], dim=1)[:, -c:]  # (B, C, F)
     fut = x[:, c + pushed * h: c + (pushed + 1) * h]  # (B, H, F) the truth after the rollout
     sigma = d.input_noise if noise else 0.0
@@ -377,8 +382,13 @@ def rollout_loss(model: nn.Module, tok, d: Any, x: Tensor, pushed: int, sampled:
 
 def teacher_forced_loss(model: nn.Module, tok, ctx: Tensor, fut: Tensor, levels: list[float],
                         sampled: bool = False, noise: float = 0.0,
-                        gen: torch.Generator | None = None, draws: str = "element") -> Tensor:
+                        gen: torch.Generator | None = None, draws: str = "element",
+                        channels: Tensor | None = None) -> Tensor:
     """Training loss for context (B, C, F) and future (B, H, F) windows.
+
+    `channels` (G,) groups the B windows into G windows of that many channels each, for a
+    model with channel attention fed one-channel rows (zoo batches of systems of different
+    dimensions); by default each window's F channels are one group (`window_channels`).
 
     Patch tokenizer: pinball loss of the quantiles of each future patch given the context and
     the previous patches, fed as the truth (teacher forcing) or, with `sampled`, as the
@@ -386,6 +396,7 @@ def teacher_forced_loss(model: nn.Module, tok, ctx: Tensor, fut: Tensor, levels:
     perturbs the inputs only.
     """
     state = tok.fit_state(ctx)
+    groups = window_channels(state) if channels is None else channels
     if isinstance(tok, PatchTokenizer):
         src, tgt = tok.encode(ctx, state), tok.encode(fut, state)  # (B', N, token_dim)
         k = block_tokens(tok)  # decoder input = the targets shifted by one time patch
@@ -393,16 +404,18 @@ def teacher_forced_loss(model: nn.Module, tok, ctx: Tensor, fut: Tensor, levels:
         if sampled:
             with torch.no_grad():
                 prev = sample_patch_tokens(model, tok, src, tgt.shape[1] // k - 1, levels, gen,
-                                           draws)
+                                           draws, channels=groups)
         dec_in = torch.cat([src[:, -k:], prev], dim=1)  # (B', N, token_dim)
         if noise > 0:
             src = src + noise * _normal(src, gen)
             dec_in = dec_in + noise * _normal(dec_in, gen)
-        q = patch_quantiles(model, tok, model(src, dec_in), dec_in, len(levels))
+        q = patch_quantiles(model, tok, model(src, dec_in, channels=groups), dec_in,
+                            len(levels))
         return pinball_loss(q.float(), tgt.float(), torch.tensor(levels))
     src, tgt = tok.encode(ctx, state), tok.encode(fut, state)  # (B', T*F) ids
     bos = torch.full_like(tgt[:, :1], tok.bos_id)
-    logits = model.token_logits(model(src, torch.cat([bos, tgt[:, :-1]], dim=1)))
+    logits = model.token_logits(model(src, torch.cat([bos, tgt[:, :-1]], dim=1),
+                                      channels=groups))
     return F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten())
 
 

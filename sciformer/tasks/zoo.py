@@ -3,17 +3,25 @@
 A corpus (`sciformer simulate zoo`, docs/zoo.md) holds one group per chaotic system,
 `systems/<i>_<bases>/states (n_traj, n_time, n_fields)`, with n_fields from 3 to 12. One
 model learns them all through channel-agnostic tokens (`tokenizers.agnostic`): every channel
-is its own series, normalised per context (RevIN), so a training example is one window of
-ONE channel of one trajectory, and batches of systems of different dimensions stack into
-(B, T, 1). This is the channel-independent half of Panda (Lai, Bao & Gilpin 2025), which
+is its own series of patch tokens, normalised per context (RevIN). Channel attention
+(`model.channel_attention`, off by default: measured worse zero-shot, docs/zoo-model.md) lets
+the channels of one window see each other, as in Panda (Lai, Bao & Gilpin 2025), which
 pretrains on a zoo of perturbed and coupled chaotic flows the same way.
+
+- **Batches.** Without channel attention a training example is one window of ONE channel of
+  one trajectory of one system (rows (B, T, 1)). With it, an example is one window of ALL
+  channels: windows of systems of different dimensions are packed channel row after channel
+  row, (R, T, 1) with R the sum of their channel counts, and the batch's `channels` (G,)
+  gives each window's count, so the model groups rows by window and never mixes channels of
+  different windows. `train.batch_size` counts windows either way.
 
 - **Split by whole system.** `data.val_fraction` of the corpus GROUPS (seeded) are held out
   for validation; no window of a held-out group is ever in a training batch. The corpus never
   holds the library's held-out base systems (rossler, halvorsen, ...): those are for
   zero-shot evaluation (`sciformer evaluate RUN rossler.h5`).
 - **Sampling.** Each training example draws a training system uniformly (so large and small
-  systems weigh the same), then a trajectory, a channel and a start uniformly.
+  systems weigh the same), then a trajectory, (without channel attention) a channel, and a
+  start uniformly.
 - **Provenance.** The run's task state records `base_systems` (the corpus's root attribute)
   and split.json names the training and validation groups.
 
@@ -38,7 +46,8 @@ from sciformer.splits import split_indices
 from sciformer.tasks import micro_seed
 from sciformer.tasks.forecast import make_tokenizer, teacher_forced_loss
 
-VAL_WINDOWS = 256  # fixed validation windows (one channel each)
+VAL_WINDOWS = 256  # fixed validation windows of one channel each
+VAL_STATES = 64  # ... of whole states each (channel attention)
 
 
 def is_zoo_corpus(path: str | Path) -> bool:
@@ -133,45 +142,62 @@ class ZooTask:
                 "held_out_base_systems": self.held_out_systems}
 
     def batch(self, index: int, rank: int = 0, world: int = 1) -> dict[str, Tensor]:
-        """`batch_size` one-channel windows (B, C+H, 1), seeded by the batch index."""
+        """`batch_size` windows, seeded by the batch index: one random channel each, or with
+        channel attention whole states; their channels as rows (R, C+H, 1), window after
+        window, and each window's channel count (G,)."""
         rng = np.random.default_rng(micro_seed(self.cfg.train.seed, index * world + rank, 11))
+        whole = self.cfg.model.channel_attention
         wins = []
         for g in rng.choice(self.train_idx, size=self.cfg.train.batch_size):
             x = self.states[int(g)]  # (n_traj, n_time, n_fields)
-            t, ch = rng.integers(x.shape[0]), rng.integers(x.shape[2])
+            t = rng.integers(x.shape[0])
+            ch = None if whole else int(rng.integers(x.shape[2]))
             s = rng.integers(0, x.shape[1] - self.window_len + 1)
-            wins.append(x[t, s:s + self.window_len, ch])
-        return {"window": torch.from_numpy(np.stack(wins)[:, :, None])}  # (B, C+H, 1)
+            cols = slice(None) if whole else slice(ch, ch + 1)
+            wins.append(x[t, s:s + self.window_len, cols])  # (C+H, n_fields | 1)
+        return pack_windows(wins)
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Any]]:
         x, c = batch["window"], self.cfg.data.context
         loss = teacher_forced_loss(model, self.tokenizer, x[:, :c], x[:, c:],
-                                   self.cfg.data.quantiles)
+                                   self.cfg.data.quantiles, channels=batch["channels"])
         return loss, {"loss": loss.detach()}
 
-    def validation_windows(self) -> Tensor:
-        """Fixed one-channel windows spread evenly over the validation systems."""
-        wins = []
-        per = max(1, VAL_WINDOWS // max(1, len(self.val_idx)))
+    def validation_windows(self) -> list[np.ndarray]:
+        """Fixed windows (C+H, n_fields), or one channel each (C+H, 1) without channel
+        attention, spread evenly over the validation systems."""
+        whole, wins = self.cfg.model.channel_attention, []
+        per = max(1, (VAL_STATES if whole else VAL_WINDOWS) // max(1, len(self.val_idx)))
         for g in self.val_idx:
             x = self.states[g]
             n_tr, n_t, n_ch = x.shape
             for k in range(per):
                 s = int(round(k * (n_t - self.window_len) / max(1, per - 1)))
-                wins.append(x[k % n_tr, s:s + self.window_len, k % n_ch])
-        return torch.from_numpy(np.stack(wins)[:, :, None])  # (N, C+H, 1)
+                cols = slice(None) if whole else slice(k % n_ch, k % n_ch + 1)
+                wins.append(x[k % n_tr, s:s + self.window_len, cols])
+        return wins
 
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:
+        """Mean loss per channel row on the fixed validation windows."""
         if not self.val_idx:
             return {}
         if not hasattr(self, "_val"):
-            self._val = self.validation_windows()
+            wins, size = self.validation_windows(), self.cfg.train.batch_size
+            self._val = [pack_windows(wins[i:i + size]) for i in range(0, len(wins), size)]
         device = next(model.parameters()).device
         c, total, n = self.cfg.data.context, 0.0, 0
-        for chunk in self._val.split(self.cfg.train.batch_size):
-            chunk = chunk.to(device)
-            loss = teacher_forced_loss(model, self.tokenizer, chunk[:, :c], chunk[:, c:],
-                                       self.cfg.data.quantiles)
-            total, n = total + loss.item() * len(chunk), n + len(chunk)
+        for chunk in self._val:
+            x = chunk["window"].to(device)
+            loss = teacher_forced_loss(model, self.tokenizer, x[:, :c], x[:, c:],
+                                       self.cfg.data.quantiles, channels=chunk["channels"])
+            total, n = total + loss.item() * len(x), n + len(x)
         return {"val_loss": total / n}
+
+
+def pack_windows(wins: list[np.ndarray]) -> dict[str, Tensor]:
+    """Windows (T, C_g) of any channel counts -> their channels as one-channel rows
+    (sum C_g, T, 1), window after window, and the counts (G,) (`model.channels.Groups`)."""
+    rows = np.concatenate([w.T for w in wins])[:, :, None]
+    return {"window": torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)),
+            "channels": torch.tensor([w.shape[1] for w in wins], dtype=torch.int64)}
