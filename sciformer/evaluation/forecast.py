@@ -210,19 +210,14 @@ class ModelForecast:
 
 
 def model_forecasts(fc: Forecaster, contexts: np.ndarray, horizon: int, samples: int,
-                    first: int = 0, batch: int | None = None) -> ModelForecast:
+                    first: int = 0, batch: int | None = None
+                    ) -> tuple[ModelForecast, ModelForecast | None]:
     """The model's forecast of `contexts` (N, C, F): `samples` sample paths per context, whose
-    empirical median and quantiles are reported. `first` is the index of contexts[0] among all
-    windows (it seeds the draws, so a window's paths do not depend on how windows are blocked).
+    empirical median and quantiles are reported, and, when the run recalibrates its paths
+    (`fc.calibration`), the forecast of the same draws before recalibration (else None).
+    `first` is the index of contexts[0] among all windows (it seeds the draws, so a window's
+    paths do not depend on how windows are blocked).
     """
-    return model_and_raw_forecasts(fc, contexts, horizon, samples, first, batch)[0]
-
-
-def model_and_raw_forecasts(fc: Forecaster, contexts: np.ndarray, horizon: int, samples: int,
-                            first: int = 0, batch: int | None = None
-                            ) -> tuple[ModelForecast, ModelForecast | None]:
-    """`model_forecasts` and, when the run recalibrates its paths (`fc.calibration`), the
-    forecast of the same draws before recalibration (else None)."""
     raw = fc.sample(contexts, horizon, samples, seed=first, batch=batch or model_batch(fc.cfg),
                     calibrated=False)
     if fc.calibration is None:
@@ -369,8 +364,8 @@ def stream_scores(fc: Forecaster, f: TrajectoryFile, trajs: list[int], c: int, h
             kept = []
             for j in range(0, len(ctx), batch):  # a model batch at a time: with sample
                 part = slice(j, j + batch)  # paths (S, batch, H, F) memory stays bounded
-                pred, raw = model_and_raw_forecasts(fc, ctx[part], h, samples,
-                                                    first=i * len(starts) + j, batch=batch)
+                pred, raw = model_forecasts(fc, ctx[part], h, samples,
+                                            first=i * len(starts) + j, batch=batch)
                 scores.add(truth[part], pred, baseline_forecasts(fitted, ctx[part], h), raw)
                 kept += [pred.rows([k - j]) for k in keep if j <= k < j + batch]
             if keep:
