@@ -17,11 +17,8 @@ from typing import Any
 import numpy as np
 
 from sciformer.errors import InputError
-from sciformer.evaluation.calibration import (
-    COVERAGE_MASSES,
-    coverage_from_sorted,
-    crps_sorted_sum,
-)
+from sciformer.evaluation.calibration import COVERAGE_MASSES
+from sciformer.evaluation.metrics import coverage_per_step, crps_from_samples
 from sciformer.io.trajectories import TrajectoryFile
 from sciformer.pipelines import Forecaster, load
 from sciformer.pipelines.recalibrate import (
@@ -80,12 +77,10 @@ def lead_scores(paths: np.ndarray, truth: np.ndarray) -> dict[str, list[float]]:
     against truth (n, H, F), a lead at a time (memory of one lead in float64)."""
     out: dict[str, list[float]] = {k: [] for k in (*COVERAGE_MASSES, "crps")}
     for h in range(paths.shape[2]):
-        s = np.sort(paths[:, :, h:h + 1].astype(np.float64), axis=0)
-        t = truth[:, h:h + 1].astype(np.float64)
-        n = t.size
-        for key, inside in coverage_from_sorted(s, t).items():
-            out[key].append(float(inside[0]) / n)
-        out["crps"].append(float(crps_sorted_sum(s, t)[0]) / n)
+        s, t = paths[:, :, h:h + 1], truth[:, h:h + 1]
+        for key, cov in coverage_per_step(s, t).items():
+            out[key].append(float(cov[0]))
+        out["crps"].append(float(crps_from_samples(s, t)[0]))
     return out
 
 
