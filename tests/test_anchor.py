@@ -108,8 +108,10 @@ def test_hybrid_at_init_forecasts_like_nvar_persistence_does_not(circles):
     paths = sample_paths(zero_head(model), task.tokenizer, ctx, 32, 8, LEVELS, samples=3)
     assert torch.equal(paths[0], paths[2])  # no spread: all quantiles coincide
     torch.testing.assert_close(paths[0], fut, atol=2e-3, rtol=0)
+    # NVAR is exact on the rotation: its measured error (the offset unit) is float32 rounding
+    assert task.anchor.scale.max().item() < 1e-4
     loss = teacher_forced_loss(model, task.tokenizer, ctx, fut[:, :8], LEVELS)
-    assert loss.item() < 1e-4  # pinball loss of an exact forecast
+    assert loss.item() < 0.5  # pinball loss in offset units: within the anchor's own error
 
     plain = task_for(circles, "data.anchor=persistence")
     assert plain.anchor is None and plain.cfg.data.anchor == "persistence"
@@ -259,3 +261,58 @@ def test_finetune_from_a_hybrid_run_refits_the_anchor_on_the_new_data(circles, t
     for name in want:
         torch.testing.assert_close(got[name], want[name])
     assert not torch.equal(got["anchor.mu"], old["anchor.mu"])
+
+
+def test_offset_scale_is_the_anchors_rms_error_per_step_and_feature():
+    """`fit_scale` = RMS over (patch, next patch) pairs of the anchor's forecast error, per
+    step and feature, time-major; it grows with the step on a chaotic flow."""
+    from sciformer.simulate import simulate
+
+    states = simulate("lorenz63", 3, 400, seed=0).states.astype(np.float64)
+    z = [(x - x.mean(0)) / x.std(0) for x in states]
+    anchor = NVARAnchor.from_nvar(NVAR(delays=(1,), alphas=[1e-2], horizon=8).fit(z))
+    assert anchor.scale is None and "anchor.scale" not in anchor.state_tensors()
+    scale = anchor.fit_scale(z, 4)
+    assert scale.shape == (12,)
+    starts = np.unique(np.linspace(0, 400 - 8, 8192 // 3).astype(int))
+    pairs = torch.as_tensor(np.stack([x[s:s + 8] for x in z for s in starts])).float()
+    err = anchor.rollout(pairs[:, :4], 4) - pairs[:, 4:]
+    want = err.double().pow(2).mean(0).sqrt().flatten().float()
+    torch.testing.assert_close(scale, want)
+    per_step = scale.view(4, 3).pow(2).mean(1)
+    assert bool((per_step[1:] > per_step[:-1]).all())
+    # saved and rebuilt with the weights; runs without it load with unit offsets
+    again = NVARAnchor.from_tensors(anchor.state_tensors())
+    torch.testing.assert_close(again.scale, scale)
+    old = {k: v for k, v in anchor.state_tensors().items() if k != "anchor.scale"}
+    assert NVARAnchor.from_tensors(old).scale is None
+    with pytest.raises(ValueError, match="scale must be positive"):
+        NVARAnchor.from_tensors({**anchor.state_tensors(), "anchor.scale": -scale})
+
+
+def test_scaled_offsets_and_loss_in_offset_units(circles):
+    """With an offset scale s: quantiles = anchor + s * head output, and the training loss
+    is the pinball loss of (quantiles / s) against (truth / s)."""
+    from sciformer.tokenizers.timeseries import pinball_loss
+
+    task = task_for(circles, "data.anchor=nvar")
+    torch.manual_seed(0)
+    model = SciFormer(task.cfg.model).eval()
+    task.init_model(model)
+    s = torch.linspace(0.5, 2.0, 8)
+    model.anchor.scale = s
+    x = torch.from_numpy(rotation(2, 24, seed=3))
+    src = task.tokenizer.encode_context(x[:, :16])[0]
+    h = model(src, src)
+    q = patch_quantiles(model, task.tokenizer, h, src, 3)
+    raw = model.values(h).unflatten(-1, (8, 3))
+    torch.testing.assert_close(q, raw * s[:, None] + model.anchor(src, 4)[..., None])
+    loss = teacher_forced_loss(model, task.tokenizer, x[:, :16], x[:, 16:24], LEVELS)
+    state = task.tokenizer.fit_state(x[:, :16])
+    enc_src = task.tokenizer.encode(x[:, :16], state)
+    tgt = task.tokenizer.encode(x[:, 16:24], state)
+    dec_in = torch.cat([enc_src[:, -1:], tgt[:, :-1]], dim=1)
+    qq = patch_quantiles(model, task.tokenizer, model(enc_src, dec_in), dec_in, len(LEVELS))
+    want = pinball_loss(qq / s[:, None], tgt / s, torch.tensor(LEVELS))
+    torch.testing.assert_close(loss, want)
+    assert abs(loss.item() - pinball_loss(qq, tgt, torch.tensor(LEVELS)).item()) > 1e-4

@@ -83,12 +83,22 @@ def _anchor(model: nn.Module, dec_in: Tensor, tok: PatchTokenizer) -> Tensor:
     return dec_in[..., -width:].repeat(1, 1, tok.patch_len)
 
 
+def offset_scale(model: nn.Module) -> Tensor | None:
+    """The unit of the value head's offsets per token element (token_dim,): the NVAR anchor's
+    typical error where the run measured it (`NVARAnchor.fit_scale`), else None (unit)."""
+    anchor = getattr(model, "anchor", None)
+    return getattr(anchor, "scale", None) if anchor is not None else None
+
+
 def patch_quantiles(model: nn.Module, tok: PatchTokenizer, h: Tensor, dec_in: Tensor,
                     n_q: int) -> Tensor:
     """Decoder states -> quantiles (B', N, token_dim, n_q) as offsets on the anchor of each
     patch (`_anchor`: persistence or NVAR, so the network learns the change or the
-    correction)."""
+    correction), in units of `offset_scale` where the run has one."""
     out = model.values(h).unflatten(-1, (tok.token_dim, n_q))  # (B', N, token_dim, n_q)
+    scale = offset_scale(model)
+    if scale is not None:
+        out = out * scale.to(out.dtype)[:, None]
     return out + _anchor(model, dec_in, tok)[..., None]
 
 

@@ -43,6 +43,7 @@ from sciformer.io.trajectories import TrajectoryFile
 from sciformer.model.anchor import NVARAnchor
 from sciformer.pipelines.forecast import (
     block_tokens,
+    offset_scale,
     patch_quantiles,
     sample_patch_tokens,
     window_channels,
@@ -166,7 +167,13 @@ def fit_anchor(data: TrajectoryCollection, items: list[int], tok: DatasetScaledP
     probe = NVAR()
     delays = [k for k in probe.delays if probe.span(k) <= d.patch_len]
     nvar = NVAR(delays=delays, horizon=NVAR_VALIDATION_STEPS).fit(train)
-    return NVARAnchor.from_nvar(nvar), nvar.describe()
+    anchor = NVARAnchor.from_nvar(nvar)
+    scale = anchor.fit_scale(train, d.patch_len).view(d.patch_len, -1)
+    about = nvar.describe()
+    about["offset_scale"] = {"per_step_rms": [round(float(v), 8) for v in
+                                              scale.pow(2).mean(dim=1).sqrt()],
+                             "unit": "token units (training-scaled); mean over features"}
+    return anchor, about
 
 
 class TrajectoryCollection:
@@ -410,8 +417,11 @@ def teacher_forced_loss(model: nn.Module, tok, ctx: Tensor, fut: Tensor, levels:
             src = src + noise * _normal(src, gen)
             dec_in = dec_in + noise * _normal(dec_in, gen)
         q = patch_quantiles(model, tok, model(src, dec_in, channels=groups), dec_in,
-                            len(levels))
-        return pinball_loss(q.float(), tgt.float(), torch.tensor(levels))
+                            len(levels)).float()
+        scale = offset_scale(model)  # the pinball loss is homogeneous: loss in offset units
+        if scale is not None:
+            return pinball_loss(q / scale[:, None], tgt.float() / scale, torch.tensor(levels))
+        return pinball_loss(q, tgt.float(), torch.tensor(levels))
     src, tgt = tok.encode(ctx, state), tok.encode(fut, state)  # (B', T*F) ids
     bos = torch.full_like(tgt[:, :1], tok.bos_id)
     logits = model.token_logits(model(src, torch.cat([bos, tgt[:, :-1]], dim=1),
