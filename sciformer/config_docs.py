@@ -13,7 +13,8 @@ import re
 import sys
 import typing
 
-from sciformer.config import DERIVED_FIELDS, TASK_ONLY, DataConfig, ModelConfig, TrainConfig
+from sciformer.config import DERIVED_FIELDS, DataConfig, ModelConfig, TrainConfig
+from sciformer.config_tasks import TASK_ONLY
 
 _FIELD = re.compile(r"^    (\w+): ([^=]+?) = (.+?)(?:\s+#\s*(.*))?$")
 

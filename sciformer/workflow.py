@@ -164,7 +164,8 @@ def _dry(cmd: click.Command) -> click.Command:
 
 def check_pretrain_config(params: dict[str, Any], source: str) -> None:
     """A pretrain stage's config must load, validate and fit the task of its data."""
-    from sciformer.config import for_task, load_config
+    from sciformer.config import load_config
+    from sciformer.config_tasks import for_task
     from sciformer.tasks import infer_task
 
     try:

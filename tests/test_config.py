@@ -130,14 +130,14 @@ def test_derived_fields_cannot_be_set(key):
     ("forecast", "model.n_decoder_layers=0", "at least one decoder layer"),
 ])
 def test_settings_of_the_other_task_are_errors(task, item, words):
-    from sciformer.config import for_task
+    from sciformer.config_tasks import for_task
 
     with pytest.raises(ConfigError, match=words):
         for_task(apply_overrides(RunConfig(), [item]), task)
 
 
 def test_for_task_fills_derived_fields_without_touching_the_users_config():
-    from sciformer.config import for_task
+    from sciformer.config_tasks import for_task
 
     user = apply_overrides(RunConfig(), ["model.d_model=64"])
     done = for_task(user, "masked", vocab_size=33, input_dim=0, output_dim=0, mask_id=32)
@@ -148,7 +148,8 @@ def test_for_task_fills_derived_fields_without_touching_the_users_config():
 def test_a_saved_run_config_is_not_a_users_setting(tmp_path):
     """config.json holds derived fields and every setting; reading it back must not trip the
     user-setting checks (a resumed or loaded run)."""
-    from sciformer.config import explicit_keys, for_task
+    from sciformer.config import explicit_keys
+    from sciformer.config_tasks import for_task
 
     cfg = for_task(RunConfig(), "masked", vocab_size=33, mask_id=32)
     save_config(cfg, tmp_path / "config.json", extra={"task": "masked"})

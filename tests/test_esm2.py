@@ -229,7 +229,7 @@ def test_hub_file_with_pickled_namespace_imports_with_its_config(tmp_path: Path)
 
 
 def test_safe_load_reads_omegaconf_like_state_as_plain_data(tmp_path: Path) -> None:
-    from sciformer.esm2 import checkpoint_hparams, safe_load
+    from sciformer.esm2_checkpoints import checkpoint_hparams, safe_load
 
     # classes pickled under omegaconf's names, with the state layout of DictConfig / AnyNode
     mod = types.ModuleType("omegaconf.dictconfig")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import sciformer.evaluation.forecast as fc
+import sciformer.evaluation.model_forecast as mf
 from sciformer.evaluation.metrics import ForecastScore, forecast_metrics
 from sciformer.evaluation.run import evaluate
 from sciformer.io.trajectories import TrajectoryFile
@@ -198,7 +199,7 @@ def test_evaluate_scores_the_models_sample_paths(small, monkeypatch):
 
 def test_evaluate_heldout_of_training_file_in_blocks(small, monkeypatch):
     """The held-out trajectories of a training file are not contiguous; still same numbers."""
-    monkeypatch.setattr(fc, "model_batch", lambda cfg: 1)  # blocks of N_PLOTTED trajectories
+    monkeypatch.setattr(mf, "model_batch", lambda cfg: 1)  # blocks of N_PLOTTED trajectories
     streamed, read, _ = _evaluate_in_blocks(small, monkeypatch, 1, "tb", "train", draw=False)
     whole, _, _ = _evaluate_in_blocks(small, monkeypatch, 1000, "tw", "train", draw=False)
     held = json.loads((small["run"] / "split.json").read_text())["heldout"]

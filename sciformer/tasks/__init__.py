@@ -2,7 +2,7 @@
 
 A task is what the training loop talks to. Its contract:
 
-- ``cfg``: the RunConfig completed for this task (`sciformer.config.for_task`: derived model
+- ``cfg``: the RunConfig completed for this task (`sciformer.config_tasks.for_task`: derived model
   fields filled in, settings of the other task refused); the user's config is not modified;
 - ``state()``: the typed task state (`sciformer.runs.MaskedState` / `ForecastState`) saved in
   config.json so that inference can rebuild tokenizers and baselines;
@@ -23,7 +23,8 @@ from typing import Any, Protocol
 
 import torch
 
-from sciformer.config import RunConfig, for_task
+from sciformer.config import RunConfig
+from sciformer.config_tasks import for_task
 from sciformer.errors import ConfigError, InputError
 from sciformer.runs import TaskState
 

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sciformer.config import RunConfig, explicit_keys, for_task
+from sciformer.config import RunConfig, explicit_keys
+from sciformer.config_tasks import for_task
 from sciformer.errors import ConfigError, InputError
 from sciformer.evaluation.chaos_baselines import (
     MAX_DENSE_FEATURES,

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sciformer.config import RunConfig, for_task
+from sciformer.config import RunConfig
+from sciformer.config_tasks import for_task
 from sciformer.errors import InputError
 from sciformer.evaluation.masked_baselines import prior
 from sciformer.fingerprints import RecordedPrints, fasta_fingerprints

@@ -38,7 +38,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sciformer.config import RunConfig, explicit_keys, for_task
+from sciformer.config import RunConfig, explicit_keys
+from sciformer.config_tasks import for_task
 from sciformer.errors import ConfigError, InputError
 from sciformer.runs import ForecastState
 from sciformer.simulate.zoo_io import FORMAT, iter_zoo, read_zoo_attrs
