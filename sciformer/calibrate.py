@@ -102,7 +102,7 @@ def calibrate(run_dir: str | Path, *, method: str = "crps", horizon: int | None 
         raise InputError(f"{run_dir}: calibrate needs a forecasting run")
     ctx, truth, about = validation_windows(fc, run_dir, horizon)
     samples = samples or fc.cfg.data.samples
-    from sciformer.evaluation.forecast import model_batch
+    from sciformer.evaluation.model_forecast import model_batch
 
     paths = fc.sample(ctx, about["horizon"], samples, seed=SEED, batch=model_batch(fc.cfg),
                       calibrated=False)

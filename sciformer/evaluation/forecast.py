@@ -54,7 +54,6 @@ from sciformer.evaluation.metrics import DEFINITIONS, LEAD_BINS, ForecastScore, 
 from sciformer.evaluation.model_forecast import (
     ModelForecast,
     capped_batch,
-    model_batch,  # noqa: F401  (sciformer/calibrate.py imports it from here)
     model_forecasts,
 )
 from sciformer.io.trajectories import TrajectoryFile, TrajectoryMeta
