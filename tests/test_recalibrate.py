@@ -20,7 +20,9 @@ from sciformer.evaluation.run import evaluate
 from sciformer.pipelines import load
 from sciformer.pipelines.recalibrate import (
     CALIBRATION_FILE,
+    COVERAGE_BAND,
     SpreadCalibration,
+    banded_crps_factor,
     crps_factor,
     fit_factors,
     per_lead_factors,
@@ -61,7 +63,7 @@ def test_crps_factor_is_the_exact_minimiser():
     assert s == pytest.approx(best, abs=0.02)
 
 
-@pytest.mark.parametrize("method", ["crps", "coverage"])
+@pytest.mark.parametrize("method", ["crps", "coverage", "crps-free"])
 def test_factors_restore_nominal_coverage_and_leave_calibrated_paths_alone(method):
     paths, truth = gaussian_case()
     f = per_lead_factors(paths, truth, method)
@@ -77,6 +79,36 @@ def test_factors_restore_nominal_coverage_and_leave_calibrated_paths_alone(metho
     held_out = gaussian_case(seed=7)  # fitted on one sample, right on another
     again = coverage_per_step(SpreadCalibration(f).apply(held_out[0]), held_out[1])
     np.testing.assert_allclose(again["coverage_80"], 0.8, atol=0.04)
+
+
+def test_banded_crps_factor_keeps_coverage_in_band_at_least_crps_cost():
+    """Truths with many tiny and some large errors (70% N(0, 0.01^2), 30% N(0, 3^2)) about
+    Gaussian paths: the CRPS-optimal spread leaves the 80% interval covering under 75%; the
+    banded fit moves the factor to the band's edge, the CRPS-best factor with coverage in the
+    band (convexity), and leaves a factor already in the band alone."""
+    rng = np.random.default_rng(1)
+    n, m = 4000, 32
+    truth = np.where(rng.random(n) < 0.3, 3.0, 0.01) * rng.normal(size=n)
+    dev = rng.normal(size=(m, n))
+    dev -= np.median(dev, axis=0)
+
+    def cover(s: float) -> float:
+        sd = np.sort(s * dev, axis=0)
+        lo, hi = np.quantile(sd, 0.1, axis=0), np.quantile(sd, 0.9, axis=0)
+        return float(np.mean((truth >= lo) & (truth <= hi)))
+
+    free, banded = crps_factor(dev, truth), banded_crps_factor(dev, truth)
+    assert cover(free) < COVERAGE_BAND[0] - 0.01
+    assert cover(banded) == pytest.approx(COVERAGE_BAND[0], abs=0.01)
+    ok = [g for g in np.linspace(banded, 3 * banded, 12) if cover(g) <= COVERAGE_BAND[1]]
+    assert len(ok) > 2
+    score = [fair_crps(g * dev[:, :, None], truth[:, None]) for g in ok]
+    assert score[0] == min(score)  # the band's lower edge is the best factor inside it
+    assert fair_crps(free * dev[:, :, None], truth[:, None]) < score[0]  # the price of it
+    paths, gauss = gaussian_case()  # calibrated lead 2: the free optimum is in the band
+    p, t = paths[:, :, 1].reshape(32, -1), gauss[:, 1].ravel()
+    med = np.median(p, axis=0)
+    assert banded_crps_factor(p - med, t - med) == crps_factor(p - med, t - med)
 
 
 def test_apply_keeps_the_median_and_holds_the_last_factor():
