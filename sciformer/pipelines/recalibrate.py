@@ -168,7 +168,8 @@ def banded_crps_factor(dev: np.ndarray, resid: np.ndarray,
     unconstrained optimum can leave the 80% interval covering 60% or 97%."""
     s = crps_factor(dev, resid)
     need = coverage_needs(dev, resid, 0.8)
-    lo, hi = np.quantile(need, band[0]), np.quantile(need, band[1])
+    # order statistics, not interpolation: needs can be inf (no factor covers that truth)
+    lo, hi = (np.quantile(need, q, method="inverted_cdf") for q in band)
     if not np.isfinite(lo):
         return s
     return float(np.clip(np.clip(s, lo, hi if np.isfinite(hi) else np.inf), *FACTOR_RANGE))
