@@ -206,3 +206,11 @@ def test_evaluate_heldout_of_training_file_in_blocks(small, monkeypatch):
     assert [len(b) for b in read] == [3, 1] and sum(read, []) == sorted(held)
     assert streamed["n_examples"] == 4 * 8 and "held-out" in streamed["scope"]
     _assert_same(streamed, whole)
+
+
+def test_error_plots_switch_to_a_log_axis_when_curves_span_decades():
+    from sciformer.evaluation.forecast_plots import spans_decades
+
+    assert spans_decades({"model": [1e-5, 2e-5], "nvar": [1e-3, 0.0], "mean": [7.0, np.nan]})
+    assert not spans_decades({"model": [0.1, 0.5], "persistence": [0.2, 1.0], "z": [0.0]})
+    assert not spans_decades({"model": [0.0, np.nan]})

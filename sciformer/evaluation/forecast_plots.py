@@ -66,7 +66,7 @@ def draw_plots(out_dir: Path, meta: TrajectoryMeta, shown: PlotWindows,
         curves = {"model": metrics["model"]["per_step"][key],
                   **{k: v["per_step"][key] for k, v in metrics["baselines"].items()}}
         report.plot_error_vs_horizon(out_dir / file, lead, curves, metric=name,
-                                     x_label=f"lead {label}")
+                                     x_label=f"lead {label}", log_y=spans_decades(curves))
         plots.append(file)
     plots += _calibration_plots(out_dir, metrics["model"], lead, f"lead {label}")
     if len(meta.state_shape) == 2:
@@ -80,6 +80,14 @@ def draw_plots(out_dir: Path, meta: TrajectoryMeta, shown: PlotWindows,
                                      curves, metric="VRMSE", x_label="lead (steps)")
         plots += ["field_frames.png", "vrmse_vs_lead.png"]
     return plots
+
+
+def spans_decades(curves: dict[str, Any], ratio: float = 100.0) -> bool:
+    """Whether the curves' positive values span more than `ratio` (then a log axis shows
+    them all: a hybrid's error can sit 1e-5 below the baselines')."""
+    vals = np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in curves.values()])
+    vals = vals[np.isfinite(vals) & (vals > 0)]
+    return bool(len(vals)) and vals.max() > ratio * vals.min()
 
 
 FRAME_LEADS = (1, 6, 12, 30)  # leads (steps) drawn in field_frames.png, those <= the horizon
