@@ -33,8 +33,14 @@ from sciformer.model.anchor import delay_features
 
 MAX_SELECTION_WINDOWS = 256  # training windows on which a hyper-parameter is chosen
 #: NVAR's closed-loop validation: windows and steps per (k, alpha) candidate. Rollouts of a
-#: 64-point field cost ~50 MFLOP a step per 256 windows, so these bound the fit to seconds.
-NVAR_VALIDATION_WINDOWS, NVAR_VALIDATION_STEPS = 64, 128
+#: 64-point field cost ~50 MFLOP a step per 256 windows, so these bound the fit to a minute.
+#: 384 steps, not 128: on Kuramoto-Sivashinsky a fit just inside the stability edge stayed
+#: bounded for 128 validation steps and diverged after ~200; over 384 it is seen to diverge.
+NVAR_VALIDATION_WINDOWS, NVAR_VALIDATION_STEPS = 64, 384
+#: NVAR's default ridge grid: half decades, 1e-8..1e2. The stable fits of a chaotic system
+#: start at a sharp edge in alpha (KS: 3e-2), and the short-lead error grows with alpha
+#: above it, so a coarser grid lands far above the edge (KS: 1, with 2.3x the lead-1 error).
+NVAR_ALPHAS = np.logspace(-8, 2, 21)
 #: Above this many state features the dense baselines (ridge AR on lagged states, NVAR's
 #: quadratic monomials, parroting) are skipped, and no NVAR anchor is fitted: their normal
 #: equations grow as F^2 (F^4 for NVAR) -- a 64 x 64 field has F = 4096 -- and they are not
@@ -164,17 +170,24 @@ class NVAR(_ForecastBaseline):
     t: a constant (the unpenalised ridge intercept), the linear monomials of k delayed states
     z_t, z_{t-s}, ..., z_{t-(k-1)s} and the unique quadratic monomials of those
     (`quadratic_pairs`, capped at `max_features` in all); a ridge readout predicts the
-    increment z_{t+1} - z_t, and `predict` rolls out closed-loop. k (from `delays`) and the
-    ridge strength (from `alphas`) are chosen by the closed-loop error over `horizon` steps
-    (at most `NVAR_VALIDATION_STEPS`, from `NVAR_VALIDATION_WINDOWS` windows; one-step error
-    where the blocks are too short) on a time-blocked validation part -- the
-    last `val_fraction` of every training trajectory -- after fitting on the rest; the winner
-    is refitted on all rows. Rollouts are clipped to ten training spans outside the training
-    range, so a diverging rollout scores a large finite error and is counted
-    (`clipped_rollouts` in `describe`).
+    increment z_{t+1} - z_t, and `predict` rolls out closed-loop.
+
+    k (from `delays`, default 1-4) and the ridge strength (from `alphas`, default
+    `NVAR_ALPHAS`: half decades 1e-8..1e2) are chosen on a time-blocked validation part --
+    the last `val_fraction` of every training trajectory -- after fitting on the rest, by
+    closed-loop rollouts of `horizon` steps (at most `NVAR_VALIDATION_STEPS`) from
+    `NVAR_VALIDATION_WINDOWS` windows of it (`_validation_score`): a fit none of whose
+    rollouts reaches the clipping bounds is stable, and among the stable fits the lowest mean
+    over leads of log MSE_h (MSE_h: the squared error at lead h, averaged over windows and
+    features) wins, so every lead weighs the same in relative terms and short leads are not
+    drowned by the late ones. A diverging fit is chosen only if every fit diverges (then the
+    one bounded longest; `val_stable_` is False). One-step error where the blocks are too
+    short for a rollout. The winner is refitted on all rows. Rollouts are clipped to ten
+    training spans outside the training range, so a diverging forecast stays finite and is
+    counted (`clipped_rollouts` in `describe`).
     """
 
-    def __init__(self, delays: Sequence[int] = (1, 2, 3), skip: int = 1,
+    def __init__(self, delays: Sequence[int] = (1, 2, 3, 4), skip: int = 1,
                  alphas: Sequence[float] | None = None, max_features: int = 1500,
                  max_rows: int = 8000, val_fraction: float = 0.2, horizon: int = 32,
                  seed: int = 0) -> None:
@@ -183,7 +196,7 @@ class NVAR(_ForecastBaseline):
                              f"0 < val_fraction < 1; got {list(delays)}, {skip}, "
                              f"{max_features}, {val_fraction}")
         self.delays, self.skip = sorted(set(int(k) for k in delays)), skip
-        self.alphas = np.logspace(-8, 2, 6) if alphas is None else np.asarray(alphas, float)
+        self.alphas = NVAR_ALPHAS if alphas is None else np.asarray(alphas, float)
         self.max_features, self.max_rows = max_features, max_rows
         self.val_fraction, self.horizon, self.seed = val_fraction, horizon, seed
         self.n_clipped_ = 0
@@ -218,9 +231,10 @@ class NVAR(_ForecastBaseline):
         return _moments(x[~val], y[~val]), (x[val], y[val])
 
     def _rollout(self, buf: np.ndarray, horizon: int, k: int, pairs: tuple, w: np.ndarray,
-                 b: np.ndarray) -> tuple[np.ndarray, int]:
+                 b: np.ndarray, stop_on_clip: bool = False) -> tuple[np.ndarray, int]:
         """Closed-loop z-rollout `(n, horizon, F)` from `(n, >= span, F)` buffers, and the
-        number of rollouts that had to be clipped."""
+        number of rollouts that had to be clipped; with `stop_on_clip` the rollout ends after
+        the first step at which any of them is clipped (`(n, steps, F)`, steps <= horizon)."""
         buf = buf[:, -self.span(k):].copy()
         out = np.empty((len(buf), horizon, buf.shape[2]))
         clipped = np.zeros(len(buf), bool)
@@ -231,21 +245,37 @@ class NVAR(_ForecastBaseline):
             bounded = np.clip(nxt, *self.bounds_)
             clipped |= np.any(bounded != nxt, axis=1)
             out[:, h] = bounded
+            if stop_on_clip and clipped.any():
+                return out[:, :h + 1], int(clipped.sum())
             buf = np.concatenate([buf[:, 1:], bounded[:, None]], axis=1)
         return out, int(clipped.sum())
 
-    def _validation_error(self, zs: list[np.ndarray], k: int, pairs: tuple, sol: tuple,
-                          val_rows: tuple[np.ndarray, np.ndarray]) -> float:
-        """Closed-loop MSE over the validation tails (one-step MSE if they are too short)."""
-        span = self.span(k)
+    def _validation_score(self, zs: list[np.ndarray], k: int, pairs: tuple, sol: tuple,
+                          val_rows: tuple[np.ndarray, np.ndarray]) -> tuple[int, float]:
+        """The selection key of one (k, alpha) fit, lower is better: (0, mean over leads
+        h = 1..H of log MSE_h) for a stable fit, MSE_h the closed-loop squared error at lead h
+        averaged over the validation windows and features (z units); (1, -steps) for a fit
+        whose rollout reached the clipping bounds after `steps` steps. Tails too short for a
+        rollout give (0, log of the one-step MSE).
+
+        The mean of the logs (the log of the geometric mean) weighs every lead the same in
+        relative terms: halving the error at lead 1 counts as much as halving it at lead H.
+        The mean of MSE_h itself is carried by the late leads, whose errors are orders of
+        magnitude larger, and chose fits with 2-3 times the short-lead error of the best
+        stable one.
+        """
+        span, tiny = self.span(k), np.finfo(float).tiny  # tiny: log of an exact fit's 0
         tails = [z[len(z) - max(1, math.ceil(self.val_fraction * len(z))):] for z in zs]
         h = min(self.horizon, NVAR_VALIDATION_STEPS, max(len(t) for t in tails) - span)
         wins = selection_windows(tails, span + h, NVAR_VALIDATION_WINDOWS) if h >= 1 else []
         if len(wins) == 0:
             x, y = val_rows
-            return float(np.mean((x @ sol[0] + sol[1] - y) ** 2))
-        pred, _ = self._rollout(wins[:, :span], h, k, pairs, *sol)
-        return float(np.mean((pred - wins[:, span:]) ** 2))
+            return 0, float(np.log(max(np.mean((x @ sol[0] + sol[1] - y) ** 2), tiny)))
+        pred, clipped = self._rollout(wins[:, :span], h, k, pairs, *sol, stop_on_clip=True)
+        if clipped:
+            return 1, -float(pred.shape[1] - 1)
+        mse = np.mean((pred - wins[:, span:]) ** 2, axis=(0, 2))  # (h,) per lead
+        return 0, float(np.mean(np.log(np.maximum(mse, tiny))))
 
     def fit(self, train: Sequence[np.ndarray]) -> NVAR:
         """Choose k and the ridge strength on the blocked validation tails, refit on all."""
@@ -257,7 +287,7 @@ class NVAR(_ForecastBaseline):
         lo, hi = np.min([z.min(axis=0) for z in zs], 0), np.max([z.max(axis=0) for z in zs], 0)
         spread = float(np.max(hi - lo)) or 1.0
         self.bounds_ = (lo - 10 * spread, hi + 10 * spread)
-        best: tuple = (np.inf,)
+        best: tuple = ((2, 0.0),)
         for k in self.delays:
             pairs = quadratic_pairs(k, f, self.max_features - 1 - k * f)
             fit_mom, val_rows = self._rows(zs, k, pairs)
@@ -265,12 +295,13 @@ class NVAR(_ForecastBaseline):
                 sol = _ridge_solve(fit_mom, float(alpha))
                 if sol is None:
                     continue
-                err = self._validation_error(zs, k, pairs, sol, val_rows)
-                if np.isfinite(err) and err < best[0]:
-                    best = (err, k, float(alpha), pairs, _add(fit_mom, _moments(*val_rows)))
-        if not np.isfinite(best[0]):
+                key = self._validation_score(zs, k, pairs, sol, val_rows)
+                if np.isfinite(key[1]) and key < best[0]:
+                    best = (key, k, float(alpha), pairs, _add(fit_mom, _moments(*val_rows)))
+        if best[0][0] == 2:
             raise np.linalg.LinAlgError("NVAR: no (k, alpha) on the grid gave a finite fit")
-        self.val_mse_, self.k_, self.alpha_, self.pairs_, mom = best
+        (diverged, self.val_score_), self.k_, self.alpha_, self.pairs_, mom = best
+        self.val_stable_ = not diverged
         self.coef_, self.intercept_ = _ridge_solve(mom, self.alpha_)
         return self
 
@@ -284,8 +315,10 @@ class NVAR(_ForecastBaseline):
         return out * self.sd_ + self.mu_
 
     def describe(self) -> dict[str, Any]:
-        """Chosen delays, skip, ridge strength, feature count and clipped rollouts."""
+        """Chosen delays, skip, ridge strength, feature count, whether the choice was stable
+        on the validation rollouts, and clipped rollouts."""
         return {"delays": self.k_, "skip": self.skip, "alpha": self.alpha_,
+                "stable_on_validation": self.val_stable_,
                 "n_features": 1 + self.k_ * self.n_features + len(self.pairs_[0]),
                 "quadratic": self.pairs_[2], "clipped_rollouts": self.n_clipped_}
 
