@@ -364,3 +364,23 @@ def test_nvar_finer_grid_finds_a_sharper_stable_fit_on_ks(small_ks):
     assert not unstable.val_stable_  # alone on the grid it is the fallback, flagged
     both = NVAR(delays=(3,), horizon=128, max_features=600, alphas=[1e-3, 1.0]).fit(train)
     assert both.alpha_ == 1.0  # the diverging fit loses whatever its short-lead error
+
+
+def test_nvar_long_run_check_rejects_a_fit_that_only_looks_stable(small_ks):
+    """Over 10 validation steps ridge 1e-3 scores better than 0.1 and stays bounded, but
+    from states across the training data its refit leaves the training range within the
+    long-run check's steps: it is rejected, and chosen only when nothing else is on the grid
+    (flagged as not stable)."""
+    train, test = small_ks
+    kw = dict(delays=(3,), horizon=10, max_features=600)
+    sharp = NVAR(alphas=[1e-3], **kw).fit(train)
+    smooth = NVAR(alphas=[0.1], **kw).fit(train)
+    assert sharp.val_score_ < smooth.val_score_ - 1.0  # better over the 10 validation steps
+    assert not sharp.val_stable_ and sharp.rejected_long_run_ == 1
+    both = NVAR(alphas=[1e-3, 0.1], **kw).fit(train)
+    assert both.alpha_ == 0.1 and both.val_stable_ and both.rejected_long_run_ == 1
+    assert both._stays_bounded([(x - both.mu_) / both.sd_ for x in train], 3, both.pairs_,
+                               (both.coef_, both.intercept_))
+    sharp.predict(test[:, :40], 500)
+    both.predict(test[:, :40], 500)
+    assert sharp.n_clipped_ > 0 and both.n_clipped_ == 0  # and so on held-out trajectories
