@@ -293,3 +293,94 @@ def test_nvar_chooses_on_the_training_tail_only():
     scale = float(np.concatenate(train).std())
     err = nrmse_per_step(a.predict(test[:, :30], 50), test[:, 30:], scale)
     assert err.mean() < 0.05  # a damped linear oscillator is within NVAR's reach
+
+
+@pytest.fixture(scope="module")
+def small_ks() -> tuple[list[np.ndarray], np.ndarray]:
+    """Kuramoto-Sivashinsky (64 points): 6 training trajectories of 800 steps, 2 held out."""
+    from sciformer.simulate import simulate
+
+    x = np.asarray(simulate("ks", 8, 800, 0).states).reshape(8, 800, 64)
+    return list(x[:6]), x[6:]
+
+
+def _validation_curve(model: NVAR, train: list[np.ndarray], alpha: float) -> np.ndarray:
+    """Per-lead closed-loop MSE (z units) of delay count model.k_ at `alpha`, fitted on the
+    first 80% of each training trajectory and rolled out from windows of the last 20%,
+    written out independently of NVAR's selection code."""
+    k, h = model.k_, model.horizon
+    zs = [(x - model.mu_) / model.sd_ for x in train]
+    xs, ys, wins = [], [], []
+    for z in zs:
+        cut = len(z) - math.ceil(0.2 * (len(z) - k))  # validation rows: the last 20%
+        for t in range(k - 1, cut - 1):
+            lin = np.concatenate([z[t - i] for i in range(k)])
+            xs.append(np.concatenate([lin, lin[model.pairs_[0]] * lin[model.pairs_[1]]]))
+            ys.append(z[t + 1] - z[t])
+        tail = z[len(z) - math.ceil(0.2 * len(z)):]
+        for s in np.unique(np.linspace(0, len(tail) - k - h, 64 // len(zs)).round().astype(int)):
+            wins.append(tail[s:s + k + h])
+    x, y, wins = np.array(xs), np.array(ys), np.array(wins)
+    w = Ridge(alpha=alpha).fit(x, y)
+    buf, err = wins[:, :k], []
+    for lead in range(h):
+        lin = np.concatenate([buf[:, -1 - i] for i in range(k)], axis=1)
+        feats = np.concatenate([lin, lin[:, model.pairs_[0]] * lin[:, model.pairs_[1]]], 1)
+        nxt = buf[:, -1] + w.predict(feats)
+        err.append(np.mean((nxt - wins[:, k + lead]) ** 2))
+        buf = np.concatenate([buf[:, 1:], nxt[:, None]], axis=1)
+    return np.array(err)
+
+
+def test_nvar_criterion_is_the_mean_log_mse_over_leads(small_ks):
+    """The selection score is the mean over leads of log MSE_h (not the mean of MSE_h), on
+    closed loops from the training tails; recomputed here with scikit-learn's Ridge."""
+    train, _ = small_ks
+    model = NVAR(delays=(2,), alphas=[0.1], horizon=40, max_features=400).fit(train)
+    curve = _validation_curve(model, train, 0.1)
+    assert curve[-1] > 20 * curve[0]  # errors grow over the leads: the two means differ
+    assert model.val_stable_
+    assert model.val_score_ == pytest.approx(np.mean(np.log(curve)), abs=1e-6)
+    assert abs(model.val_score_ - np.log(np.mean(curve))) > 0.5
+
+
+def test_nvar_finer_grid_finds_a_sharper_stable_fit_on_ks(small_ks):
+    """On KS the stable fits start at an edge in the ridge strength (here ~3e-2); the error
+    at short leads grows with the ridge above it. The half-decade grid lands at the edge, the
+    old decade grid (1e-8, 1e-6, ..., 1e2) at 1 -- with several times the short-lead error on
+    held-out trajectories -- and a ridge below the edge, which diverges, is never chosen."""
+    train, test = small_ks
+    new = NVAR(delays=(3,), horizon=128, max_features=600).fit(train)
+    old = NVAR(delays=(3,), horizon=128, max_features=600,
+               alphas=np.logspace(-8, 2, 6)).fit(train)
+    assert old.alpha_ == 1.0 and 1e-2 < new.alpha_ < 0.3 and new.val_stable_
+    ctx, truth = test[:, :40], test[:, 40:200]
+    err_new = ((new.predict(ctx, 160) - truth) ** 2).mean(axis=(0, 2))
+    err_old = ((old.predict(ctx, 160) - truth) ** 2).mean(axis=(0, 2))
+    assert err_new[0] < err_old[0] / 3 and err_new[:2].mean() < err_old[:2].mean() / 3
+    assert err_new.mean() < err_old.mean()  # and no worse over 160 steps (~1.7 LT)
+    assert new.describe()["clipped_rollouts"] == 0
+    unstable = NVAR(delays=(3,), horizon=128, max_features=600, alphas=[1e-3]).fit(train)
+    assert not unstable.val_stable_  # alone on the grid it is the fallback, flagged
+    both = NVAR(delays=(3,), horizon=128, max_features=600, alphas=[1e-3, 1.0]).fit(train)
+    assert both.alpha_ == 1.0  # the diverging fit loses whatever its short-lead error
+
+
+def test_nvar_long_run_check_rejects_a_fit_that_only_looks_stable(small_ks):
+    """Over 10 validation steps ridge 1e-3 scores better than 0.1 and stays bounded, but
+    from states across the training data its refit leaves the training range within the
+    long-run check's steps: it is rejected, and chosen only when nothing else is on the grid
+    (flagged as not stable)."""
+    train, test = small_ks
+    kw = dict(delays=(3,), horizon=10, max_features=600)
+    sharp = NVAR(alphas=[1e-3], **kw).fit(train)
+    smooth = NVAR(alphas=[0.1], **kw).fit(train)
+    assert sharp.val_score_ < smooth.val_score_ - 1.0  # better over the 10 validation steps
+    assert not sharp.val_stable_ and sharp.rejected_long_run_ == 1
+    both = NVAR(alphas=[1e-3, 0.1], **kw).fit(train)
+    assert both.alpha_ == 0.1 and both.val_stable_ and both.rejected_long_run_ == 1
+    assert both._stays_bounded([(x - both.mu_) / both.sd_ for x in train], 3, both.pairs_,
+                               (both.coef_, both.intercept_))
+    sharp.predict(test[:, :40], 500)
+    both.predict(test[:, :40], 500)
+    assert sharp.n_clipped_ > 0 and both.n_clipped_ == 0  # and so on held-out trajectories

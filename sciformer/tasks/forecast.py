@@ -157,10 +157,10 @@ def fit_anchor(data: TrajectoryCollection, items: list[int], tok: DatasetScaledP
     MAX_STAT_TRAJECTORIES, evenly spread) in the tokenizer's normalised units, and what it
     chose (`NVAR.describe`). Only delays whose states fit in one patch are tried, since the
     anchor of a patch reads the previous patch alone. Delays and ridge strength are chosen by
-    the longest closed-loop validation NVAR does (`NVAR_VALIDATION_STEPS`), not over one
-    training horizon: the hybrid rolls the anchor out patch after patch over any horizon, and
-    on KS the fit chosen over 32 steps (ridge 1e-2) diverged after ~50 steps, the one chosen
-    over 128 (ridge 1) did not."""
+    NVAR's rule (stable closed loops, then the mean log error over the leads) over the longest
+    closed-loop validation NVAR does (`NVAR_VALIDATION_STEPS`), not over one training
+    horizon: the hybrid rolls the anchor out patch after patch over any horizon, and on KS
+    the fit chosen over 32 steps (ridge 1e-2) diverged after ~50 steps."""
     pick = np.unique(np.linspace(0, len(items) - 1, MAX_STAT_TRAJECTORIES).round().astype(int))
     loc, scale = np.asarray(tok.loc), np.asarray(tok.scale)
     train = [(data.window(data.items[items[i]], 0, data.n_time(data.items[items[i]]))
