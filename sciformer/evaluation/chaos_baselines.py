@@ -190,9 +190,9 @@ class NVAR(_ForecastBaseline):
     and the short leads are not drowned by the late ones. In that order each is refitted on
     all rows, and the first whose refit stays bounded in long free runs from many training
     states (`_stays_bounded`) wins. If none of the first `NVAR_STABILITY_TRIES` does, the
-    best-ranked fit is used and `val_stable_` is False. Rollouts are clipped to ten training spans outside the training
-    range, so a diverging forecast stays finite and is counted (`clipped_rollouts` in
-    `describe`).
+    best-ranked fit is used and `val_stable_` is False. Rollouts are clipped to ten training
+    spans outside the training range, so a diverging forecast stays finite and is counted
+    (`clipped_rollouts` in `describe`).
     """
 
     def __init__(self, delays: Sequence[int] = (1, 2, 3, 4), skip: int = 1,

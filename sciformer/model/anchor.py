@@ -127,13 +127,13 @@ class NVARAnchor(nn.Module):
         this anchor's forecast of a patch from the true previous patch, per step and feature,
         over at most `SCALE_PAIRS` evenly spaced (patch, next patch) pairs of `trajectories`
         ((T, F) arrays in token units, the training split), floored at `SCALE_FLOOR`."""
-        per = max(1, SCALE_PAIRS // max(1, len(trajectories)))
-        pairs = [x[s:s + 2 * patch_len] for x in trajectories if len(x) >= 2 * patch_len
-                 for s in np.unique(np.linspace(0, len(x) - 2 * patch_len, per).astype(int))]
-        if not pairs:
+        from sciformer.evaluation.chaos_baselines import selection_windows  # (imports this)
+
+        pairs = selection_windows(trajectories, 2 * patch_len, SCALE_PAIRS)
+        if len(pairs) == 0:
             raise ValueError(f"NVAR anchor: no trajectory holds two patches of {patch_len} "
                              "steps to measure the offset scale on")
-        both = torch.as_tensor(np.stack(pairs), dtype=torch.float32)  # (N, 2 L, F)
+        both = torch.as_tensor(pairs, dtype=torch.float32)  # (N, 2 L, F)
         with torch.no_grad():
             err = self.rollout(both[:, :patch_len], patch_len) - both[:, patch_len:]
         rms = err.double().pow(2).mean(dim=0).sqrt().clamp_min(SCALE_FLOOR)  # (L, F)

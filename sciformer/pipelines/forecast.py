@@ -86,8 +86,7 @@ def _anchor(model: nn.Module, dec_in: Tensor, tok: PatchTokenizer) -> Tensor:
 def offset_scale(model: nn.Module) -> Tensor | None:
     """The unit of the value head's offsets per token element (token_dim,): the NVAR anchor's
     typical error where the run measured it (`NVARAnchor.fit_scale`), else None (unit)."""
-    anchor = getattr(model, "anchor", None)
-    return getattr(anchor, "scale", None) if anchor is not None else None
+    return getattr(getattr(model, "anchor", None), "scale", None)
 
 
 def patch_quantiles(model: nn.Module, tok: PatchTokenizer, h: Tensor, dec_in: Tensor,

@@ -172,7 +172,7 @@ def banded_crps_factor(dev: np.ndarray, resid: np.ndarray,
     lo, hi = (np.quantile(need, q, method="inverted_cdf") for q in band)
     if not np.isfinite(lo):
         return s
-    return float(np.clip(np.clip(s, lo, hi if np.isfinite(hi) else np.inf), *FACTOR_RANGE))
+    return float(np.clip(np.clip(s, lo, hi), *FACTOR_RANGE))
 
 
 def per_lead_factors(paths: np.ndarray, truth: np.ndarray, method: str = "crps") -> np.ndarray:
