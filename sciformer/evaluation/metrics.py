@@ -61,8 +61,11 @@ DEFINITIONS: dict[str, str] = {
     "vpt_smape": f"as vpt, but the first lead whose sMAPE (mean over features) exceeds "
                  f"{VPT_SMAPE_THRESHOLD:g} (dysts convention; depends on offsets of the state)",
     "coverage_50": "per lead: fraction of true values inside the central 50% interval of the "
-                   "forecast (empirical 0.25 and 0.75 quantiles of the sample paths)",
-    "coverage_80": "per lead: fraction inside the central 80% interval (0.1 and 0.9 quantiles)",
+                   "forecast: for sample paths, randomised PIT (below) in [0.25, 0.75], which "
+                   "expects exactly 0.5 under calibration, ties between paths and truth "
+                   "included; for quantile forecasts, between the 0.25 and 0.75 quantiles",
+    "coverage_80": "per lead: as coverage_50 for the central 80% interval (PIT in [0.1, 0.9]; "
+                   "the 0.1 and 0.9 quantiles)",
     "pit": "histogram of the randomised probability integral transform (rank of the truth "
            "among the samples, ties split at random); flat at 1/bins when calibrated",
 }
@@ -244,18 +247,22 @@ def crps_from_quantiles(quantiles: np.ndarray, levels: np.ndarray,
         / _n_points(t)
 
 
-def coverage_per_step(samples: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-lead coverage `(H,)` of the central 50% and 80% intervals of the sample paths."""
+def _pit(samples: np.ndarray, truth: np.ndarray, seed: int) -> np.ndarray:
     t = np.asarray(truth, dtype=np.float64)
-    s = np.sort(cal.check_samples(samples, t), axis=0)
-    return {k: v / _n_points(t) for k, v in cal.coverage_from_sorted(s, t).items()}
+    return cal.randomised_pit(cal.check_samples(samples, t), t, np.random.default_rng(seed))
+
+
+def coverage_per_step(samples: np.ndarray, truth: np.ndarray, seed: int = 0
+                      ) -> dict[str, np.ndarray]:
+    """Per-lead coverage `(H,)` of the central 50% and 80% intervals of the sample paths
+    (randomised PIT inside the interval; `seed` draws the randomisation)."""
+    pit = _pit(samples, truth, seed)
+    return {k: v / _n_points(pit) for k, v in cal.coverage_from_pit(pit).items()}
 
 
 def pit_histogram(samples: np.ndarray, truth: np.ndarray, seed: int = 0) -> np.ndarray:
     """Fractions `(PIT_BINS,)` of the randomised PIT values in each equal bin of [0, 1]."""
-    t = np.asarray(truth, dtype=np.float64)
-    s = np.sort(cal.check_samples(samples, t), axis=0)
-    counts = cal.pit_counts(s, t, np.random.default_rng(seed))
+    counts = cal.pit_counts(_pit(samples, truth, seed))
     return counts / counts.sum()
 
 
@@ -362,8 +369,9 @@ class ForecastScore:
                     **cal.coverage_from_quantiles(q, self.levels, t)}
         with np.errstate(invalid="ignore"):  # inf - inf in diverged paths
             s = np.sort(cal.check_samples(samples, t), axis=0)
-            return {"crps": cal.crps_sorted_sum(s, t), **cal.coverage_from_sorted(s, t),
-                    "pit": cal.pit_counts(s, t, self._rng)}
+            pit = cal.randomised_pit(s, t, self._rng)
+            return {"crps": cal.crps_sorted_sum(s, t), **cal.coverage_from_pit(pit),
+                    "pit": cal.pit_counts(pit)}
 
     def per_step(self) -> dict[str, np.ndarray]:
         """The per-step curves `(H,)` of all windows added so far (means of the sums), and the

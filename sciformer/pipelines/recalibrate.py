@@ -146,8 +146,8 @@ def coverage_needs(dev: np.ndarray, resid: np.ndarray, mass: float = 0.8) -> np.
     median + s * dev: r / hi (r > 0) or r / lo (r < 0), hi / lo the interval's ends of the
     deviations (inf where that end has the wrong sign: no s does). The share of truths
     covered at s is the share of needs <= s."""
-    sd = np.sort(dev, axis=0)
-    lo, hi = sorted_quantile(sd, (1 - mass) / 2), sorted_quantile(sd, (1 + mass) / 2)
+    sd = np.sort(dev, axis=0)  # ends at which coverage is reported (`coverage_from_pit`)
+    lo, hi = (sorted_quantile(sd, a, rule="pit") for a in ((1 - mass) / 2, (1 + mass) / 2))
     with np.errstate(divide="ignore", invalid="ignore"):
         need = np.where(resid > 0, resid / hi, np.where(resid < 0, resid / lo, 0.0))
     return np.where(np.isnan(need) | (need < 0), np.inf, need)
