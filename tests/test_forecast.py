@@ -236,6 +236,33 @@ def test_sample_paths_shapes_seeds_and_rollout(l63, tokenizer):
     assert not torch.equal(a[0], a[1])  # paths differ from one another
 
 
+def test_a_diverged_path_is_nan_afterwards_and_leaves_the_others_alone(l63, monkeypatch):
+    """A path whose chunk comes out non-finite is NaN from the next chunk on (its context
+    would be refused by the tokenizer); every other path is the one drawn without it."""
+    torch.manual_seed(0)
+    task = tiny_task(l63["train"])
+    model = SciFormer(task.cfg.model).eval()
+    ctx = task.batch(0)["window"][:3, :16]
+    tok = task.tokenizer
+    clean = sample_paths(model, tok, ctx, 21, 8, LEVELS, samples=4, seed=1)
+    decode, calls = tok.decode, []
+
+    def blow_up_once(*args, **kwargs):
+        out = decode(*args, **kwargs)
+        if not calls:
+            out[1, 3] = float("inf")  # path 0 of context 1 (sample-major rows), first chunk
+        calls.append(1)
+        return out
+
+    monkeypatch.setattr(tok, "decode", blow_up_once)
+    paths = sample_paths(model, tok, ctx, 21, 8, LEVELS, samples=4, seed=1)
+    assert len(calls) == 3 and torch.isinf(paths[0, 1, 3]).all()
+    assert torch.isnan(paths[0, 1, 8:]).all()
+    keep = torch.ones(4, 3, dtype=torch.bool)
+    keep[0, 1] = False
+    torch.testing.assert_close(paths[keep], clean[keep])
+
+
 @pytest.mark.parametrize("draws", ["patch", "element"])
 def test_sampled_paths_are_the_models_own_feedback(l63, draws):
     """Each sampled patch is the inverse CDF, at that step's uniform draws (one per patch, or

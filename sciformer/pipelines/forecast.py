@@ -208,11 +208,14 @@ def sample_paths(model: nn.Module, tok: PatchTokenizer | BinTokenizer, context: 
     """`samples` paths (S, B, H, F) of `horizon` steps after each context (B, C, F).
 
     Decodes `chunk` steps (the trained horizon) at a time with the key/value cache, then
-    appends each path's own draws to its context and continues (closed-loop rollout).
+    appends each path's own draws to its context and continues (closed-loop rollout). A path
+    that diverges (a non-finite value) is NaN from the next chunk on, and the others go on
+    unchanged: its context is swapped for a finite stand-in that is never read back.
     """
     b, c, f = context.shape
     gen = torch.Generator(device=context.device).manual_seed(seed)
-    ctx = context.repeat(samples, 1, 1)  # (S*B, C, F), sample-major
+    start = context.repeat(samples, 1, 1)  # (S*B, C, F), sample-major
+    ctx, dead = start, torch.zeros(len(start), dtype=torch.bool, device=context.device)
     parts, done = [], 0
     while done < horizon:
         steps = min(chunk, horizon - done)
@@ -221,8 +224,11 @@ def sample_paths(model: nn.Module, tok: PatchTokenizer | BinTokenizer, context: 
             new = _patch_chunk(model, tok, ctx, steps, levels, gen, draws, copies)
         else:
             new = _bins_chunk(model, tok, ctx, steps, gen, copies)
+        new[dead] = float("nan")  # diverged in an earlier chunk
+        dead |= ~torch.isfinite(new).flatten(1).all(dim=1)
         parts.append(new)
         ctx = torch.cat([ctx, new], dim=1)[:, -c:]
+        ctx[dead] = start[dead, -ctx.shape[1]:]  # finite, so the batch can be encoded
         done += steps
     return torch.cat(parts, dim=1).view(samples, b, horizon, f)  # (S, B, H, F)
 
