@@ -106,10 +106,18 @@ def calibrate(run_dir: str | Path, *, method: str = "crps", horizon: int | None 
 
     paths = fc.sample(ctx, about["horizon"], samples, seed=SEED, batch=model_batch(fc.cfg),
                       calibrated=False)
+    finite = np.isfinite(paths).all(axis=(0, 2, 3))  # windows none of whose paths diverged
+    if not finite.any():
+        raise InputError(f"{run_dir}: every validation window has a sample path that "
+                         "diverged (non-finite); the model is unstable in closed loop, so no "
+                         "calibration was written")
+    paths, truth = paths[:, finite], truth[finite]
     raw = per_lead_factors(paths, truth, method)
     cal = SpreadCalibration(smooth(raw), {})
     before, after = lead_scores(paths, truth), lead_scores(cal.apply(paths), truth)
-    cal.fitted = {**about, "n_windows": len(ctx), "samples": samples, "method": method,
+    cal.fitted = {**about, "n_windows": int(finite.sum()),
+                  "windows_with_diverged_paths": int((~finite).sum()),
+                  "samples": samples, "method": method,
                   "smoothing": f"local-linear fit of log factors over {SMOOTH_FRACTION:.0%} of "
                                "the leads; the last factor holds beyond the fitted horizon",
                   "raw_factors": [round(float(v), 5) for v in raw],

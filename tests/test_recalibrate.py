@@ -11,6 +11,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from sciformer.calibrate import calibrate
 from sciformer.cli import main
 from sciformer.errors import InputError
 from sciformer.evaluation.forecast import default_horizon
@@ -241,6 +242,45 @@ def test_calibrate_command_refits_and_recreates_the_file(workflow_run):
     again = json.loads((run / CALIBRATION_FILE).read_text())
     assert again["fitted"]["method"] == "coverage" and len(again["factors"]) == 24
     assert again["fitted"]["trajectories"] == before["fitted"]["trajectories"]
+
+
+def test_calibrate_leaves_out_windows_with_diverged_paths_and_says_so(workflow_run,
+                                                                     monkeypatch, tmp_path):
+    """Windows with a non-finite path are excluded and counted; the factors are those of the
+    finite windows alone; if every window has one, a one-line error and no file."""
+    import shutil
+
+    from sciformer.pipelines import Forecaster
+
+    run = tmp_path / "run"
+    shutil.copytree(workflow_run / "run", run)
+    plain = calibrate(run, horizon=12, device="cpu")
+    assert plain.fitted["windows_with_diverged_paths"] == 0
+    sample = Forecaster.sample
+
+    def some_diverge(self, context, horizon, samples=None, **kw):
+        out = sample(self, context, horizon, samples, **kw)
+        out[3, :2, 5:] = np.nan  # path 3 of the first two windows diverges at lead 6
+        return out
+
+    monkeypatch.setattr(Forecaster, "sample", some_diverge)
+    cal = calibrate(run, horizon=12, device="cpu")
+    assert cal.fitted["windows_with_diverged_paths"] == 2
+    assert cal.fitted["n_windows"] == plain.fitted["n_windows"] - 2
+    assert np.isfinite(cal.factors).all()
+    assert not np.allclose(cal.factors, plain.factors)  # fitted on fewer windows
+
+    def all_diverge(self, context, horizon, samples=None, **kw):
+        out = sample(self, context, horizon, samples, **kw)
+        out[0] = np.inf
+        return out
+
+    monkeypatch.setattr(Forecaster, "sample", all_diverge)
+    (run / CALIBRATION_FILE).unlink()
+    with pytest.raises(InputError, match="every validation window has a sample path that "
+                                         "diverged"):
+        calibrate(run, horizon=12, device="cpu")
+    assert not (run / CALIBRATION_FILE).exists()
 
 
 # ---- the sampler's level sort (sample-path cost) ------------------------------------------------
