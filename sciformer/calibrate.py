@@ -1,5 +1,8 @@
-"""`sciformer calibrate RUN`: fit a forecasting run's spread recalibration on its validation
-trajectories and store it as ``calibration.json`` (`sciformer.pipelines.recalibrate`).
+"""`sciformer calibrate RUN`: fit a forecasting run's post-training corrections -- the
+first-patch correction of a hybrid run (``first_patch.safetensors``,
+`sciformer.pipelines.first_patch`: fitted on the training trajectories, chosen on the
+validation ones), then the spread recalibration of its sample paths on its validation
+trajectories (``calibration.json``, `sciformer.pipelines.recalibrate`).
 
 Pretraining a forecasting run does this at its end (`train.calibrate`); the command refits an
 existing run (an older one, or with another method). The data are the run's own validation
@@ -72,6 +75,61 @@ def validation_windows(fc: Forecaster, run_dir: Path, horizon: int | None = None
     return np.concatenate(ctx), np.concatenate(truth), about
 
 
+def _validation_trajectories(fc: Forecaster, run_dir: Path) -> list[np.ndarray]:
+    """The run's validation trajectories (T, F) (split.json ``heldout_origin``)."""
+    origin = read_split(run_dir).get("heldout_origin") or []
+    opened: dict[int, TrajectoryFile] = {}
+    out = []
+    for fi, t in origin:
+        f = opened.setdefault(int(fi), TrajectoryFile(fc.state.train_files[int(fi)]))
+        out.append(f.trajectory(int(t)).reshape(f.meta.n_time, -1))
+    return out
+
+
+def refit_first_patch(fc: Forecaster, run_dir: Path) -> dict[str, Any]:
+    """Fit the run's first-patch correction (`pipelines.first_patch`) on windows of its
+    training trajectories, choosing the ridge strengths on its validation trajectories; save
+    it (or remove a stale one when nothing gains) and set `fc.first_patch`. Returns what was
+    done, for calibration.json. Runs without an NVAR anchor get none."""
+    import torch
+
+    from sciformer.evaluation.chaos_baselines import selection_windows
+    from sciformer.evaluation.forecast import training_trajectories
+    from sciformer.pipelines.first_patch import (
+        CHOICE_WINDOWS,
+        FILE,
+        FIT_WINDOWS,
+        fit_first_patch,
+    )
+    from sciformer.pipelines.forecast import first_patch_median
+
+    fc.first_patch = None
+    (run_dir / FILE).unlink(missing_ok=True)
+    if getattr(fc.model, "anchor", None) is None:
+        return {"fitted": False, "why": "persistence-anchored run (no NVAR features)"}
+    width = fc.context_length + fc.tokenizer.patch_len
+    fit = selection_windows(training_trajectories(fc.state, run_dir), width, FIT_WINDOWS)
+    choose = selection_windows(_validation_trajectories(fc, run_dir), width, CHOICE_WINDOWS)
+    if len(fit) < 2 or len(choose) < 1:
+        return {"fitted": False, "why": f"too few windows of {width} steps"}
+
+    def median(ctx: np.ndarray) -> np.ndarray:
+        parts = [first_patch_median(fc.model, fc.tokenizer,
+                                    torch.from_numpy(ctx[i:i + 256]).float().to(fc.device),
+                                    fc.levels).double().cpu().numpy()
+                 for i in range(0, len(ctx), 256)]
+        return np.concatenate(parts)
+
+    c = fc.context_length
+    corr = fit_first_patch(fc.model, fc.tokenizer, median, (fit[:, :c], fit[:, c:]),
+                           (choose[:, :c], choose[:, c:]))
+    if corr is None:
+        return {"fitted": False, "why": "no ridge strength lowered the validation error"}
+    corr.save(run_dir)
+    fc.first_patch = corr
+    return {"fitted": True, **corr.about}
+
+
 def lead_scores(paths: np.ndarray, truth: np.ndarray) -> dict[str, list[float]]:
     """Per-lead coverage of the central intervals and mean CRPS of paths (S, n, H, F)
     against truth (n, H, F), a lead at a time (memory of one lead in float64)."""
@@ -101,6 +159,7 @@ def calibrate(run_dir: str | Path, *, method: str = "crps", horizon: int | None 
     if not isinstance(fc, Forecaster):
         raise InputError(f"{run_dir}: calibrate needs a forecasting run")
     ctx, truth, about = validation_windows(fc, run_dir, horizon)
+    first_patch = refit_first_patch(fc, run_dir)
     samples = samples or fc.cfg.data.samples
     from sciformer.evaluation.model_forecast import model_batch
 
@@ -113,15 +172,19 @@ def calibrate(run_dir: str | Path, *, method: str = "crps", horizon: int | None 
                          "calibration was written")
     paths, truth = paths[:, finite], truth[finite]
     raw = per_lead_factors(paths, truth, method)
-    cal = SpreadCalibration(smooth(raw), {})
+    first = fc.tokenizer.patch_len if first_patch["fitted"] else 0
+    cal = SpreadCalibration(smooth(raw, first=first), {})
     before, after = lead_scores(paths, truth), lead_scores(cal.apply(paths), truth)
     cal.fitted = {**about, "n_windows": int(finite.sum()),
                   "windows_with_diverged_paths": int((~finite).sum()),
                   "samples": samples, "method": method,
                   "smoothing": f"local-linear fit of log factors over {SMOOTH_FRACTION:.0%} of "
-                               "the leads; the last factor holds beyond the fitted horizon",
+                               "the leads" + (f", the first {first} (the corrected first "
+                                              "patch) apart from the rest" if first else "")
+                               + "; the last factor holds beyond the fitted horizon",
                   "raw_factors": [round(float(v), 5) for v in raw],
                   "validation_before": _summary(before), "validation_after": _summary(after),
-                  "validation_per_lead": {"before": before, "after": after}}
+                  "validation_per_lead": {"before": before, "after": after},
+                  "first_patch": first_patch}
     cal.save(run_dir)
     return cal

@@ -191,11 +191,21 @@ def evaluate(run_dir, data, out_dir, context, horizon, samples, probe, label, ra
               help="Sample paths per window (default: the run's data.samples).")
 @click.option("--device", default="auto", show_default=True)
 def calibrate(run_dir, method, horizon, samples, device) -> Path:
-    """Fit a forecasting run's spread recalibration on its validation trajectories; writes
-    RUN_DIR/calibration.json, applied by predict and evaluate (--raw skips it)."""
+    """Fit a forecasting run's post-training corrections: a hybrid run's first-patch
+    correction (RUN_DIR/first_patch.safetensors), then the spread recalibration of its sample
+    paths on its validation trajectories (RUN_DIR/calibration.json; --raw in predict and
+    evaluate skips the latter)."""
     from sciformer.calibrate import calibrate as run
 
     cal = run(run_dir, method=method, horizon=horizon, samples=samples, device=device)
+    first = cal.fitted["first_patch"]
+    if first["fitted"]:
+        click.echo(f"Wrote {Path(run_dir) / 'first_patch.safetensors'}: validation RMS of the "
+                   f"first patch's median {first['choice_rmse_before'][0]:.3g} -> "
+                   f"{first['choice_rmse_after'][0]:.3g} at step 1, "
+                   f"{first['choice_rmse_before'][-1]:.3g} -> "
+                   f"{first['choice_rmse_after'][-1]:.3g} at step "
+                   f"{len(first['choice_rmse_after'])} (token units)")
     before, after = cal.fitted["validation_before"], cal.fitted["validation_after"]
     click.echo(f"Wrote {Path(run_dir) / 'calibration.json'}: factors "
                f"{min(cal.factors):.3g}-{max(cal.factors):.3g} over {len(cal.factors)} leads "

@@ -194,6 +194,9 @@ def test_workflow_run_holds_its_calibration_and_evaluate_applies_it(workflow_run
     assert fitted["samples"] == 16 and fitted["context"] == 16
     for side in ("validation_before", "validation_after"):
         assert set(fitted[side]) == {"coverage_50", "coverage_80", "crps"}
+    first = fitted["first_patch"]  # the hybrid's first-patch correction, fitted before
+    assert first["fitted"] == (root / "run" / "first_patch.safetensors").exists()
+    assert (load(root / "run", "cpu").first_patch is not None) == first["fitted"]
     m = json.loads((root / "eval" / "metrics.json").read_text())
     assert m["model"]["recalibrated"] is True
     row = m["model"]["raw"]

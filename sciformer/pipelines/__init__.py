@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from sciformer.errors import ConfigError
+from sciformer.pipelines.first_patch import FirstPatchCorrection
 from sciformer.pipelines.forecast import Forecaster
 from sciformer.pipelines.protein import ProteinLM
 from sciformer.pipelines.recalibrate import SpreadCalibration
@@ -40,6 +41,7 @@ def load(run_dir: str | Path, device: str | torch.device = "auto", precision: st
                           "forecasting runs compute in fp32")
     fc = Forecaster(model, cfg, state, dev)
     fc.calibration = SpreadCalibration.load(run_dir)  # None for runs without calibration.json
+    fc.first_patch = FirstPatchCorrection.load(run_dir)  # None without first_patch.safetensors
     return fc
 
 

@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 from sciformer.config import RunConfig
 from sciformer.errors import InputError
+from sciformer.pipelines.first_patch import FirstPatchCorrection
 from sciformer.pipelines.recalibrate import SpreadCalibration
 from sciformer.runs import ForecastState
 from sciformer.tokenizers.timeseries import (
@@ -174,6 +175,19 @@ def sample_patch_tokens(model: nn.Module, tok: PatchTokenizer, src: Tensor, n_pa
     return torch.cat(outs, dim=1)  # (R', n_patches * k, token_dim)
 
 
+@torch.no_grad()
+def first_patch_median(model: nn.Module, tok: PatchTokenizer, context: Tensor,
+                       levels: list[float]) -> Tensor:
+    """The model's median (R, patch_len, F) of the patch after contexts (R, C, F): the 0.5
+    level of its predicted quantiles, no draw (`sciformer.pipelines.first_patch`)."""
+    src, state = tok.encode_context(context)
+    memory = model.encode(src, channels=window_channels(state))
+    dec_in = src[:, -block_tokens(tok):]
+    h = model.decode(dec_in, memory, cache=model.new_cache())
+    q = sort_levels(patch_quantiles(model, tok, h, dec_in, len(levels)))
+    return tok.decode(q[..., levels.index(0.5)], state)[:, :tok.patch_len]
+
+
 def _patch_chunk(model: nn.Module, tok: PatchTokenizer, ctx: Tensor, steps: int,
                  levels: list[float], gen: torch.Generator, draws: str = "element",
                  copies: int = 1) -> Tensor:
@@ -204,8 +218,12 @@ def _bins_chunk(model: nn.Module, tok: BinTokenizer, ctx: Tensor, steps: int,
 @torch.no_grad()
 def sample_paths(model: nn.Module, tok: PatchTokenizer | BinTokenizer, context: Tensor,
                  horizon: int, chunk: int, levels: list[float], samples: int,
-                 seed: int = 0, draws: str = "element") -> Tensor:
+                 seed: int = 0, draws: str = "element", first_shift: Tensor | None = None
+                 ) -> Tensor:
     """`samples` paths (S, B, H, F) of `horizon` steps after each context (B, C, F).
+
+    `first_shift` (B, P, F), where given, is added to the first P steps of every path before
+    they are fed back (the run's first-patch correction, `pipelines.first_patch`).
 
     Decodes `chunk` steps (the trained horizon) at a time with the key/value cache, then
     appends each path's own draws to its context and continues (closed-loop rollout). A path
@@ -224,6 +242,9 @@ def sample_paths(model: nn.Module, tok: PatchTokenizer | BinTokenizer, context: 
             new = _patch_chunk(model, tok, ctx, steps, levels, gen, draws, copies)
         else:
             new = _bins_chunk(model, tok, ctx, steps, gen, copies)
+        if done == 0 and first_shift is not None:
+            k = min(first_shift.shape[1], steps)
+            new[:, :k] += first_shift[:, :k].repeat(samples, 1, 1)
         new[dead] = float("nan")  # diverged in an earlier chunk
         dead |= ~torch.isfinite(new).flatten(1).all(dim=1)
         parts.append(new)
@@ -254,6 +275,7 @@ class Forecaster:
         self.trained_horizon = cfg.data.horizon
         self.state_shape = tuple(state.state_shape)
         self.calibration: SpreadCalibration | None = None  # set by `load` from calibration.json
+        self.first_patch: FirstPatchCorrection | None = None  # by `load`, first_patch.safetensors
 
     def __repr__(self) -> str:
         m = self.cfg.model
@@ -303,10 +325,15 @@ class Forecaster:
         batch = batch or max(1, self.cfg.train.batch_size)
         out = []
         for first in range(0, len(context), batch):
-            part = torch.from_numpy(np.ascontiguousarray(context[first:first + batch, -use:]))
-            paths = sample_paths(self.model, self.tokenizer, part.float().to(self.device),
-                                 horizon, self.trained_horizon, self.levels, samples,
-                                 seed + first, self.cfg.data.draws)
+            ctx = np.ascontiguousarray(context[first:first + batch, -use:])
+            shift = None
+            if self.first_patch is not None:
+                shift = torch.from_numpy(self.first_patch.shift(self.model, self.tokenizer, ctx))
+                shift = shift.float().to(self.device)
+            paths = sample_paths(self.model, self.tokenizer,
+                                 torch.from_numpy(ctx).float().to(self.device), horizon,
+                                 self.trained_horizon, self.levels, samples, seed + first,
+                                 self.cfg.data.draws, first_shift=shift)
             out.append(paths.cpu().numpy())
         paths = np.concatenate(out, axis=1)
         return self.calibration.apply(paths) if calibrated and self.calibration else paths

@@ -185,11 +185,19 @@ def per_lead_factors(paths: np.ndarray, truth: np.ndarray, method: str = "crps")
     return np.array([fit(*_lead(paths, truth, h)) for h in range(paths.shape[2])])
 
 
-def smooth(factors: np.ndarray, fraction: float = SMOOTH_FRACTION) -> np.ndarray:
+def smooth(factors: np.ndarray, fraction: float = SMOOTH_FRACTION, first: int = 0
+           ) -> np.ndarray:
     """Local-linear smoothing of log factors: at each lead, the value at that lead of the
     least-squares line through the leads within half a window (`fraction` of all leads) on
     either side, the window cut at the ends. Inside, this is the centred moving average; at
-    the ends it follows the trend instead of flattening it."""
+    the ends it follows the trend instead of flattening it.
+
+    With `first` > 0 the first `first` leads and the rest are smoothed apart (each with its
+    own window): a run's first patch is forecast from observed states and corrected
+    (`pipelines.first_patch`), so its spread need not continue into the later leads'."""
+    if 0 < first < len(factors):
+        return np.concatenate([smooth(factors[:first], fraction),
+                               smooth(factors[first:], fraction)])
     n = len(factors)
     half = max(0, int(round(fraction * n)) // 2)
     logs = np.log(np.asarray(factors, dtype=np.float64))
