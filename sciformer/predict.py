@@ -132,7 +132,9 @@ def predict_forecast(fc: Forecaster, input_path: Path, out: Path, horizon: int |
                              attrs={"source": str(input_path), "context_steps": use,
                                     "samples": samples, "forecast_of": "steps after "
                                     "the last step of each input trajectory",
-                                    "recalibrated": int(fc.calibration is not None)}) as w, \
+                                    "recalibrated": int(fc.calibration is not None),
+                                    "first_patch_corrected": int(fc.first_patch is not None)}
+                             ) as w, \
             progress_bar(m.n_traj, "predict", "traj", progress) as bar:
         for first in range(0, m.n_traj, batch):
             stop = min(first + batch, m.n_traj)

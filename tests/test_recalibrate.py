@@ -199,6 +199,7 @@ def test_workflow_run_holds_its_calibration_and_evaluate_applies_it(workflow_run
     assert (load(root / "run", "cpu").first_patch is not None) == first["fitted"]
     m = json.loads((root / "eval" / "metrics.json").read_text())
     assert m["model"]["recalibrated"] is True
+    assert m["model"]["first_patch_corrected"] == fitted["first_patch"]["fitted"]
     row = m["model"]["raw"]
     assert len(row["coverage_80"]) == len(row["spread_factors"]) == 40
     assert row["spread_factors"] == pytest.approx(raw["factors"][:40], abs=1e-5)

@@ -355,6 +355,7 @@ def score_all(fc: Forecaster, f: TrajectoryFile, trajs: list[int], sizes: tuple[
     trained = fc.cfg.data.horizon
     model_m = summary_numbers(scores.model.result(), steps_per_lt, trained)
     model_m["recalibrated"] = scores.raw is not None
+    model_m["first_patch_corrected"] = fc.first_patch is not None
     if scores.raw is not None and fc.calibration is not None:
         model_m["raw"] = raw_paths_row(scores.raw.result(), fc.calibration)
     base_m = {k: summary_numbers(v.result(), steps_per_lt, trained)
