@@ -200,6 +200,9 @@ def test_workflow_run_holds_its_calibration_and_evaluate_applies_it(workflow_run
     m = json.loads((root / "eval" / "metrics.json").read_text())
     assert m["model"]["recalibrated"] is True
     assert m["model"]["first_patch_corrected"] == fitted["first_patch"]["fitted"]
+    assert "spread rescaled per lead by calibration.json" in m["post_training"]
+    assert ("first_patch.safetensors" in m["post_training"]) == fitted["first_patch"]["fitted"]
+    assert "**post_training**" in (root / "eval" / "summary.md").read_text()
     row = m["model"]["raw"]
     assert len(row["coverage_80"]) == len(row["spread_factors"]) == 40
     assert row["spread_factors"] == pytest.approx(raw["factors"][:40], abs=1e-5)
@@ -226,6 +229,7 @@ def test_evaluate_raw_and_old_runs_without_a_calibration(workflow_run, tmp_path)
     m = evaluate(root / "run", root / "test.h5", tmp_path / "raw", device="cpu", horizon=40,
                  raw=True)
     assert m["model"]["recalibrated"] is False and "raw" not in m["model"]
+    assert "calibration.json" not in m["post_training"]
     calibrated = json.loads((root / "eval" / "metrics.json").read_text())
     # same draws and median; the hybrid's errors are ~1e-6 of the data's spread here (NVAR
     # is nearly exact on this system), i.e. a few float32 ulps of the states, so rounding of

@@ -407,6 +407,7 @@ def evaluate_forecast_run(fc: Forecaster, run_dir: Path, data: Path, out_dir: Pa
                           "per-feature variance)",
         "baseline_fit_trajectories": len(train), "quantile_levels": fc.levels,
         "samples": samples,
+        "post_training": _post_training(fc),
         "channels": _channel_names(meta), "channel_std": [float(v) for v in ch_std],
         "definitions": _definitions(meta), "model": model_m, "baselines": base_m,
     }
@@ -448,6 +449,15 @@ def append_lead_bin_table(path: Path, metrics: dict[str, Any]) -> None:
     for name, why in metrics.get("baselines_skipped", {}).items():
         extra.append(f"- {name}: {why}")
     write_text_atomic(path, path.read_text() + "\n".join(extra) + "\n")
+
+
+def _post_training(fc: Forecaster) -> str:
+    """What was applied to the model's paths after training, in words (for summary.md)."""
+    done = [name for name, on in (("first patch shifted by first_patch.safetensors",
+                                   fc.first_patch is not None),
+                                  ("spread rescaled per lead by calibration.json",
+                                   fc.calibration is not None)) if on]
+    return "; ".join(done) or "none (the paths as drawn)"
 
 
 def _channel_names(meta: TrajectoryMeta) -> list[str]:

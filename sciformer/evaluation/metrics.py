@@ -66,6 +66,8 @@ DEFINITIONS: dict[str, str] = {
                    "included; for quantile forecasts, between the 0.25 and 0.75 quantiles",
     "coverage_80": "per lead: as coverage_50 for the central 80% interval (PIT in [0.1, 0.9]; "
                    "the 0.1 and 0.9 quantiles)",
+    "post_training": "what was applied to the model's sample paths after training: the "
+                     "first-patch correction and/or the per-lead spread recalibration",
     "first_patch_corrected": "whether the run's first-patch correction (fitted on its training "
                              "and validation trajectories) shifted every path's first patch",
     "pit": "histogram of the randomised probability integral transform (rank of the truth "
