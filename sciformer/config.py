@@ -240,7 +240,7 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default
     fsdp: bool = False  # multi-process runs: shard with FSDP2 instead of replicating with DDP
     init_from: str = ""  # run directory whose weights start this run (fine-tuning)
-    calibrate: bool = True  # forecast: fit the sample paths' spread on validation at the end
+    calibrate: bool = True  # forecast: fit the first-patch correction and the spread at the end
 
     def validate(self) -> None:
         _check(self.max_steps >= 1, "train.max_steps", "must be at least 1")

@@ -119,3 +119,27 @@ def test_sampler_shifts_the_first_patch_of_every_path_only():
     torch.testing.assert_close(moved[:, :, :P], plain[:, :, :P] + shift[None])
     assert not torch.allclose(moved[:, :, P:], plain[:, :, P:])
     assert torch.isfinite(moved).all()
+
+
+def test_a_correction_file_in_a_run_without_nvar_anchor_is_refused(tmp_path):
+    """first_patch.safetensors beside a persistence-anchored run: one-line error on load."""
+    from sciformer.config import load_config
+    from sciformer.io.trajectories import write_trajectories
+    from sciformer.errors import ConfigError
+    from sciformer.pipelines import load
+    from sciformer.train.loop import pretrain
+
+    path = tmp_path / "l63.h5"
+    write_trajectories(path, simulate("lorenz63", 4, 120, seed=0).states, dt=0.01)
+    cfg = load_config(None, ["model.d_model=16", "model.n_heads=2", "model.d_ff=32",
+                             "model.n_encoder_layers=1", "model.n_decoder_layers=1",
+                             "data.context=8", "data.horizon=4", "data.patch_len=4",
+                             "data.anchor=persistence", "train.max_steps=2",
+                             "train.batch_size=4", "train.warmup_steps=1",
+                             "train.eval_every=2", "train.checkpoint_every=2",
+                             "train.calibrate=false"])
+    pretrain([path], cfg, tmp_path / "run", progress=False)
+    assert load(tmp_path / "run", "cpu").first_patch is None
+    FirstPatchCorrection(np.zeros((3, 12)), np.zeros(12), {}).save(tmp_path / "run")
+    with pytest.raises(ConfigError, match="has no NVAR anchor"):
+        load(tmp_path / "run", "cpu")

@@ -42,6 +42,10 @@ def load(run_dir: str | Path, device: str | torch.device = "auto", precision: st
     fc = Forecaster(model, cfg, state, dev)
     fc.calibration = SpreadCalibration.load(run_dir)  # None for runs without calibration.json
     fc.first_patch = FirstPatchCorrection.load(run_dir)  # None without first_patch.safetensors
+    if fc.first_patch is not None and getattr(model, "anchor", None) is None:
+        raise ConfigError(f"{run_dir}: first_patch.safetensors needs the NVAR anchor's "
+                          "features, but this run has no NVAR anchor (remove the file or "
+                          "rerun `sciformer calibrate`)")
     return fc
 
 
