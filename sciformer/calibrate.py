@@ -75,17 +75,6 @@ def validation_windows(fc: Forecaster, run_dir: Path, horizon: int | None = None
     return np.concatenate(ctx), np.concatenate(truth), about
 
 
-def _validation_trajectories(fc: Forecaster, run_dir: Path) -> list[np.ndarray]:
-    """The run's validation trajectories (T, F) (split.json ``heldout_origin``)."""
-    origin = read_split(run_dir).get("heldout_origin") or []
-    opened: dict[int, TrajectoryFile] = {}
-    out = []
-    for fi, t in origin:
-        f = opened.setdefault(int(fi), TrajectoryFile(fc.state.train_files[int(fi)]))
-        out.append(f.trajectory(int(t)).reshape(f.meta.n_time, -1))
-    return out
-
-
 def refit_first_patch(fc: Forecaster, run_dir: Path) -> dict[str, Any]:
     """Fit the run's first-patch correction (`pipelines.first_patch`) on windows of its
     training trajectories, choosing the ridge strengths on its validation trajectories; save
@@ -94,7 +83,7 @@ def refit_first_patch(fc: Forecaster, run_dir: Path) -> dict[str, Any]:
     import torch
 
     from sciformer.evaluation.chaos_baselines import selection_windows
-    from sciformer.evaluation.forecast import training_trajectories
+    from sciformer.evaluation.forecast import split_trajectories, training_trajectories
     from sciformer.pipelines.first_patch import (
         CHOICE_WINDOWS,
         FILE,
@@ -109,7 +98,8 @@ def refit_first_patch(fc: Forecaster, run_dir: Path) -> dict[str, Any]:
         return {"fitted": False, "why": "persistence-anchored run (no NVAR features)"}
     width = fc.context_length + fc.tokenizer.patch_len
     fit = selection_windows(training_trajectories(fc.state, run_dir), width, FIT_WINDOWS)
-    choose = selection_windows(_validation_trajectories(fc, run_dir), width, CHOICE_WINDOWS)
+    choose = selection_windows(split_trajectories(fc.state, run_dir, "heldout_origin"), width,
+                               CHOICE_WINDOWS)
     if len(fit) < 2 or len(choose) < 1:
         return {"fitted": False, "why": f"too few windows of {width} steps"}
 

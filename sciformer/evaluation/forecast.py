@@ -141,19 +141,27 @@ def read_windows(f: TrajectoryFile, trajs: list[int], starts: np.ndarray, length
     return wins, [(t, int(s)) for t in trajs for s in starts]
 
 
-def training_trajectories(state: ForecastState, run_dir: Path) -> list[np.ndarray]:
-    """The training split's trajectories (T, F) of the run's training files (for baselines)."""
+def split_trajectories(state: ForecastState, run_dir: Path, part: str = "train_origin",
+                       limit: int = MAX_BASELINE_TRAJECTORIES) -> list[np.ndarray]:
+    """The trajectories (T, F), at most `limit`, of one part of the run's split of its
+    training files: split.json ``train_origin`` (the training split) or ``heldout_origin``
+    (the validation trajectories)."""
     files = state.train_files
-    origin = read_split(run_dir).get("train_origin", [])[:MAX_BASELINE_TRAJECTORIES]
-    if not origin:
-        raise InputError(f"{run_dir / 'split.json'}: no training trajectories recorded")
     opened: dict[int, TrajectoryFile] = {}
     out = []
-    for fi, t in origin:
+    for fi, t in read_split(run_dir).get(part, [])[:limit]:
         if fi not in opened:
             opened[fi] = TrajectoryFile(files[fi], check_finite=False)
         f = opened[fi]
         out.append(f.trajectory(t).reshape(f.meta.n_time, -1))
+    return out
+
+
+def training_trajectories(state: ForecastState, run_dir: Path) -> list[np.ndarray]:
+    """The training split's trajectories (T, F) of the run's training files (for baselines)."""
+    out = split_trajectories(state, run_dir)
+    if not out:
+        raise InputError(f"{run_dir / 'split.json'}: no training trajectories recorded")
     return out
 
 

@@ -122,6 +122,15 @@ class NVARAnchor(nn.Module):
             z = torch.cat([z[:, 1:], nxt[:, None]], dim=1)
         return torch.stack(out, dim=1) * self.sd + self.mu  # (R, steps, F)
 
+    def features(self, history: np.ndarray) -> np.ndarray:
+        """The NVAR features (R, k F + n_quad) that one rollout step reads, of the last
+        states of histories (R, >= span, F) in token units, in float64 numpy (for fits on
+        them, e.g. `sciformer.pipelines.first_patch`)."""
+        u = np.asarray(history[:, -self.span:], np.float64)
+        z = (u - self.mu.double().numpy()) / self.sd.double().numpy()
+        return delay_features(z, self.delays, self.skip_steps, self.pairs[0].numpy(),
+                              self.pairs[1].numpy())
+
     def fit_scale(self, trajectories: list[np.ndarray], patch_len: int) -> Tensor:
         """Set and return `scale` (patch_len * F,), time-major like a token: the RMS error of
         this anchor's forecast of a patch from the true previous patch, per step and feature,

@@ -42,13 +42,9 @@ FIT_WINDOWS, CHOICE_WINDOWS = 4096, 1024  # training / validation windows, at mo
 def anchor_features(model: Any, tok: Any, context: np.ndarray) -> np.ndarray:
     """The NVAR anchor's features (N, k F + n_quad) of the last states of contexts (N, C, F)
     given in data units (float64)."""
-    from sciformer.model.anchor import delay_features
-
+    loc, scale = np.asarray(tok.loc, np.float64), np.asarray(tok.scale, np.float64)
     a = model.anchor
-    u = (np.asarray(context[:, -a.span:], np.float64) - np.asarray(tok.loc, np.float64)) \
-        / np.asarray(tok.scale, np.float64)
-    z = (u - a.mu.double().numpy()) / a.sd.double().numpy()
-    return delay_features(z, a.delays, a.skip_steps, a.pairs[0].numpy(), a.pairs[1].numpy())
+    return a.features((np.asarray(context[:, -a.span:], np.float64) - loc) / scale)
 
 
 class FirstPatchCorrection:
