@@ -24,3 +24,10 @@ class ConfigError(SciformerError):
 
 class CheckpointError(SciformerError):
     """A run directory is missing, corrupt, or does not match the model it is loaded into."""
+
+
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (its type's name when empty), cut to `limit`
+    characters where given: what a one-line error quotes of an underlying library's error."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text if limit is None else text[:limit]

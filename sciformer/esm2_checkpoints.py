@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from sciformer.errors import CheckpointError
+from sciformer.errors import CheckpointError, first_line
 
 
 def _torch_load(path: Path) -> Any:
@@ -34,13 +34,8 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{path}: cannot load as a plain state dict ({_first_line(exc)})"
+        raise CheckpointError(f"{path}: cannot load as a plain state dict ({first_line(exc, 160)})"
                               ) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type when empty), at most 160 chars."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
 
 
 # ---- Hugging Face directories --------------------------------------------------------------
@@ -54,7 +49,7 @@ def _hf_weights(folder: Path) -> dict[str, torch.Tensor]:
             tensors = load_file(str(path))
         except Exception as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file "
-                                  f"({_first_line(exc)})") from None
+                                  f"({first_line(exc, 160)})") from None
     elif (folder / "pytorch_model.bin").is_file():
         tensors = _torch_load(folder / "pytorch_model.bin")
     else:
@@ -95,7 +90,8 @@ def _stand_in(qualname: str) -> type:
     return _STAND_INS[qualname]
 
 
-def _rebuild_tensor(storage: Any, offset: int, size: tuple, stride: tuple, *_: Any) -> torch.Tensor:
+def _rebuild_tensor(storage: Any, offset: int, size: tuple, stride: tuple, *_: Any
+                    ) -> torch.Tensor:
     """What torch's `_rebuild_tensor_v2` does for a CPU tensor: a view on the storage."""
     t = torch.empty((0,), dtype=storage.dtype)
     return t.set_(storage._untyped_storage, offset, size, stride)

@@ -23,7 +23,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from sciformer.errors import InputError
+from sciformer.errors import InputError, first_line
 from sciformer.io.layouts import PDEBENCH_VARIABLES, Layout, StatesLayout, TrajectoryMeta, listing
 from sciformer.io.pdebench import GroupsLayout, TensorLayout, VariablesLayout, sample_groups
 from sciformer.io.trajectory_writer import TrajectoryWriter, write_trajectories
@@ -42,13 +42,7 @@ def _open_h5(path: Path, name: str) -> h5py.File:
             raise InputError(f"{name}: not an HDF5 file")
         return h5py.File(path, "r")
     except _CORRUPT as exc:
-        raise InputError(f"{name}: cannot open as HDF5 ({_first_line(exc)})") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    """First line of an exception message, so errors stay one line."""
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+        raise InputError(f"{name}: cannot open as HDF5 ({first_line(exc)})") from None
 
 
 def detect_layout(f: h5py.File, name: str) -> Layout:
@@ -117,7 +111,7 @@ class TrajectoryFile:
             self.meta = self.layout.describe(f, self.name)
             bad = _first_nonfinite(self.layout, f, self.meta) if check_finite else None
         except _CORRUPT as exc:
-            raise InputError(f"{self.name}: unreadable HDF5 content ({_first_line(exc)})") from None
+            raise InputError(f"{self.name}: unreadable HDF5 content ({first_line(exc)})") from None
         finally:
             f.close()
         if bad is not None:
@@ -155,7 +149,7 @@ class TrajectoryFile:
             where = f"trajectory {first}" if stop - first == 1 else \
                 f"trajectories {first}-{stop - 1}"
             raise InputError(f"{self.name}: {where}: unreadable states "
-                             f"({_first_line(exc)})") from None
+                             f"({first_line(exc)})") from None
         return np.asarray(arr, dtype=np.float32)
 
     def trajectory(self, traj: int) -> np.ndarray:

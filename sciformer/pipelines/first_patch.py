@@ -32,7 +32,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from sciformer.errors import InputError
+from sciformer.errors import InputError, first_line
 from sciformer.io.atomic import atomic_path
 
 FILE = "first_patch.safetensors"
@@ -90,8 +90,7 @@ class FirstPatchCorrection:
             return cls(coef, bias, about)
         except Exception as exc:  # noqa: BLE001 -- safetensors raises its own error types
             raise InputError(f"{path}: unreadable first-patch correction "
-                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
-                             ) from None
+                             f"({first_line(exc)})") from None
 
 
 def fit_first_patch(model: Any, tok: Any, median: Any, fit: tuple[np.ndarray, np.ndarray],

@@ -38,7 +38,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from sciformer.config import RunConfig
-from sciformer.errors import CheckpointError
+from sciformer.errors import CheckpointError, first_line
 from sciformer.io.atomic import atomic_path
 from sciformer.runs import (
     CONFIG,
@@ -165,9 +165,8 @@ def load_state(path: Path) -> dict[str, Any]:
                                   "other than tensors, numbers and strings (loading it could run "
                                   "code; sciformer loads train states with weights_only=True)"
                                   ) from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: refused to load train state, not a readable torch file "
-                              f"({first[:200]})") from None
+                              f"({first_line(exc, 200)})") from None
     return state
 
 
