@@ -27,8 +27,7 @@ from sciformer.pipelines import Forecaster, load
 from sciformer.pipelines.recalibrate import (
     SMOOTH_FRACTION,
     SpreadCalibration,
-    per_lead_factors,
-    smooth,
+    fit_factors,
 )
 from sciformer.runs import read_split
 
@@ -161,9 +160,9 @@ def calibrate(run_dir: str | Path, *, method: str = "crps", horizon: int | None 
                          "diverged (non-finite); the model is unstable in closed loop, so no "
                          "calibration was written")
     paths, truth = paths[:, finite], truth[finite]
-    raw = per_lead_factors(paths, truth, method)
     first = fc.tokenizer.patch_len if first_patch["fitted"] else 0
-    cal = SpreadCalibration(smooth(raw, first=first), {})
+    raw, factors = fit_factors(paths, truth, method, first=first)
+    cal = SpreadCalibration(factors, {})
     before, after = lead_scores(paths, truth), lead_scores(cal.apply(paths), truth)
     cal.fitted = {**about, "n_windows": int(finite.sum()),
                   "windows_with_diverged_paths": int((~finite).sum()),
@@ -171,6 +170,8 @@ def calibrate(run_dir: str | Path, *, method: str = "crps", horizon: int | None 
                   "smoothing": f"local-linear fit of log factors over {SMOOTH_FRACTION:.0%} of "
                                "the leads" + (f", the first {first} (the corrected first "
                                               "patch) apart from the rest" if first else "")
+                               + ("; then held inside each lead's coverage band"
+                                  if method == "crps" else "")
                                + "; the last factor holds beyond the fitted horizon",
                   "raw_factors": [round(float(v), 5) for v in raw],
                   "validation_before": _summary(before), "validation_after": _summary(after),

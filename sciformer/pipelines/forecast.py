@@ -308,7 +308,8 @@ class Forecaster:
 
     def check_memory(self, n_contexts: int, horizon: int, samples: int, source: str) -> None:
         """Refuse up front a forecast whose sample paths would not fit in memory."""
-        need = 4 * n_contexts * horizon * samples * math.prod(self.state_shape)
+        per_value = 12 if self.calibration else 4  # float32 paths (+ float64 recalibrated)
+        need = per_value * n_contexts * horizon * samples * math.prod(self.state_shape)
         if need > SAMPLE_MEMORY_BYTES:
             raise InputError(f"{source}: {samples} sample paths x {horizon} steps x "
                              f"{n_contexts} contexts need {need / 2**30:.1f} GiB; ask for "
@@ -317,7 +318,8 @@ class Forecaster:
     def sample(self, context: np.ndarray, horizon: int, samples: int | None = None,
                seed: int = 0, batch: int | None = None, calibrated: bool = True) -> np.ndarray:
         """Sample paths (S, B, horizon, F) after contexts (B, C, F) of flattened states,
-        recalibrated when the run has a calibration and `calibrated` (see the module doc)."""
+        recalibrated when the run has a calibration and `calibrated` (see the module doc):
+        float32 as drawn, float64 when recalibrated."""
         samples = samples or self.cfg.data.samples
         if horizon < 1 or samples < 1:
             raise InputError(f"horizon={horizon} and samples={samples} must be >= 1")
