@@ -183,7 +183,7 @@ def evaluate(run_dir, data, out_dir, context, horizon, samples, probe, label, ra
 @click.argument("run_dir", type=RUN_DIR)
 @click.option("--method", type=click.Choice(["crps", "coverage", "crps-free"]), default="crps",
               show_default=True, help="Each lead's factor: the fair-CRPS best one among those "
-              "giving the central 80% interval 75-85% coverage (crps), the one giving it exactly "
+              "giving the central 80% interval 78-82% coverage (crps), the one giving it exactly "
               "80% (coverage), or the fair-CRPS best one (crps-free).")
 @click.option("--horizon", type=click.IntRange(min=1),
               help="Leads to fit (default: the horizon `evaluate` scores).")

@@ -117,7 +117,9 @@ class DataConfig:
     """How files become training examples, for both tasks."""
 
     task: str = "auto"  # which task; auto: from the data files (FASTA masked, HDF5 forecast)
-    val_fraction: float = 0.1  # held out by whole sequence / trajectory, seeded
+    # held out by whole sequence / trajectory, seeded; forecasting: at least 3 trajectories
+    # (at most a quarter)
+    val_fraction: float = 0.1
     val_max: int = 200  # cap on held-out examples so validation stays quick
     # FASTA: identity keeps proteins sharing > split_identity of their k-mers on one side
     split_by: str = "identity"  # k-mer similarity clusters or random (forecasts: random)

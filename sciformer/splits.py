@@ -42,18 +42,21 @@ BLOCK = 2048
 MAX_K = 14
 
 
-def n_heldout(n: int, val_fraction: float, val_max: int) -> int:
-    """Size of the held-out side: round(n * fraction) capped at val_max, at least 1 when
-    fraction > 0 and there are two records or more; 0 with fewer than two records."""
+def n_heldout(n: int, val_fraction: float, val_max: int, at_least: int = 1) -> int:
+    """Size of the held-out side: round(n * fraction), at least `at_least` (never more than
+    n - 1) when fraction > 0, capped at val_max; 0 with fewer than two records."""
     if n < 2:
         return 0
-    n_val = min(val_max, int(round(n * val_fraction)))
-    return max(n_val, 1) if val_fraction > 0 else n_val
+    n_val = int(round(n * val_fraction))
+    if val_fraction > 0:
+        n_val = max(n_val, min(at_least, n - 1), 1)
+    return min(val_max, n_val)
 
 
-def split_indices(n: int, val_fraction: float, val_max: int, seed: int) -> tuple[list[int], list[int]]:
+def split_indices(n: int, val_fraction: float, val_max: int, seed: int, at_least: int = 1
+                  ) -> tuple[list[int], list[int]]:
     """Seeded split by whole record: (train indices, held-out indices), both sorted."""
-    n_val = n_heldout(n, val_fraction, val_max)
+    n_val = n_heldout(n, val_fraction, val_max, at_least)
     perm = np.random.default_rng(seed).permutation(n)
     return sorted(perm[n_val:].tolist()), sorted(perm[:n_val].tolist())
 

@@ -84,6 +84,16 @@ def test_batches_are_deterministic_and_from_training_trajectories_only(tmp_path)
         assert torch.equal(win[:, 1] - win[0, 1], torch.arange(24.0))  # consecutive steps
 
 
+@pytest.mark.parametrize(("n_traj", "fraction", "held"),
+                         [(12, 0.1, 3), (8, 0.1, 2), (40, 0.1, 4), (3, 0.1, 1), (12, 0.0, 0)])
+def test_validation_holds_enough_trajectories_to_calibrate_on(tmp_path, n_traj, fraction, held):
+    """At least VALIDATION_TRAJECTORIES (at most a quarter) whatever data.val_fraction gives:
+    the default 0.1 of 12 trajectories would leave one to fit the recalibration on."""
+    path = labelled_file(tmp_path / "lab.h5", n_traj=n_traj)
+    task = tiny_task(path, f"data.val_fraction={fraction}")
+    assert len(task.val_idx) == held and len(task.train_idx) == n_traj - held
+
+
 def test_teacher_forced_loss_decreases_on_one_batch(l63):
     torch.manual_seed(0)
     task = tiny_task(l63["train"])

@@ -34,6 +34,11 @@ def test_split_indices_sizes_and_seed() -> None:
     assert len(split_indices(3000, 0.1, 200, 0)[1]) == 200  # capped by val_max
     assert split_indices(5, 0.01, 200, 0)[1] != []  # at least one when a fraction is asked
     assert split_indices(1, 0.5, 200, 0) == ([0], [])
+    assert len(split_indices(12, 0.1, 200, 0, at_least=3)[1]) == 3  # a floor on the size
+    assert len(split_indices(30, 0.5, 200, 0, at_least=3)[1]) == 15  # the fraction, if larger
+    assert len(split_indices(3, 0.1, 200, 0, at_least=5)[1]) == 2  # never all of them
+    assert len(split_indices(12, 0.1, 2, 0, at_least=3)[1]) == 2  # val_max still caps it
+    assert split_indices(12, 0.0, 200, 0, at_least=3)[1] == []  # no split asked, none made
 
 
 def test_kmer_incidence_counts_distinct_standard_kmers() -> None:
