@@ -23,6 +23,7 @@ from sciformer.pipelines.recalibrate import (
     CALIBRATION_FILE,
     COVERAGE_BAND,
     SpreadCalibration,
+    band_limits,
     banded_crps_factor,
     crps_factor,
     fit_factors,
@@ -109,10 +110,16 @@ def test_banded_crps_factor_keeps_coverage_in_band_at_least_crps_cost():
     score = [fair_crps(g * dev[:, :, None], truth[:, None]) for g in ok]
     assert score[0] == min(score)  # the band's lower edge is the best factor inside it
     assert fair_crps(free * dev[:, :, None], truth[:, None]) < score[0]  # the price of it
-    paths, gauss = gaussian_case()  # calibrated lead 2: the free optimum is in the band
+    paths, gauss = gaussian_case()  # calibrated lead 2: the band costs next to nothing
     p, t = paths[:, :, 1].reshape(32, -1), gauss[:, 1].ravel()
     med = np.median(p, axis=0)
-    assert banded_crps_factor(p - med, t - med) == crps_factor(p - med, t - med)
+    s_band, s_free = banded_crps_factor(p - med, t - med), crps_factor(p - med, t - med)
+    assert s_band == pytest.approx(s_free, rel=0.05)
+    lo, hi = band_limits(p - med, t - med)
+    assert lo <= s_band <= hi
+    wide = band_limits(p - med, t - med, (0.75, 0.85))  # a wider band holds the free optimum
+    assert wide[0] <= s_free <= wide[1]
+    assert banded_crps_factor(p - med, t - med, (0.75, 0.85)) == s_free
 
 
 def test_apply_keeps_the_median_and_holds_the_last_factor():
