@@ -31,8 +31,8 @@ from sciformer.pipelines.recalibrate import (
 )
 from sciformer.runs import read_split
 
-CALIBRATION_WINDOWS = 64  # validation windows the factors are fitted on (at most)
-MAX_PER_TRAJECTORY = 32  # windows per validation trajectory (at most)
+CALIBRATION_WINDOWS = 192  # validation windows the factors are fitted on (at most)
+MAX_PER_TRAJECTORY = 64  # windows per validation trajectory (at most)
 SEED = 1_000_003  # seeds the validation paths' draws (evaluation seeds by window index)
 
 
