@@ -33,13 +33,18 @@ from sciformer.runs import read_split
 
 CALIBRATION_WINDOWS = 192  # validation windows the factors are fitted on (at most)
 MAX_PER_TRAJECTORY = 64  # windows per validation trajectory (at most)
+# fewer windows where their float32 sample paths would exceed this (large fields); the fit's
+# peak memory is about 4x it (KS, 192 windows x 32 paths x 280 steps x 64 points: 0.44 GiB of
+# paths, 3.9 GB peak)
+PATH_BYTES = 2**29
 SEED = 1_000_003  # seeds the validation paths' draws (evaluation seeds by window index)
 
 
-def validation_windows(fc: Forecaster, run_dir: Path, horizon: int | None = None
-                       ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def validation_windows(fc: Forecaster, run_dir: Path, horizon: int | None = None,
+                       samples: int = 1) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Contexts (N, C, F) and truths (N, H, F) from the run's validation trajectories, and
-    what they are (trajectories, windows, context, horizon)."""
+    what they are (trajectories, windows, context, horizon); N at most `CALIBRATION_WINDOWS`,
+    fewer where `samples` paths of them would exceed `PATH_BYTES`."""
     from sciformer.evaluation.forecast import default_horizon, read_windows, window_starts
 
     origin = read_split(run_dir).get("heldout_origin") or []
@@ -60,7 +65,9 @@ def validation_windows(fc: Forecaster, run_dir: Path, horizon: int | None = None
     if h < 1:
         raise InputError(f"{files[0]}: validation trajectories of {n_time} steps are shorter "
                          f"than the context of {c} steps")
-    per = max(1, min(MAX_PER_TRAJECTORY, CALIBRATION_WINDOWS // len(origin)))
+    path_bytes = 4 * samples * h * int(np.prod(meta.state_shape))  # one window's paths
+    most = max(len(origin), min(CALIBRATION_WINDOWS, PATH_BYTES // max(1, path_bytes)))
+    per = max(1, min(MAX_PER_TRAJECTORY, most // len(origin)))
     starts = window_starts(n_time, c + h, per)
     ctx, truth = [], []
     for fi, trajs in by_file.items():
@@ -147,9 +154,9 @@ def calibrate(run_dir: str | Path, *, method: str = "crps", horizon: int | None 
     fc = load(run_dir, device)
     if not isinstance(fc, Forecaster):
         raise InputError(f"{run_dir}: calibrate needs a forecasting run")
-    ctx, truth, about = validation_windows(fc, run_dir, horizon)
-    first_patch = refit_first_patch(fc, run_dir)
     samples = samples or fc.cfg.data.samples
+    ctx, truth, about = validation_windows(fc, run_dir, horizon, samples)
+    first_patch = refit_first_patch(fc, run_dir)
     from sciformer.evaluation.model_forecast import model_batch
 
     paths = fc.sample(ctx, about["horizon"], samples, seed=SEED, batch=model_batch(fc.cfg),

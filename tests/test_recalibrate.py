@@ -256,6 +256,26 @@ def test_workflow_run_holds_its_calibration_and_evaluate_applies_it(workflow_run
     assert "raw paths" in (root / "eval" / "summary.md").read_text()
 
 
+def test_validation_windows_shrink_where_their_paths_would_not_fit(workflow_run,
+                                                                    monkeypatch):
+    """Up to CALIBRATION_WINDOWS windows; fewer when `samples` paths of them would exceed
+    PATH_BYTES, never fewer than one per validation trajectory."""
+    import sciformer.calibrate as cal_mod
+
+    run = workflow_run / "run"
+    fc = load(run, "cpu")
+    ctx, truth, about = cal_mod.validation_windows(fc, run, 40, samples=16)
+    n_traj = len(about["trajectories"])
+    assert len(ctx) == len(truth) == n_traj * about["windows_per_trajectory"] > 2 * n_traj
+    one = 4 * 16 * 40 * 3  # float32 paths of one window: samples x horizon x features
+    monkeypatch.setattr(cal_mod, "PATH_BYTES", 2 * n_traj * one)
+    ctx, truth, about = cal_mod.validation_windows(fc, run, 40, samples=16)
+    assert about["windows_per_trajectory"] == 2 and len(ctx) == 2 * n_traj
+    monkeypatch.setattr(cal_mod, "PATH_BYTES", 1)
+    ctx, _, about = cal_mod.validation_windows(fc, run, 40, samples=16)
+    assert about["windows_per_trajectory"] == 1 and len(ctx) == n_traj
+
+
 def test_forecaster_applies_the_factors_unless_told_not_to(workflow_run):
     fc = load(workflow_run / "run", "cpu")
     assert fc.calibration is not None

@@ -68,9 +68,12 @@ class SpreadCalibration:
         """Recalibrated copy of sample paths (S, B, H, F): median + s(lead) * deviation, in
         float64 (rounding the result to float32 would undo factors near 1 wherever the
         deviations are a few float32 spacings, as for an accurate model of float32 data)."""
-        paths = np.asarray(paths, dtype=np.float64)
-        med = np.median(paths, axis=0, keepdims=True)
-        return med + self.at(paths.shape[2])[None, None, :, None] * (paths - med)
+        out = np.array(paths, dtype=np.float64)  # a copy; updated in place (memory of one)
+        med = np.median(out, axis=0, keepdims=True)
+        out -= med
+        out *= self.at(out.shape[2])[None, None, :, None]
+        out += med
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": "spread", "factors": [float(v) for v in self.factors],
