@@ -184,18 +184,35 @@ def banded_crps_factor(dev: np.ndarray, resid: np.ndarray,
     coverage rises with s, so this clamp is the CRPS-optimal s under that constraint: where
     the paths' shape differs from the truth's law (e.g. many tiny errors and a few large ones)
     the unconstrained optimum can leave the 80% interval covering 60% or 97%."""
-    return float(np.clip(np.clip(crps_factor(dev, resid), *band_limits(dev, resid, band)),
-                         *FACTOR_RANGE))
+    return _held(crps_factor(dev, resid), band_limits(dev, resid, band))
+
+
+def _held(factor: float, limits: tuple[float, float]) -> float:
+    """`factor` clipped to `limits`, then to FACTOR_RANGE."""
+    return float(np.clip(np.clip(factor, *limits), *FACTOR_RANGE))
+
+
+def _lead_fits(paths: np.ndarray, truth: np.ndarray, method: str) -> np.ndarray:
+    """Per lead (H, 3): the unsmoothed factor and the range it must stay in (`band_limits`
+    for ``crps``, else (0, inf)); one pass over the leads, each read once in float64."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    free = {"crps-free": crps_factor, "coverage": coverage_factor}
+    out = np.empty((paths.shape[2], 3))
+    for h in range(paths.shape[2]):
+        dev, resid = _lead(paths, truth, h)
+        if method == "crps":
+            lims = band_limits(dev, resid)
+            out[h] = _held(crps_factor(dev, resid), lims), *lims
+        else:
+            out[h] = free[method](dev, resid), 0.0, math.inf
+    return out
 
 
 def per_lead_factors(paths: np.ndarray, truth: np.ndarray, method: str = "crps") -> np.ndarray:
     """Unsmoothed factor per lead (H,) of paths (S, n, H, F) against truth (n, H, F), pooled
     over windows and features (one lead at a time: memory of one lead in float64)."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    fit = {"crps": banded_crps_factor, "crps-free": crps_factor,
-           "coverage": coverage_factor}[method]
-    return np.array([fit(*_lead(paths, truth, h)) for h in range(paths.shape[2])])
+    return _lead_fits(paths, truth, method)[:, 0]
 
 
 def smooth(factors: np.ndarray, fraction: float = SMOOTH_FRACTION, first: int = 0
@@ -234,9 +251,9 @@ def fit_factors(paths: np.ndarray, truth: np.ndarray, method: str = "crps",
     inside its lead's `band_limits`: smoothing is for noise, and must not move a lead out of
     the coverage band it was fitted to hold (near an atom of tied errors a 2% change of the
     factor moved the 80% coverage from 0.85 to 0.94)."""
-    raw = per_lead_factors(paths, truth, method)
+    fits = _lead_fits(paths, truth, method)
+    raw = fits[:, 0]
     factors = smooth(raw, fraction, first)
     if method == "crps":
-        lims = np.array([band_limits(*_lead(paths, truth, h)) for h in range(len(raw))])
-        factors = np.clip(np.clip(factors, lims[:, 0], lims[:, 1]), *FACTOR_RANGE)
+        factors = np.clip(np.clip(factors, fits[:, 1], fits[:, 2]), *FACTOR_RANGE)
     return raw, factors
