@@ -23,6 +23,7 @@ from sciformer.errors import InputError
 from sciformer.evaluation.calibration import COVERAGE_MASSES
 from sciformer.evaluation.metrics import coverage_per_step, crps_from_samples
 from sciformer.io.trajectories import TrajectoryFile
+from sciformer.model.anchor import NVARAnchor
 from sciformer.pipelines import Forecaster, load
 from sciformer.pipelines.recalibrate import (
     SMOOTH_FRACTION,
@@ -100,8 +101,8 @@ def refit_first_patch(fc: Forecaster, run_dir: Path) -> dict[str, Any]:
 
     fc.first_patch = None
     (run_dir / FILE).unlink(missing_ok=True)
-    if getattr(fc.model, "anchor", None) is None:
-        return {"fitted": False, "why": "persistence-anchored run (no NVAR features)"}
+    if not isinstance(getattr(fc.model, "anchor", None), NVARAnchor):
+        return {"fitted": False, "why": "not an NVAR-anchored run (no NVAR features)"}
     width = fc.context_length + fc.tokenizer.patch_len
     fit = selection_windows(training_trajectories(fc.state, run_dir), width, FIT_WINDOWS)
     choose = selection_windows(split_trajectories(fc.state, run_dir, "heldout_origin"), width,

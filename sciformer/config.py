@@ -109,7 +109,7 @@ class ModelConfig:
 
 
 #: `data.anchor` values: what forecast quantiles are offsets on (docs/forecast-training.md).
-ANCHORS = ("persistence", "nvar", "auto")
+ANCHORS = ("persistence", "nvar", "fno", "auto")
 
 
 @dataclass
@@ -157,9 +157,12 @@ class DataConfig:
     draws: str = "element"  # patch sampler: a uniform per value (element) or per patch (patch)
     # what the patch quantiles are offsets on: persistence (the last known state repeated) or
     # nvar (a closed-loop NVAR forecast fitted on the training split: a hybrid model; joint
-    # patch tokens with dataset scaling only); auto: nvar where it applies (ODE states, 1-D
-    # fields), else persistence
+    # patch tokens with dataset scaling only) or fno (2-D fields: an FNO fitted on the
+    # training split forecasts each next time patch); auto: nvar where it applies (ODE
+    # states, 1-D fields), else persistence
     anchor: str = "auto"
+    anchor_steps: int = 2000  # fno anchor: optimizer steps of its fit, at most
+    anchor_seconds: float = 150.0  # fno anchor: CPU seconds of its fit, at most
     stride: int = 1  # time steps between consecutive training windows
     # training on the model's own rollouts (patch, field_patch; see docs/forecast-training.md)
     pushforward: int = 0  # up to K chunks rolled out without gradient before the scored chunk
@@ -208,6 +211,8 @@ class DataConfig:
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
         _check(self.draws in ("element", "patch"), "data.draws", "must be element or patch")
         _check(self.anchor in ANCHORS, "data.anchor", f"must be one of {', '.join(ANCHORS)}")
+        _check(self.anchor_steps >= 1, "data.anchor_steps", "must be at least 1")
+        _check(self.anchor_seconds > 0, "data.anchor_seconds", "must be positive")
         _check(self.pushforward >= 0, "data.pushforward", "must be >= 0")
         _check(0.0 <= self.pushforward_warmup <= 1.0, "data.pushforward_warmup",
                "must be in [0, 1]")

@@ -22,7 +22,7 @@ TASK_ONLY = {
     "forecast": ("data.tokenizer", "data.channels", "data.scaling", "data.context",
                  "data.horizon", "data.patch_len", "data.space_patch", "data.n_bins",
                  "data.bin_limit", "data.quantiles", "data.stride", "data.samples", "data.draws",
-                 "data.anchor", "data.pushforward", "data.pushforward_warmup",
+                 "data.anchor", "data.anchor_steps", "data.anchor_seconds", "data.pushforward", "data.pushforward_warmup",
                  "data.sampled_inputs", "data.sampled_inputs_from", "data.input_noise",
                  "train.batch_size", "model.channel_attention"),
 }

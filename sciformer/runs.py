@@ -196,19 +196,22 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu"
 
 def attach_anchor(model: nn.Module, tensors: dict[str, torch.Tensor], cfg: RunConfig,
                   source: str) -> None:
-    """Give `model` the NVAR anchor saved among its weights (``anchor.*``; a hybrid run,
-    `data.anchor: nvar`). Runs without those tensors (persistence, or written before the
-    anchor existed) stay persistence-anchored; a config that disagrees is refused."""
+    """Give `model` the anchor saved among its weights (``anchor.*``; a hybrid run,
+    `data.anchor: nvar` or `fno`). Runs without those tensors (persistence, or written before
+    the anchor existed) stay persistence-anchored; a config that disagrees is refused."""
     from sciformer.model.anchor import NVARAnchor
+    from sciformer.model.field_anchor import FNOAnchor, is_fno
 
+    kind = "fno" if is_fno(tensors) else "nvar"
     try:
-        anchor = NVARAnchor.from_tensors(tensors)
+        anchor = (FNOAnchor if kind == "fno" else NVARAnchor).from_tensors(tensors)
     except ValueError as exc:
         raise CheckpointError(f"{source}: {exc}") from None
     said = cfg.data.anchor
-    if (anchor is None and said == "nvar") or (anchor is not None and said == "persistence"):
-        has = "holds" if anchor is not None else "has no"
-        raise CheckpointError(f"{source}: {has} NVAR anchor tensors (anchor.*) but config.json "
+    if (anchor is None and said in ("nvar", "fno")) or (
+            anchor is not None and said not in (kind, "auto")):
+        has = f"holds {kind.upper()}" if anchor is not None else "has no"
+        raise CheckpointError(f"{source}: {has} anchor tensors (anchor.*) but config.json "
                               f"says data.anchor={said}")
     if anchor is not None:
         model.anchor = anchor

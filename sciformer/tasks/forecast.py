@@ -41,7 +41,9 @@ from sciformer.evaluation.chaos_baselines import (
 )
 from sciformer.fingerprints import RecordedPrints, duplicates, trajectory_fingerprints
 from sciformer.io.trajectories import TrajectoryFile
+from sciformer.evaluation.fno import FNOBaseline
 from sciformer.model.anchor import NVARAnchor
+from sciformer.model.field_anchor import FNOAnchor
 from sciformer.pipelines.forecast import (
     block_tokens,
     offset_scale,
@@ -62,6 +64,7 @@ from sciformer.tokenizers.timeseries import (
 )
 
 MAX_STAT_TRAJECTORIES = 256  # training trajectories read for the normalisation statistics
+FNO_ANCHOR_INPUTS = 4  # frames the FNO anchor reads (at most a patch), as the fno baseline
 VAL_WINDOWS = 256  # fixed validation windows
 #: Validation trajectories a forecasting run holds out at least (at most a quarter of its
 #: trajectories), whatever `data.val_fraction` gives: they choose the first-patch correction
@@ -142,12 +145,21 @@ def make_tokenizer(cfg: RunConfig, n_features: int,
 def anchor_kind(cfg: RunConfig, tok: PatchTokenizer | BinTokenizer) -> str:
     """`data.anchor` resolved for this tokenizer: nvar needs whole-state patch tokens in fixed
     training units (`DatasetScaledPatchTokenizer`, joint channels) and a state of at most
-    `MAX_DENSE_FEATURES` values; auto picks nvar there and persistence elsewhere."""
+    `MAX_DENSE_FEATURES` values; fno needs field patch tokens of a 2-D field; auto picks nvar
+    where it applies and persistence elsewhere (an FNO anchor costs a fit budget, so it is
+    asked for, never implied)."""
     want = cfg.data.anchor
     fits = (type(tok) is DatasetScaledPatchTokenizer and tok.channels == "joint"
             and tok.n_features <= MAX_DENSE_FEATURES)
     if want == "auto":
         return "nvar" if fits else "persistence"
+    if want == "fno":
+        if not (isinstance(tok, FieldPatchTokenizer) and len(tok.state_shape) == 3):
+            raise ConfigError(f"data.anchor=fno needs field patch tokens of a 2-D field; this "
+                              f"run has {tok.name} tokens of state shape "
+                              f"{tuple(getattr(tok, 'state_shape', (tok.n_features,)))} "
+                              "(use data.anchor=persistence)")
+        return want
     if want == "nvar" and not fits:
         raise ConfigError(f"data.anchor=nvar needs whole-state patch tokens "
                           f"(data.tokenizer=patch, channels=joint, scaling=dataset) of at most "
@@ -180,6 +192,31 @@ def fit_anchor(data: TrajectoryCollection, items: list[int], tok: DatasetScaledP
     about["offset_scale"] = {"per_step_rms": [round(float(v), 8) for v in
                                               scale.pow(2).mean(dim=1).sqrt()],
                              "unit": "token units (training-scaled); mean over features"}
+    return anchor, about
+
+
+def fit_fno_anchor(data: TrajectoryCollection, items: list[int], tok: FieldPatchTokenizer,
+                   d: Any, seed: int) -> tuple[FNOAnchor, dict[str, Any]]:
+    """The FNO anchor (`sciformer.model.field_anchor`) fitted on the training trajectories
+    `items` (at most MAX_STAT_TRAJECTORIES, evenly spread) in the tokenizer's units: the `fno`
+    baseline's network and recipe (`FNOBaseline`), reading the last min(4, patch_len) frames
+    of a patch and predicting the next patch's frames at once, for `data.anchor_steps`
+    optimizer steps or `data.anchor_seconds` CPU seconds, whichever ends first; then its
+    offset scale on the same trajectories, and what was done."""
+    pick = np.unique(np.linspace(0, len(items) - 1, MAX_STAT_TRAJECTORIES).round().astype(int))
+    loc = np.tile(np.asarray(tok.loc), tok.n_features // len(tok.loc))
+    scale = np.tile(np.asarray(tok.scale), tok.n_features // len(tok.scale))
+    train = [(data.window(data.items[items[i]], 0, data.n_time(data.items[items[i]]))
+              - loc) / scale for i in pick]
+    fno = FNOBaseline(tok.state_shape, n_in=min(FNO_ANCHOR_INPUTS, d.patch_len),
+                      n_out=d.patch_len, steps=d.anchor_steps, time_budget=d.anchor_seconds,
+                      seed=seed).fit(train)
+    anchor = FNOAnchor.from_baseline(fno, tok.space_patch, d.patch_len)
+    rms = anchor.fit_scale(train).view(d.patch_len, -1)
+    about = {**anchor.describe(), "fit": fno.describe(),
+             "offset_scale": {"per_step_rms": [round(float(v), 8) for v in
+                                               rms.pow(2).mean(dim=1).sqrt()],
+                              "unit": "token units (training-scaled); mean over fields"}}
     return anchor, about
 
 
@@ -244,6 +281,9 @@ class ForecastTask:
                                               self.data.meta.state_shape)
         anchor = anchor_kind(cfg, tok)
         self.anchor, self.anchor_info = None, None
+        if anchor == "fno":
+            self.anchor, self.anchor_info = fit_fno_anchor(self.data, train, tok, d,
+                                                           cfg.train.seed)
         if anchor == "nvar":
             try:
                 self.anchor, self.anchor_info = fit_anchor(self.data, train, tok, d)
