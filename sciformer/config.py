@@ -161,8 +161,9 @@ class DataConfig:
     # training split forecasts each next time patch); auto: nvar where it applies (ODE
     # states, 1-D fields), else persistence
     anchor: str = "auto"
-    anchor_steps: int = 2000  # fno anchor: optimizer steps of its fit, at most
-    anchor_seconds: float = 150.0  # fno anchor: CPU seconds of its fit, at most
+    # fno anchor: optimizer steps and CPU seconds of its fit, at most (the fno baseline's)
+    anchor_steps: int = 2000
+    anchor_seconds: float = 200.0
     stride: int = 1  # time steps between consecutive training windows
     # training on the model's own rollouts (patch, field_patch; see docs/forecast-training.md)
     pushforward: int = 0  # up to K chunks rolled out without gradient before the scored chunk

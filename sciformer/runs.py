@@ -210,7 +210,7 @@ def attach_anchor(model: nn.Module, tensors: dict[str, torch.Tensor], cfg: RunCo
     said = cfg.data.anchor
     if (anchor is None and said in ("nvar", "fno")) or (
             anchor is not None and said not in (kind, "auto")):
-        has = f"holds {kind.upper()}" if anchor is not None else "has no"
+        has = f"holds {kind.upper()}" if anchor is not None else f"has no {said.upper()}"
         raise CheckpointError(f"{source}: {has} anchor tensors (anchor.*) but config.json "
                               f"says data.anchor={said}")
     if anchor is not None:

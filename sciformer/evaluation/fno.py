@@ -217,3 +217,39 @@ class FNOBaseline(_ForecastBaseline):
         pred = torch.cat(outs, dim=1)[:, :horizon].double().numpy()  # (n, H, C, X, Y)
         pred = np.moveaxis(pred, 2, -1) * self.sd_ + self.mu_  # (n, H, X, Y, C)
         return pred.reshape(len(ctx), horizon, self.n_features)
+
+
+class AnchorFNOBaseline(_ForecastBaseline):
+    """The `fno` baseline of an FNO-anchored run (`data.anchor: fno`): the run's own anchor
+    rolled out alone. It was fitted in pretraining with this baseline's recipe and budget on
+    the run's training split, so refitting would give the same FNO up to where the CPU timing
+    moved its schedule; scoring it shows what the Transformer's corrections add to it."""
+
+    def __init__(self, anchor: Any, loc: Sequence[float], scale: Sequence[float],
+                 fit_info: dict[str, Any] | None) -> None:
+        self.anchor, self.fit_info = anchor, dict(fit_info or {})
+        nx, ny, c = anchor.shape
+        self.n_features = nx * ny * c
+        self.loc = np.asarray(loc, dtype=np.float64)  # per field
+        self.scale = np.asarray(scale, dtype=np.float64)
+
+    def fit(self, train: Sequence[np.ndarray]) -> AnchorFNOBaseline:
+        """Nothing to fit: the anchor was fitted in pretraining."""
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": "the run's FNO anchor (fitted in pretraining on its training split "
+                          "with this baseline's recipe; rolled out alone)", **self.fit_info}
+
+    @torch.no_grad()
+    def predict(self, context: np.ndarray, horizon: int) -> np.ndarray:
+        """Closed-loop rollout `(n, horizon, F)` from the last n_in states of each context."""
+        ctx = self._check_context(context, horizon, min_len=self.anchor.n_in)
+        nx, ny, c = self.anchor.shape
+        z = (ctx[:, -self.anchor.n_in:].reshape(len(ctx), -1, nx, ny, c) - self.loc) / self.scale
+        out = []
+        for i in range(0, len(z), 16):  # batches of 16 windows bound the memory
+            part = torch.from_numpy(z[i:i + 16].astype(np.float32))
+            out.append(self.anchor.rollout(part, horizon).double().numpy())
+        pred = np.concatenate(out) * self.scale + self.loc  # (n, H, X, Y, C)
+        return pred.reshape(len(ctx), horizon, self.n_features)

@@ -197,23 +197,40 @@ def skipped_baselines(state_shape: tuple[int, ...]) -> dict[str, str]:
 
 
 def fit_baselines(train: list[np.ndarray], context: int = 64, horizon: int = 32,
-                  state_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+                  state_shape: tuple[int, ...] | None = None,
+                  fno: Any = None) -> dict[str, Any]:
     """Every baseline of `ALL_BASELINES` that suits the state (`skipped_baselines`), fitted
     once on the training trajectories `train`; parroting and NVAR choose their
-    hyper-parameters for this `context` and `horizon`. 2-D fields add the FNO baseline."""
+    hyper-parameters for this `context` and `horizon`. 2-D fields add the FNO baseline, or
+    take `fno` as it (an FNO-anchored run's own anchor, `AnchorFNOBaseline`)."""
     shape = tuple(state_shape) if state_shape is not None else (train[0].shape[1],)
     skip = skipped_baselines(shape)
     made = {"parroting": lambda: Parroting(context=context, horizon=horizon),
             "nvar": lambda: NVAR(horizon=horizon)}
     fitted = {name: (made[name]() if name in made else cls()).fit(train)
               for name, cls in ALL_BASELINES.items() if name not in skip}
-    if len(shape) == 3:
+    if fno is not None:
+        fitted["fno"] = fno
+    elif len(shape) == 3:
         from sciformer.evaluation.fno import FNOBaseline
 
         n_in = min(4, context)
         fitted["fno"] = FNOBaseline(shape, n_in=n_in, steps=FNO_STEPS,
                                      time_budget=FNO_TIME_BUDGET).fit(train)
     return fitted
+
+
+def anchor_baseline(fc: Any) -> Any:
+    """The `fno` baseline an FNO-anchored run brings (its anchor alone), else None."""
+    from sciformer.model.field_anchor import FNOAnchor
+
+    anchor = getattr(fc.model, "anchor", None)
+    if not isinstance(anchor, FNOAnchor):
+        return None
+    from sciformer.evaluation.fno import AnchorFNOBaseline
+
+    return AnchorFNOBaseline(anchor, fc.tokenizer.loc, fc.tokenizer.scale,
+                             (fc.state.anchor or {}).get("fit"))
 
 
 def describe_baselines(fitted: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -403,7 +420,7 @@ def evaluate_forecast_run(fc: Forecaster, run_dir: Path, data: Path, out_dir: Pa
     trajs = list(range(meta.n_traj)) if keep is None else keep
     train = training_trajectories(state, run_dir)
     scale, ch_std = climatological_scale(train), channel_std(train, meta.state_shape)
-    fitted = fit_baselines(train, c, h, meta.state_shape)
+    fitted = fit_baselines(train, c, h, meta.state_shape, fno=anchor_baseline(fc))
     scores, model_m, base_m = score_all(fc, f, trajs, (c, h, samples), fitted, (scale, ch_std),
                                         steps_per_lt, progress)
     metrics = {

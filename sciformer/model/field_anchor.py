@@ -3,12 +3,18 @@
 A field run's decoder predicts the quantiles of time patch j+1 (its S spatial tokens) as
 offsets on an anchor computed from its decoder input, time patch j. Without an anchor that is
 persistence. With this one it is a Fourier Neural Operator's forecast of the whole next patch:
-the FNO (`sciformer.evaluation.fno.FNO2d`, the recipe of the `fno` baseline) reads the last
-`n_in` frames of patch j and outputs the `patch_len` frames of patch j+1 at once, as
-increments on the last one. It is fitted on the run's training split before the Transformer
-trains (`fit_fno_anchor`) and frozen; the Transformer then learns a correction and a spread in
-units of the anchor's own RMS error per step and field (`scale`), as the NVAR anchor does for
-whole-state tokens (`sciformer.model.anchor`).
+the FNO (`sciformer.evaluation.fno.FNO2d`, the `fno` baseline's network and recipe) reads
+the last `n_in` frames of patch j and is rolled out, `n_out` frames per call (1: the baseline's
+next-step recipe), over the `patch_len` frames of patch j+1. It is fitted on the run's
+training split before the Transformer trains (`sciformer.tasks.forecast.fit_fno_anchor`) and
+frozen; the Transformer then learns a correction and a spread in units of the anchor's own RMS
+error per step and field (`scale`), as the NVAR anchor does for whole-state tokens
+(`sciformer.model.anchor`).
+
+Training feeds true decoder inputs, so the same training window always gets the same anchor:
+in training mode the anchor keeps the patches it computed (`CACHE_ENTRIES` at most, keyed by
+their input frames' bytes) instead of rolling the FNO out again; in eval mode (validation,
+sample paths) it computes every patch.
 
 Saved among the run's weights as ``anchor.*`` tensors: the FNO's ``anchor.net.*`` weights,
 ``anchor.mu`` / ``anchor.sd`` (the FNO's per-field standardisation, in token units),
@@ -32,6 +38,7 @@ PREFIX = "anchor."
 MARKER = "net.lift.weight"  # the tensor that tells an FNO anchor from an NVAR one
 SCALE_FLOOR = 1e-6  # smallest offset unit (token units), as the NVAR anchor's
 SCALE_WINDOWS = 512  # (patch, next patch) pairs the offset scale is measured on, at most
+CACHE_BYTES = 2**28  # training-mode cache of computed patches (256 MiB), dropped when full
 
 
 def is_fno(tensors: dict[str, Tensor]) -> bool:
@@ -62,14 +69,16 @@ class FNOAnchor(nn.Module):
                                  f"values, got shape {tuple(scale.shape)}")
         self.register_buffer("scale", scale)
         self.shape, self.n_in, self.patch_len = (nx, ny, c), n_in, patch_len
+        self.n_out = net.project[-1].out_channels // c
+        self._cache: dict[bytes, Tensor] = {}
 
     @classmethod
     def from_baseline(cls, fno: FNOBaseline, space_patch: int, patch_len: int) -> FNOAnchor:
         """The anchor of a fitted `FNOBaseline` with n_out = patch_len (trained on token
         units)."""
-        if fno.n_out != patch_len or fno.n_in > patch_len:
-            raise ValueError(f"FNO anchor: the FNO predicts {fno.n_out} frames from "
-                             f"{fno.n_in}; a patch is {patch_len}")
+        if fno.n_in > patch_len:
+            raise ValueError(f"FNO anchor: the FNO reads {fno.n_in} frames; a patch has "
+                             f"{patch_len}")
         return cls(fno.net, (*fno.state_shape, space_patch, patch_len, fno.n_in),
                    torch.as_tensor(np.asarray(fno.mu_)), torch.as_tensor(np.asarray(fno.sd_)))
 
@@ -93,16 +102,39 @@ class FNOAnchor(nn.Module):
         except (KeyError, IndexError, RuntimeError) as exc:
             raise ValueError(f"FNO anchor: tensors incomplete or inconsistent ({exc})") from None
 
-    def frames_forecast(self, frames: Tensor) -> Tensor:
-        """The next patch_len frames (R, patch_len, X, Y, C) after frames (R, >= n_in, X, Y, C),
-        in token units, float32."""
+    def rollout(self, frames: Tensor, steps: int) -> Tensor:
+        """The next `steps` frames (R, steps, X, Y, C) after frames (R, >= n_in, X, Y, C), in
+        token units, float32: the FNO rolled out closed-loop, n_out frames per call."""
         nx, ny, c = self.shape
         z = (frames[:, -self.n_in:].float() - self.mu) / self.sd  # (R, n_in, X, Y, C)
         z = z.permute(0, 1, 4, 2, 3)  # (R, n_in, C, X, Y)
-        r = z.shape[0]
-        out = self.net(z.reshape(r, self.n_in * c, nx, ny)).view(r, self.patch_len, c, nx, ny)
-        nxt = z[:, -1:] + out
-        return nxt.permute(0, 1, 3, 4, 2) * self.sd + self.mu  # (R, patch_len, X, Y, C)
+        r, outs = z.shape[0], []
+        for _ in range(-(-steps // self.n_out)):
+            inc = self.net(z.reshape(r, self.n_in * c, nx, ny)).view(r, self.n_out, c, nx, ny)
+            outs.append(z[:, -1:] + inc)
+            z = torch.cat([z, outs[-1]], dim=1)[:, -self.n_in:]
+        nxt = torch.cat(outs, dim=1)[:, :steps]
+        return nxt.permute(0, 1, 3, 4, 2) * self.sd + self.mu  # (R, steps, X, Y, C)
+
+    def frames_forecast(self, frames: Tensor) -> Tensor:
+        """The next patch (R, patch_len, X, Y, C) after frames (R, >= n_in, X, Y, C)."""
+        return self.rollout(frames, self.patch_len)
+
+    def _cached_forecast(self, frames: Tensor) -> Tensor:
+        """`frames_forecast`, from the training-mode cache where these input frames were
+        seen before (see the module docstring)."""
+        if not self.training:
+            return self.frames_forecast(frames)
+        inp = frames[:, -self.n_in:].detach().float().cpu().contiguous().numpy()
+        keys = [row.tobytes() for row in inp]
+        todo = [i for i, k in enumerate(keys) if k not in self._cache]
+        if todo:
+            new = self.frames_forecast(frames[todo])
+            per = new[0].numel() * new.element_size()
+            if (len(self._cache) + len(todo)) * per > CACHE_BYTES:
+                self._cache.clear()
+            self._cache.update({keys[i]: v for i, v in zip(todo, new)})
+        return torch.stack([self._cache[k] for k in keys]).to(frames.device)
 
     def _unit(self, b: int, like: Tensor) -> ScaleState:
         n = self.tok.n_features
@@ -121,7 +153,7 @@ class FNOAnchor(nn.Module):
             vals = self.tok.decode(x, self._unit(b, x))  # (B', N * L, F) token units
             n = n_tok // self.tok.space_tokens
             frames = vals.view(b * n, self.patch_len, *self.shape)
-            nxt = self.frames_forecast(frames).reshape(b, n * self.patch_len, -1)
+            nxt = self._cached_forecast(frames).reshape(b, n * self.patch_len, -1)
             out = self.tok.encode(nxt, self._unit(b, nxt))
         return out.to(dec_in.dtype)
 
@@ -153,5 +185,5 @@ class FNOAnchor(nn.Module):
         """What the anchor is (for the run's provenance)."""
         nx, ny, c = self.shape
         return {"kind": "fno", "grid": [nx, ny], "fields": c, "n_in": self.n_in,
-                "patch_len": self.patch_len,
+                "n_out": self.n_out, "patch_len": self.patch_len,
                 "parameters": sum(p.numel() for p in self.net.parameters())}

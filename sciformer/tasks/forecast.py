@@ -199,18 +199,17 @@ def fit_fno_anchor(data: TrajectoryCollection, items: list[int], tok: FieldPatch
                    d: Any, seed: int) -> tuple[FNOAnchor, dict[str, Any]]:
     """The FNO anchor (`sciformer.model.field_anchor`) fitted on the training trajectories
     `items` (at most MAX_STAT_TRAJECTORIES, evenly spread) in the tokenizer's units: the `fno`
-    baseline's network and recipe (`FNOBaseline`), reading the last min(4, patch_len) frames
-    of a patch and predicting the next patch's frames at once, for `data.anchor_steps`
-    optimizer steps or `data.anchor_seconds` CPU seconds, whichever ends first; then its
-    offset scale on the same trajectories, and what was done."""
+    baseline's network and next-step recipe (`FNOBaseline`), reading the last min(4,
+    patch_len) frames, for `data.anchor_steps` optimizer steps or `data.anchor_seconds` CPU
+    seconds, whichever ends first (the defaults are the baseline's); then its offset scale on
+    the same trajectories, and what was done."""
     pick = np.unique(np.linspace(0, len(items) - 1, MAX_STAT_TRAJECTORIES).round().astype(int))
     loc = np.tile(np.asarray(tok.loc), tok.n_features // len(tok.loc))
     scale = np.tile(np.asarray(tok.scale), tok.n_features // len(tok.scale))
     train = [(data.window(data.items[items[i]], 0, data.n_time(data.items[items[i]]))
               - loc) / scale for i in pick]
     fno = FNOBaseline(tok.state_shape, n_in=min(FNO_ANCHOR_INPUTS, d.patch_len),
-                      n_out=d.patch_len, steps=d.anchor_steps, time_budget=d.anchor_seconds,
-                      seed=seed).fit(train)
+                      steps=d.anchor_steps, time_budget=d.anchor_seconds, seed=seed).fit(train)
     anchor = FNOAnchor.from_baseline(fno, tok.space_patch, d.patch_len)
     rms = anchor.fit_scale(train).view(d.patch_len, -1)
     about = {**anchor.describe(), "fit": fno.describe(),
