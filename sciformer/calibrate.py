@@ -38,6 +38,11 @@ MAX_PER_TRAJECTORY = 64  # windows per validation trajectory (at most)
 # peak memory is about 4x it (KS, 192 windows x 32 paths x 280 steps x 64 points: 0.44 GiB of
 # paths, 3.9 GB peak)
 PATH_BYTES = 2**29
+#: windows per validation trajectory of a 2+-D field run (at most): every sample path of a
+#: field is rolled out frame by frame (by the FNO anchor's network, when the run has one),
+#: which on the ns2d workflow made 136 windows cost more CPU than training; `evaluate`
+#: scores 8 windows per trajectory
+FIELD_PER_TRAJECTORY = 16
 SEED = 1_000_003  # seeds the validation paths' draws (evaluation seeds by window index)
 
 
@@ -45,7 +50,8 @@ def validation_windows(fc: Forecaster, run_dir: Path, horizon: int | None = None
                        samples: int = 1) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Contexts (N, C, F) and truths (N, H, F) from the run's validation trajectories, and
     what they are (trajectories, windows, context, horizon); N at most `CALIBRATION_WINDOWS`,
-    fewer where `samples` paths of them would exceed `PATH_BYTES`."""
+    fewer where `samples` paths of them would exceed `PATH_BYTES`, and at most
+    `FIELD_PER_TRAJECTORY` per trajectory for 2+-D fields."""
     from sciformer.evaluation.forecast import default_horizon, read_windows, window_starts
 
     origin = read_split(run_dir).get("heldout_origin") or []
@@ -69,6 +75,8 @@ def validation_windows(fc: Forecaster, run_dir: Path, horizon: int | None = None
     path_bytes = 4 * samples * h * int(np.prod(meta.state_shape))  # one window's paths
     most = max(len(origin), min(CALIBRATION_WINDOWS, PATH_BYTES // max(1, path_bytes)))
     per = max(1, min(MAX_PER_TRAJECTORY, most // len(origin)))
+    if len(meta.state_shape) >= 3:  # (*space, fields) with 2+ spatial dims
+        per = min(per, FIELD_PER_TRAJECTORY)
     starts = window_starts(n_time, c + h, per)
     ctx, truth = [], []
     for fi, trajs in by_file.items():

@@ -73,6 +73,41 @@ def test_the_anchor_round_trips_through_its_saved_tensors() -> None:
         FNOAnchor.from_tensors(tensors)
 
 
+def test_training_mode_reuses_the_patches_it_computed() -> None:
+    """Training feeds true inputs, so a window's anchor is computed once; the cached value is
+    the computed one, and eval mode never caches (sample paths are new every time)."""
+    anchor, L = small_anchor(patch_len=2, n_in=1), 2
+    tok = anchor.tok
+    x = torch.randn(4, 2 * L, 8 * 12 * 2)
+    dec_in = tok.encode(x, anchor._unit(4, x))
+    want = anchor.eval()(dec_in, L)
+    assert not anchor._cache
+    anchor.train()
+    torch.testing.assert_close(anchor(dec_in, L), want)
+    assert len(anchor._cache) == 4 * 2  # one entry per window and time patch
+    calls = []
+    anchor.net.register_forward_hook(lambda *a: calls.append(1))
+    torch.testing.assert_close(anchor(dec_in[:2], L), want[:2])
+    assert not calls  # all from the cache
+    anchor(tok.encode(x + 1, anchor._unit(4, x)), L)
+    assert calls and len(anchor._cache) == 16
+
+
+def test_an_fno_anchored_runs_fno_baseline_is_its_anchor_alone() -> None:
+    from sciformer.evaluation.fno import AnchorFNOBaseline
+
+    anchor = small_anchor(patch_len=2, n_in=2).eval()
+    loc, scale = [1.0, -2.0], [3.0, 0.5]
+    base = AnchorFNOBaseline(anchor, loc, scale, {"steps": 7})
+    ctx = np.random.default_rng(0).normal(size=(3, 5, 8 * 12 * 2))
+    pred = base.predict(ctx, 5)
+    z = (ctx[:, -2:].reshape(3, 2, 8, 12, 2) - loc) / scale
+    want = anchor.rollout(torch.as_tensor(z, dtype=torch.float32), 5).double().numpy()
+    np.testing.assert_allclose(pred, (want * scale + loc).reshape(3, 5, -1), rtol=1e-6,
+                               atol=1e-6)
+    assert base.describe()["steps"] == 7 and "anchor" in base.describe()["source"]
+
+
 def test_a_fitted_anchor_forecasts_a_moving_field_and_measures_its_error() -> None:
     """An FNO predicting 2 frames at once learns a shift (a map its Fourier layers represent
     exactly) far better than persistence; the offset scale is its RMS error per step."""
@@ -124,9 +159,12 @@ def test_tiny_fno_anchored_pretrain_and_evaluate(tmp_path: Path, monkeypatch) ->
     from sciformer.io.trajectory_writer import write_trajectories
     from sciformer.pipelines import load
 
+    import sciformer.calibrate as cal_mod
+
     monkeypatch.setattr(fe, "FNO_STEPS", 3)
+    monkeypatch.setattr(cal_mod, "FIELD_PER_TRAJECTORY", 1)  # fields: few calibration windows
     data = tmp_path / "f.h5"
-    write_trajectories(data, shifting_fields(4, 24).astype(np.float32), dt=0.1)
+    write_trajectories(data, shifting_fields(4, 40).astype(np.float32), dt=0.1)
     run, out = tmp_path / "run", tmp_path / "eval"
     sets = ["data.context=4", "data.horizon=2", "data.patch_len=2", "data.space_patch=8",
             "data.anchor=fno", "data.anchor_steps=5", "model.d_model=16", "model.n_heads=2",
@@ -138,6 +176,8 @@ def test_tiny_fno_anchored_pretrain_and_evaluate(tmp_path: Path, monkeypatch) ->
     assert res.exit_code == 0, res.output
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["data"]["anchor"] == "fno"
+    fitted = json.loads((run / "calibration.json").read_text())["fitted"]
+    assert fitted["windows_per_trajectory"] == 1
     fc = load(run)
     assert isinstance(fc.model.anchor, FNOAnchor)
     assert fc.model.anchor.scale.shape == (2 * 8 * 8,)
@@ -146,3 +186,40 @@ def test_tiny_fno_anchored_pretrain_and_evaluate(tmp_path: Path, monkeypatch) ->
     assert res.exit_code == 0, res.output
     m = json.loads((out / "metrics.json").read_text())
     assert np.isfinite(m["model"]["vrmse_lead_bins"]["2-6"])
+    fit = m["baselines"]["fno"]["fit"]
+    assert "anchor" in fit["source"] and fit["steps"] == 5  # the anchor, not a refit
+
+
+def test_a_resumed_run_reads_its_anchor_instead_of_fitting_again(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    from safetensors.torch import load_file
+
+    from sciformer.cli import main
+    from sciformer.io.trajectory_writer import write_trajectories
+    from sciformer.tasks import forecast as task_mod
+
+    data = tmp_path / "f.h5"
+    write_trajectories(data, shifting_fields(4, 16).astype(np.float32), dt=0.1)
+    run = tmp_path / "run"
+    sets = ["data.context=2", "data.horizon=2", "data.patch_len=2", "data.space_patch=8",
+            "data.anchor=fno", "data.anchor_steps=2", "model.d_model=16", "model.n_heads=2",
+            "model.n_encoder_layers=1", "model.n_decoder_layers=1", "model.d_ff=32",
+            "train.batch_size=2", "train.eval_every=2", "train.checkpoint_every=2",
+            "data.val_fraction=0.25"]
+    base = ["pretrain", str(data), "--out-dir", str(run)] + [a for s in sets
+                                                             for a in ("--set", s)]
+    res = CliRunner().invoke(main, base + ["--steps", "2"])
+    assert res.exit_code == 0, res.output
+    first = {k: v for k, v in load_file(str(run / "model.safetensors")).items()
+             if k.startswith("anchor.")}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the anchor was fitted again")
+
+    monkeypatch.setattr(task_mod, "fit_fno_anchor", refuse)
+    res = CliRunner().invoke(main, base + ["--steps", "4", "--resume"])
+    assert res.exit_code == 0, res.output
+    after = load_file(str(run / "model.safetensors"))
+    assert all(torch.equal(after[k], v) for k, v in first.items())
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["anchor"]["fit"]["steps"] == 2  # the provenance of the original fit

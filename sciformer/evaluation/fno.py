@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from sciformer.errors import InputError
 from sciformer.evaluation.baselines import _check_train, _ForecastBaseline
+from sciformer.progress import progress_bar
 
 
 class SpectralConv2d(nn.Module):
@@ -156,8 +157,10 @@ class FNOBaseline(_ForecastBaseline):
         out = self.net(frames.reshape(b, n * c, nx, ny)).view(b, self.n_out, c, nx, ny)
         return frames[:, -1:] + out
 
-    def fit(self, train: Sequence[np.ndarray]) -> FNOBaseline:
-        """Train on next-step pairs of the training trajectories `train` [(T, F)]."""
+    def fit(self, train: Sequence[np.ndarray], progress: bool = False,
+            desc: str = "fno baseline") -> FNOBaseline:
+        """Train on next-step pairs of the training trajectories `train` [(T, F)]; a progress
+        bar (`desc`, steps) on stderr when `progress`."""
         xs = _check_train(train, min_len=self.n_in + self.n_out)
         nx, ny, c = self.state_shape
         self.n_features = nx * ny * c
@@ -174,7 +177,9 @@ class FNOBaseline(_ForecastBaseline):
         span = self.n_in + self.n_out
         starts = [(i, s) for i, x in enumerate(data) for s in range(len(x) - span + 1)]
         begin, cpu0, done, loss = time.perf_counter(), time.process_time(), 0, float("nan")
+        bar = progress_bar(self.steps, desc, "step", progress)
         for done in range(1, self.steps + 1):
+            bar.update()
             pick = rng.integers(0, len(starts), self.batch_size)
             wins = torch.stack([data[i][s:s + span]
                                 for i, s in (starts[k] for k in pick)])  # (B, span, C, X, Y)
@@ -189,6 +194,7 @@ class FNOBaseline(_ForecastBaseline):
             loss = float(loss_t.detach())
             if time.process_time() - cpu0 > self.time_budget:
                 break
+        bar.close()
         self.fit_info = {"steps": done, "planned_steps": self.steps,
                          "cpu_seconds": round(time.process_time() - cpu0, 1),
                          "cpu_budget": self.time_budget,
@@ -247,9 +253,6 @@ class AnchorFNOBaseline(_ForecastBaseline):
         ctx = self._check_context(context, horizon, min_len=self.anchor.n_in)
         nx, ny, c = self.anchor.shape
         z = (ctx[:, -self.anchor.n_in:].reshape(len(ctx), -1, nx, ny, c) - self.loc) / self.scale
-        out = []
-        for i in range(0, len(z), 16):  # batches of 16 windows bound the memory
-            part = torch.from_numpy(z[i:i + 16].astype(np.float32))
-            out.append(self.anchor.rollout(part, horizon).double().numpy())
-        pred = np.concatenate(out) * self.scale + self.loc  # (n, H, X, Y, C)
+        pred = self.anchor.rollout(torch.from_numpy(z.astype(np.float32)), horizon)
+        pred = pred.double().numpy() * self.scale + self.loc  # (n, H, X, Y, C)
         return pred.reshape(len(ctx), horizon, self.n_features)

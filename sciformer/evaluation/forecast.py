@@ -198,7 +198,7 @@ def skipped_baselines(state_shape: tuple[int, ...]) -> dict[str, str]:
 
 def fit_baselines(train: list[np.ndarray], context: int = 64, horizon: int = 32,
                   state_shape: tuple[int, ...] | None = None,
-                  fno: Any = None) -> dict[str, Any]:
+                  fno: Any = None, progress: bool = False) -> dict[str, Any]:
     """Every baseline of `ALL_BASELINES` that suits the state (`skipped_baselines`), fitted
     once on the training trajectories `train`; parroting and NVAR choose their
     hyper-parameters for this `context` and `horizon`. 2-D fields add the FNO baseline, or
@@ -216,7 +216,7 @@ def fit_baselines(train: list[np.ndarray], context: int = 64, horizon: int = 32,
 
         n_in = min(4, context)
         fitted["fno"] = FNOBaseline(shape, n_in=n_in, steps=FNO_STEPS,
-                                     time_budget=FNO_TIME_BUDGET).fit(train)
+                                     time_budget=FNO_TIME_BUDGET).fit(train, progress)
     return fitted
 
 
@@ -420,7 +420,8 @@ def evaluate_forecast_run(fc: Forecaster, run_dir: Path, data: Path, out_dir: Pa
     trajs = list(range(meta.n_traj)) if keep is None else keep
     train = training_trajectories(state, run_dir)
     scale, ch_std = climatological_scale(train), channel_std(train, meta.state_shape)
-    fitted = fit_baselines(train, c, h, meta.state_shape, fno=anchor_baseline(fc))
+    fitted = fit_baselines(train, c, h, meta.state_shape, fno=anchor_baseline(fc),
+                           progress=progress)
     scores, model_m, base_m = score_all(fc, f, trajs, (c, h, samples), fitted, (scale, ch_std),
                                         steps_per_lt, progress)
     metrics = {

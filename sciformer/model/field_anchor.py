@@ -38,6 +38,9 @@ PREFIX = "anchor."
 MARKER = "net.lift.weight"  # the tensor that tells an FNO anchor from an NVAR one
 SCALE_FLOOR = 1e-6  # smallest offset unit (token units), as the NVAR anchor's
 SCALE_WINDOWS = 512  # (patch, next patch) pairs the offset scale is measured on, at most
+# rows per FNO call: at 64 x 64 one core computes a frame in 7.9 ms at 32 rows, 10.2 ms at
+# 16 and 15.0 ms at 128 (the activations of large batches leave the caches)
+ROWS = 32
 CACHE_BYTES = 2**28  # training-mode cache of computed patches (256 MiB), dropped when full
 
 
@@ -104,7 +107,11 @@ class FNOAnchor(nn.Module):
 
     def rollout(self, frames: Tensor, steps: int) -> Tensor:
         """The next `steps` frames (R, steps, X, Y, C) after frames (R, >= n_in, X, Y, C), in
-        token units, float32: the FNO rolled out closed-loop, n_out frames per call."""
+        token units, float32: the FNO rolled out closed-loop, n_out frames per call, on
+        `ROWS` rows at a time."""
+        if len(frames) > ROWS:
+            return torch.cat([self.rollout(frames[i:i + ROWS], steps)
+                              for i in range(0, len(frames), ROWS)])
         nx, ny, c = self.shape
         z = (frames[:, -self.n_in:].float() - self.mu) / self.sd  # (R, n_in, X, Y, C)
         z = z.permute(0, 1, 4, 2, 3)  # (R, n_in, C, X, Y)

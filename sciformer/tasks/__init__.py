@@ -71,8 +71,11 @@ def infer_task(paths: list[str | Path]) -> str:
     return kinds.pop()
 
 
-def build_task(cfg: RunConfig, paths: list[str | Path]) -> Task:
-    """The task for these files (or cfg.data.task when set)."""
+def build_task(cfg: RunConfig, paths: list[str | Path],
+               restore_from: Path | None = None) -> Task:
+    """The task for these files (or cfg.data.task when set). `restore_from`: the checkpoint
+    folder a resumed run continues from (parts fitted on the data that are expensive to fit
+    again, the FNO anchor, are read from it)."""
     name = infer_task(paths) if cfg.data.task == "auto" else cfg.data.task
     if name in ("masked", "forecast"):
         for_task(cfg, name)  # refuse settings of the other task before reading any data
@@ -91,7 +94,7 @@ def build_task(cfg: RunConfig, paths: list[str | Path]) -> Task:
         if corpora:
             return ZooTask(cfg, Path(corpora[0]))
 
-        return ForecastTask(cfg, [Path(p) for p in paths])
+        return ForecastTask(cfg, [Path(p) for p in paths], restore_from)
     raise ConfigError(f"config field 'data.task': unknown task '{name}'")
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from torch import Tensor, nn
 
 from sciformer.config import RunConfig, explicit_keys
 from sciformer.config_tasks import for_task
-from sciformer.errors import ConfigError, InputError
+from sciformer.errors import CheckpointError, ConfigError, InputError
 from sciformer.evaluation.chaos_baselines import (
     MAX_DENSE_FEATURES,
     NVAR,
@@ -209,7 +210,8 @@ def fit_fno_anchor(data: TrajectoryCollection, items: list[int], tok: FieldPatch
     train = [(data.window(data.items[items[i]], 0, data.n_time(data.items[items[i]]))
               - loc) / scale for i in pick]
     fno = FNOBaseline(tok.state_shape, n_in=min(FNO_ANCHOR_INPUTS, d.patch_len),
-                      steps=d.anchor_steps, time_budget=d.anchor_seconds, seed=seed).fit(train)
+                      steps=d.anchor_steps, time_budget=d.anchor_seconds, seed=seed
+                      ).fit(train, progress=sys.stderr.isatty(), desc="fno anchor")
     anchor = FNOAnchor.from_baseline(fno, tok.space_patch, d.patch_len)
     rms = anchor.fit_scale(train).view(d.patch_len, -1)
     about = {**anchor.describe(), "fit": fno.describe(),
@@ -217,6 +219,25 @@ def fit_fno_anchor(data: TrajectoryCollection, items: list[int], tok: FieldPatch
                                                rms.pow(2).mean(dim=1).sqrt()],
                               "unit": "token units (training-scaled); mean over fields"}}
     return anchor, about
+
+
+def restored_fno_anchor(folder: Path) -> tuple[FNOAnchor, dict[str, Any]]:
+    """The FNO anchor of a resumed run, from its checkpoint `folder` (weights and the
+    provenance its config.json recorded), instead of a new fit of the same budget."""
+    from sciformer.config import read_run_config
+    from sciformer.runs import CONFIG, WEIGHTS, read_tensors
+
+    try:
+        anchor = FNOAnchor.from_tensors(read_tensors(folder / WEIGHTS))
+    except ValueError as exc:
+        raise CheckpointError(f"{folder / WEIGHTS}: {exc}") from None
+    if anchor is None:
+        raise CheckpointError(f"{folder / WEIGHTS}: holds no FNO anchor, but the run's "
+                              "config says data.anchor=fno")
+    config = next((d / CONFIG for d in (folder, *folder.parents[:2]) if (d / CONFIG).is_file()),
+                  None)  # the run directory's, above checkpoints/<step>/
+    extra = read_run_config(config)[1] if config is not None else {}
+    return anchor, extra.get("anchor") or anchor.describe()
 
 
 class TrajectoryCollection:
@@ -243,7 +264,8 @@ class ForecastTask:
 
     name = "forecast"
 
-    def __init__(self, cfg: RunConfig, paths: list[Path]) -> None:
+    def __init__(self, cfg: RunConfig, paths: list[Path],
+                 restore_from: Path | None = None) -> None:
         self.cfg, self.paths = cfg, paths
         self.data = TrajectoryCollection(paths)
         d = cfg.data
@@ -280,7 +302,9 @@ class ForecastTask:
                                               self.data.meta.state_shape)
         anchor = anchor_kind(cfg, tok)
         self.anchor, self.anchor_info = None, None
-        if anchor == "fno":
+        if anchor == "fno" and restore_from is not None:  # resumed: the saved anchor
+            self.anchor, self.anchor_info = restored_fno_anchor(restore_from)
+        elif anchor == "fno":
             self.anchor, self.anchor_info = fit_fno_anchor(self.data, train, tok, d,
                                                            cfg.train.seed)
         if anchor == "nvar":

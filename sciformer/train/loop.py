@@ -332,7 +332,7 @@ def build_trainer(data: list[str | Path], cfg: RunConfig, run_dir: str | Path,
         from sciformer.train.finetune import finetune_config
 
         cfg = finetune_config(cfg)
-    task = build_task(cfg, list(data))
+    task = build_task(cfg, list(data), folder)
     if resume:
         check_same_data(run_dir, task)
     cfg = task.cfg  # completed for the task (derived model fields)
