@@ -40,9 +40,9 @@ from sciformer.evaluation.chaos_baselines import (
     NVAR,
     NVAR_VALIDATION_STEPS,
 )
+from sciformer.evaluation.fno import FNOBaseline
 from sciformer.fingerprints import RecordedPrints, duplicates, trajectory_fingerprints
 from sciformer.io.trajectories import TrajectoryFile
-from sciformer.evaluation.fno import FNOBaseline
 from sciformer.model.anchor import NVARAnchor
 from sciformer.model.field_anchor import FNOAnchor
 from sciformer.pipelines.forecast import (
