@@ -6,7 +6,7 @@ against its FNO anchor alone (the same true context for both).
 
 `--windows` evenly spaced windows per trajectory of HELDOUT.h5 (context + one patch each).
 Prints one markdown row per predictor. Measured on the ns2d workflow (docs/fields.md): the
-median equalled the anchor to 0.001 at every step of the patch.
+median was within 1% of the anchor at every step of the patch.
 """
 
 from __future__ import annotations
