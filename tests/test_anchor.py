@@ -235,7 +235,7 @@ def test_cli_pretrain_and_evaluate_a_hybrid_run(circles, tmp_path):
 
 
 def test_failed_nvar_fit_is_an_error_or_with_auto_an_explicit_fallback(circles, monkeypatch):
-    from sciformer.tasks import forecast as task_mod
+    from sciformer.tasks import anchors as task_mod
 
     def broken(*args):
         raise np.linalg.LinAlgError("NVAR: no (k, alpha) on the grid gave a finite fit")

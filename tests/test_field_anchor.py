@@ -196,7 +196,7 @@ def test_a_resumed_run_reads_its_anchor_instead_of_fitting_again(tmp_path: Path,
 
     from sciformer.cli import main
     from sciformer.io.trajectory_writer import write_trajectories
-    from sciformer.tasks import forecast as task_mod
+    from sciformer.tasks import anchors as task_mod
 
     data = tmp_path / "f.h5"
     write_trajectories(data, shifting_fields(4, 16).astype(np.float32), dt=0.1)
@@ -223,3 +223,24 @@ def test_a_resumed_run_reads_its_anchor_instead_of_fitting_again(tmp_path: Path,
     assert all(torch.equal(after[k], v) for k, v in first.items())
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["anchor"]["fit"]["steps"] == 2  # the provenance of the original fit
+
+
+@pytest.mark.parametrize("nx,ny,modes", [(64, 64, 12), (16, 16, 8), (16, 12, 7), (6, 10, 3),
+                                          (8, 8, 4)])
+def test_spectral_conv_by_truncated_dft_equals_the_fft_form(nx, ny, modes) -> None:
+    """The truncated DFT products give what a full rfft2, the kept modes times the weights
+    and an irfft2 of the zero-padded spectrum give (Nyquist bins included)."""
+    from sciformer.evaluation.fno import SpectralConv2d
+
+    torch.manual_seed(0)
+    conv = SpectralConv2d(5, modes).double()
+    x = torch.randn(3, 5, nx, ny, dtype=torch.float64)
+    spec = torch.fft.rfft2(x)
+    wgt = torch.view_as_complex(conv.weight)
+    out = torch.zeros_like(spec)
+    m = modes
+    out[:, :, :m, :m] = torch.einsum("bixy,ioxy->boxy", spec[:, :, :m, :m], wgt[0])
+    out[:, :, -m:, :m] = torch.einsum("bixy,ioxy->boxy", spec[:, :, -m:, :m], wgt[1])
+    want = torch.fft.irfft2(out, s=(nx, ny))
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), want, rtol=1e-10, atol=1e-12)

@@ -6,7 +6,7 @@ persistence. With this one it is a Fourier Neural Operator's forecast of the who
 the FNO (`sciformer.evaluation.fno.FNO2d`, the `fno` baseline's network and recipe) reads
 the last `n_in` frames of patch j and is rolled out, `n_out` frames per call (1: the baseline's
 next-step recipe), over the `patch_len` frames of patch j+1. It is fitted on the run's
-training split before the Transformer trains (`sciformer.tasks.forecast.fit_fno_anchor`) and
+training split before the Transformer trains (`sciformer.tasks.anchors.fit_fno_anchor`) and
 frozen; the Transformer then learns a correction and a spread in units of the anchor's own RMS
 error per step and field (`scale`), as the NVAR anchor does for whole-state tokens
 (`sciformer.model.anchor`).

@@ -13,7 +13,7 @@ A task is what the training loop talks to. Its contract:
 - ``validate(model)``: held-out statistics, deterministic;
 - ``init_model(model)`` (optional): give a new (or fine-tuned) model the parts fitted on this
   run's training data before the first step (the masked task's composition prior, the
-  forecast task's NVAR anchor); a resumed run restores them from its checkpoint.
+  forecast task's NVAR or FNO anchor); a resumed run restores them from its checkpoint.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from sciformer.config import RunConfig
@@ -28,6 +29,8 @@ from sciformer.config_tasks import for_task
 from sciformer.errors import ConfigError, InputError
 from sciformer.runs import TaskState
 
+#: training trajectories read for the normalisation statistics and the anchor fits, at most
+MAX_STAT_TRAJECTORIES = 256
 FASTA_SUFFIXES = (".fa", ".fasta", ".faa", ".fas", ".fna")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nc")
 
@@ -71,11 +74,11 @@ def infer_task(paths: list[str | Path]) -> str:
     return kinds.pop()
 
 
-def build_task(cfg: RunConfig, paths: list[str | Path],
-               restore_from: Path | None = None) -> Task:
+def build_task(cfg: RunConfig, paths: list[str | Path], restore_from: Path | None = None,
+               progress: bool = False) -> Task:
     """The task for these files (or cfg.data.task when set). `restore_from`: the checkpoint
     folder a resumed run continues from (parts fitted on the data that are expensive to fit
-    again, the FNO anchor, are read from it)."""
+    again, the FNO anchor, are read from it); `progress`: bars for such fits."""
     name = infer_task(paths) if cfg.data.task == "auto" else cfg.data.task
     if name in ("masked", "forecast"):
         for_task(cfg, name)  # refuse settings of the other task before reading any data
@@ -94,8 +97,14 @@ def build_task(cfg: RunConfig, paths: list[str | Path],
         if corpora:
             return ZooTask(cfg, Path(corpora[0]))
 
-        return ForecastTask(cfg, [Path(p) for p in paths], restore_from)
+        return ForecastTask(cfg, [Path(p) for p in paths], restore_from, progress)
     raise ConfigError(f"config field 'data.task': unknown task '{name}'")
+
+
+def spread_subset(items: list[int], most: int = MAX_STAT_TRAJECTORIES) -> list[int]:
+    """At most `most` of `items`, evenly spread over them (all of them when fewer)."""
+    pick = np.unique(np.linspace(0, len(items) - 1, most).round().astype(int))
+    return [items[i] for i in pick]
 
 
 def micro_seed(seed: int, index: int, salt: int = 0) -> int:

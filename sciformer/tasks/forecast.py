@@ -6,10 +6,11 @@ The encoder reads ``data.context`` steps; the decoder produces the next ``data.h
   autoregressive over patches: its input at position j is patch j-1 (the last context patch
   first), its output the quantiles of patch j, as offsets on an anchor (`data.anchor`): the
   last known state repeated (persistence, so the network learns the change) or, for a hybrid
-  model, the closed-loop forecast of patch j by an NVAR fitted on the training split before
-  training (`fit_anchor`; the network learns the correction). Trained with the pinball loss.
-  Patches are scaled by the TRAINING data's per-channel mean and std
-  (`DatasetScaledPatchTokenizer`), not per window as RevIN does: the dynamics of a simulated
+  model, the forecast of patch j by an NVAR (or, for 2-D fields, an FNO) fitted on the
+  training split before training (`sciformer.tasks.anchors`; the network learns the
+  correction). Trained with the pinball loss. Patches are scaled by the TRAINING data's
+  per-channel mean and std (`DatasetScaledPatchTokenizer`), not per window as RevIN does: the
+  dynamics of a simulated
   system depend on where on the attractor the state is, which per-window scaling hides (on
   Lorenz-63 it cut the nRMSE over the first Lyapunov time from 0.52 to 0.17, same budget).
 - ``bins`` tokenizer: Chronos-style mean scaling and bins; the decoder emits one token per
@@ -22,8 +23,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +33,9 @@ from torch import Tensor, nn
 
 from sciformer.config import RunConfig, explicit_keys
 from sciformer.config_tasks import for_task
-from sciformer.errors import CheckpointError, ConfigError, InputError
-from sciformer.evaluation.chaos_baselines import (
-    MAX_DENSE_FEATURES,
-    NVAR,
-    NVAR_VALIDATION_STEPS,
-)
-from sciformer.evaluation.fno import FNOBaseline
+from sciformer.errors import ConfigError, InputError
 from sciformer.fingerprints import RecordedPrints, duplicates, trajectory_fingerprints
 from sciformer.io.trajectories import TrajectoryFile
-from sciformer.model.anchor import NVARAnchor
-from sciformer.model.field_anchor import FNOAnchor
 from sciformer.pipelines.forecast import (
     block_tokens,
     offset_scale,
@@ -54,7 +45,8 @@ from sciformer.pipelines.forecast import (
 )
 from sciformer.runs import ForecastState
 from sciformer.splits import split_indices
-from sciformer.tasks import micro_seed
+from sciformer.tasks import micro_seed, spread_subset
+from sciformer.tasks.anchors import resolve_anchor
 from sciformer.tokenizers.fields import FieldPatchTokenizer
 from sciformer.tokenizers.timeseries import (
     BinTokenizer,
@@ -64,8 +56,6 @@ from sciformer.tokenizers.timeseries import (
     pinball_loss,
 )
 
-MAX_STAT_TRAJECTORIES = 256  # training trajectories read for the normalisation statistics
-FNO_ANCHOR_INPUTS = 4  # frames the FNO anchor reads (at most a patch), as the fno baseline
 VAL_WINDOWS = 256  # fixed validation windows
 #: Validation trajectories a forecasting run holds out at least (at most a quarter of its
 #: trajectories), whatever `data.val_fraction` gives: they choose the first-patch correction
@@ -83,15 +73,14 @@ def data_statistics(data: TrajectoryCollection,
     """Mean and std of the training states per channel (1-D fields: per field, pooled over x),
     repeated to the flattened state's F features.
 
-    Read from at most MAX_STAT_TRAJECTORIES trajectories evenly spread over `items`; the
+    Read from at most `MAX_STAT_TRAJECTORIES` trajectories evenly spread over `items`; the
     per-trajectory moments are merged with Chan et al.'s (1979) pairwise update, which is
     stable for large offsets. A constant channel gets scale 1.
     """
     shape = data.meta.state_shape
-    pick = np.unique(np.linspace(0, len(items) - 1, MAX_STAT_TRAJECTORIES).round().astype(int))
     n, mean, m2 = 0, np.zeros(shape[-1]), np.zeros(shape[-1])
-    for i in pick:
-        it = data.items[items[i]]
+    for i in spread_subset(items):
+        it = data.items[i]
         x = data.window(it, 0, data.n_time(it)).astype(np.float64).reshape(-1, shape[-1])
         k, mu = len(x), x.mean(axis=0)
         delta = mu - mean
@@ -143,103 +132,6 @@ def make_tokenizer(cfg: RunConfig, n_features: int,
                            channels=d.channels)
 
 
-def anchor_kind(cfg: RunConfig, tok: PatchTokenizer | BinTokenizer) -> str:
-    """`data.anchor` resolved for this tokenizer: nvar needs whole-state patch tokens in fixed
-    training units (`DatasetScaledPatchTokenizer`, joint channels) and a state of at most
-    `MAX_DENSE_FEATURES` values; fno needs field patch tokens of a 2-D field; auto picks nvar
-    where it applies and persistence elsewhere (an FNO anchor costs a fit budget, so it is
-    asked for, never implied)."""
-    want = cfg.data.anchor
-    fits = (type(tok) is DatasetScaledPatchTokenizer and tok.channels == "joint"
-            and tok.n_features <= MAX_DENSE_FEATURES)
-    if want == "auto":
-        return "nvar" if fits else "persistence"
-    if want == "fno":
-        if not (isinstance(tok, FieldPatchTokenizer) and len(tok.state_shape) == 3):
-            raise ConfigError(f"data.anchor=fno needs field patch tokens of a 2-D field; this "
-                              f"run has {tok.name} tokens of state shape "
-                              f"{tuple(getattr(tok, 'state_shape', (tok.n_features,)))} "
-                              "(use data.anchor=persistence)")
-        return want
-    if want == "nvar" and not fits:
-        raise ConfigError(f"data.anchor=nvar needs whole-state patch tokens "
-                          f"(data.tokenizer=patch, channels=joint, scaling=dataset) of at most "
-                          f"{MAX_DENSE_FEATURES} features; this run has {tok.name} tokens, "
-                          f"{getattr(tok, 'channels', '?')} channels, {tok.n_features} features "
-                          "(use data.anchor=persistence)")
-    return want
-
-
-def fit_anchor(data: TrajectoryCollection, items: list[int], tok: DatasetScaledPatchTokenizer,
-               d: Any) -> tuple[NVARAnchor, dict[str, Any]]:
-    """The NVAR anchor fitted on the training trajectories `items` (at most
-    MAX_STAT_TRAJECTORIES, evenly spread) in the tokenizer's normalised units, and what it
-    chose (`NVAR.describe`). Only delays whose states fit in one patch are tried, since the
-    anchor of a patch reads the previous patch alone. Delays and ridge strength are chosen by
-    NVAR's rule (stable closed loops, then the mean log error over the leads) over the longest
-    closed-loop validation NVAR does (`NVAR_VALIDATION_STEPS`), not over one training
-    horizon: the hybrid rolls the anchor out patch after patch over any horizon, and on KS
-    the fit chosen over 32 steps (ridge 1e-2) diverged after ~50 steps."""
-    pick = np.unique(np.linspace(0, len(items) - 1, MAX_STAT_TRAJECTORIES).round().astype(int))
-    loc, scale = np.asarray(tok.loc), np.asarray(tok.scale)
-    train = [(data.window(data.items[items[i]], 0, data.n_time(data.items[items[i]]))
-              - loc) / scale for i in pick]
-    probe = NVAR()
-    delays = [k for k in probe.delays if probe.span(k) <= d.patch_len]
-    nvar = NVAR(delays=delays, horizon=NVAR_VALIDATION_STEPS).fit(train)
-    anchor = NVARAnchor.from_nvar(nvar)
-    scale = anchor.fit_scale(train, d.patch_len).view(d.patch_len, -1)
-    about = nvar.describe()
-    about["offset_scale"] = {"per_step_rms": [round(float(v), 8) for v in
-                                              scale.pow(2).mean(dim=1).sqrt()],
-                             "unit": "token units (training-scaled); mean over features"}
-    return anchor, about
-
-
-def fit_fno_anchor(data: TrajectoryCollection, items: list[int], tok: FieldPatchTokenizer,
-                   d: Any, seed: int) -> tuple[FNOAnchor, dict[str, Any]]:
-    """The FNO anchor (`sciformer.model.field_anchor`) fitted on the training trajectories
-    `items` (at most MAX_STAT_TRAJECTORIES, evenly spread) in the tokenizer's units: the `fno`
-    baseline's network and next-step recipe (`FNOBaseline`), reading the last min(4,
-    patch_len) frames, for `data.anchor_steps` optimizer steps or `data.anchor_seconds` CPU
-    seconds, whichever ends first (the defaults are the baseline's); then its offset scale on
-    the same trajectories, and what was done."""
-    pick = np.unique(np.linspace(0, len(items) - 1, MAX_STAT_TRAJECTORIES).round().astype(int))
-    loc = np.tile(np.asarray(tok.loc), tok.n_features // len(tok.loc))
-    scale = np.tile(np.asarray(tok.scale), tok.n_features // len(tok.scale))
-    train = [(data.window(data.items[items[i]], 0, data.n_time(data.items[items[i]]))
-              - loc) / scale for i in pick]
-    fno = FNOBaseline(tok.state_shape, n_in=min(FNO_ANCHOR_INPUTS, d.patch_len),
-                      steps=d.anchor_steps, time_budget=d.anchor_seconds, seed=seed
-                      ).fit(train, progress=sys.stderr.isatty(), desc="fno anchor")
-    anchor = FNOAnchor.from_baseline(fno, tok.space_patch, d.patch_len)
-    rms = anchor.fit_scale(train).view(d.patch_len, -1)
-    about = {**anchor.describe(), "fit": fno.describe(),
-             "offset_scale": {"per_step_rms": [round(float(v), 8) for v in
-                                               rms.pow(2).mean(dim=1).sqrt()],
-                              "unit": "token units (training-scaled); mean over fields"}}
-    return anchor, about
-
-
-def restored_fno_anchor(folder: Path) -> tuple[FNOAnchor, dict[str, Any]]:
-    """The FNO anchor of a resumed run, from its checkpoint `folder` (weights and the
-    provenance its config.json recorded), instead of a new fit of the same budget."""
-    from sciformer.config import read_run_config
-    from sciformer.runs import CONFIG, WEIGHTS, read_tensors
-
-    try:
-        anchor = FNOAnchor.from_tensors(read_tensors(folder / WEIGHTS))
-    except ValueError as exc:
-        raise CheckpointError(f"{folder / WEIGHTS}: {exc}") from None
-    if anchor is None:
-        raise CheckpointError(f"{folder / WEIGHTS}: holds no FNO anchor, but the run's "
-                              "config says data.anchor=fno")
-    config = next((d / CONFIG for d in (folder, *folder.parents[:2]) if (d / CONFIG).is_file()),
-                  None)  # the run directory's, above checkpoints/<step>/
-    extra = read_run_config(config)[1] if config is not None else {}
-    return anchor, extra.get("anchor") or anchor.describe()
-
-
 class TrajectoryCollection:
     """Several trajectory files with the same state shape, addressed as (file, trajectory)."""
 
@@ -265,7 +157,7 @@ class ForecastTask:
     name = "forecast"
 
     def __init__(self, cfg: RunConfig, paths: list[Path],
-                 restore_from: Path | None = None) -> None:
+                 restore_from: Path | None = None, progress: bool = False) -> None:
         self.cfg, self.paths = cfg, paths
         self.data = TrajectoryCollection(paths)
         d = cfg.data
@@ -300,23 +192,8 @@ class ForecastTask:
             cfg.data.tokenizer = kind
         self.tokenizer = tok = make_tokenizer(cfg, self.n_features, stats,
                                               self.data.meta.state_shape)
-        anchor = anchor_kind(cfg, tok)
-        self.anchor, self.anchor_info = None, None
-        if anchor == "fno" and restore_from is not None:  # resumed: the saved anchor
-            self.anchor, self.anchor_info = restored_fno_anchor(restore_from)
-        elif anchor == "fno":
-            self.anchor, self.anchor_info = fit_fno_anchor(self.data, train, tok, d,
-                                                           cfg.train.seed)
-        if anchor == "nvar":
-            try:
-                self.anchor, self.anchor_info = fit_anchor(self.data, train, tok, d)
-            except (np.linalg.LinAlgError, InputError) as exc:
-                if d.anchor != "auto":
-                    raise InputError(f"{paths[0]}: data.anchor=nvar: the NVAR fit on the "
-                                     f"training trajectories failed ({exc})") from None
-                warnings.warn(f"data.anchor=auto: the NVAR fit failed ({exc}); this run is "
-                              "persistence-anchored", stacklevel=2)
-                anchor = "persistence"
+        anchor, self.anchor, self.anchor_info = resolve_anchor(
+            cfg, tok, self.data, train, paths[0], restore_from, progress)
         if anchor != d.anchor:  # auto resolved; recorded in the run's config
             cfg = copy.deepcopy(cfg)
             cfg.data.anchor = anchor

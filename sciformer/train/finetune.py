@@ -39,9 +39,9 @@ def finetune_config(cfg: RunConfig) -> RunConfig:
                           f"'{extra.get('task')}' run")
     # the anchor the source was trained with (a run from before data.anchor reads as the
     # default, auto, but was persistence-anchored)
-    anchor = extra.get("anchor")
-    saved.data.anchor = (anchor.get("kind", "nvar") if isinstance(anchor, dict) else "nvar"
-                         ) if anchor else "persistence"
+    anchor = extra.get("anchor")  # what the fit chose; NVAR runs recorded no "kind"
+    kind = anchor.get("kind", "nvar") if isinstance(anchor, dict) else "nvar"
+    saved.data.anchor = kind if anchor else "persistence"
     user = explicit_keys(cfg)
     derived = {k.split(".", 1)[1] for k in DERIVED_FIELDS}
     pairs = [("model", k) for k in vars(saved.model) if not k.startswith("_")

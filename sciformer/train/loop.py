@@ -332,7 +332,9 @@ def build_trainer(data: list[str | Path], cfg: RunConfig, run_dir: str | Path,
         from sciformer.train.finetune import finetune_config
 
         cfg = finetune_config(cfg)
-    task = build_task(cfg, list(data), folder)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    task = build_task(cfg, list(data), folder, progress and dist.is_main)
     if resume:
         check_same_data(run_dir, task)
     cfg = task.cfg  # completed for the task (derived model fields)
@@ -349,8 +351,6 @@ def build_trainer(data: list[str | Path], cfg: RunConfig, run_dir: str | Path,
     if dist.is_main:
         warn_slow_precision(device, cfg.train.precision)
     model.checkpointing = cfg.train.checkpoint_activations
-    if progress is None:
-        progress = sys.stderr.isatty()
     trainer = Trainer(cfg, task, model, run_dir, dist, device, progress and dist.is_main)
     if folder is not None:
         trainer.restore(folder)
