@@ -240,6 +240,17 @@ class AnchorFNOBaseline(_ForecastBaseline):
         self.loc = np.asarray(loc, dtype=np.float64)  # per field
         self.scale = np.asarray(scale, dtype=np.float64)
 
+    @classmethod
+    def of_run(cls, fc: Any) -> AnchorFNOBaseline | None:
+        """The `fno` baseline a loaded FNO-anchored run (`Forecaster`) brings, else None."""
+        from sciformer.model.field_anchor import FNOAnchor  # (imports this module)
+
+        anchor = getattr(fc.model, "anchor", None)
+        if not isinstance(anchor, FNOAnchor):
+            return None
+        return cls(anchor, fc.tokenizer.loc, fc.tokenizer.scale,
+                   (fc.state.anchor or {}).get("fit"))
+
     def fit(self, train: Sequence[np.ndarray]) -> AnchorFNOBaseline:
         """Nothing to fit: the anchor was fitted in pretraining."""
         return self

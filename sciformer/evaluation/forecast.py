@@ -220,19 +220,6 @@ def fit_baselines(train: list[np.ndarray], context: int = 64, horizon: int = 32,
     return fitted
 
 
-def anchor_baseline(fc: Any) -> Any:
-    """The `fno` baseline an FNO-anchored run brings (its anchor alone), else None."""
-    from sciformer.model.field_anchor import FNOAnchor
-
-    anchor = getattr(fc.model, "anchor", None)
-    if not isinstance(anchor, FNOAnchor):
-        return None
-    from sciformer.evaluation.fno import AnchorFNOBaseline
-
-    return AnchorFNOBaseline(anchor, fc.tokenizer.loc, fc.tokenizer.scale,
-                             (fc.state.anchor or {}).get("fit"))
-
-
 def describe_baselines(fitted: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """What each fitted baseline chose (hyper-parameters, notes), for metrics.json."""
     return {name: b.describe() for name, b in fitted.items() if hasattr(b, "describe")}
@@ -420,7 +407,9 @@ def evaluate_forecast_run(fc: Forecaster, run_dir: Path, data: Path, out_dir: Pa
     trajs = list(range(meta.n_traj)) if keep is None else keep
     train = training_trajectories(state, run_dir)
     scale, ch_std = climatological_scale(train), channel_std(train, meta.state_shape)
-    fitted = fit_baselines(train, c, h, meta.state_shape, fno=anchor_baseline(fc),
+    from sciformer.evaluation.fno import AnchorFNOBaseline
+
+    fitted = fit_baselines(train, c, h, meta.state_shape, fno=AnchorFNOBaseline.of_run(fc),
                            progress=progress)
     scores, model_m, base_m = score_all(fc, f, trajs, (c, h, samples), fitted, (scale, ch_std),
                                         steps_per_lt, progress)
