@@ -38,11 +38,11 @@ MAX_PER_TRAJECTORY = 64  # windows per validation trajectory (at most)
 # peak memory is about 4x it (KS, 192 windows x 32 paths x 280 steps x 64 points: 0.44 GiB of
 # paths, 3.9 GB peak)
 PATH_BYTES = 2**29
-#: windows per validation trajectory of a 2+-D field run (at most): every sample path of a
-#: field is rolled out frame by frame (by the FNO anchor's network, when the run has one),
-#: which on the ns2d workflow made 136 windows cost more CPU than training; `evaluate`
-#: scores 8 windows per trajectory
-FIELD_PER_TRAJECTORY = 16
+#: windows per validation trajectory of a 2+-D field run (at most), as many as `evaluate`
+#: scores per held-out trajectory: every sample path of a field is rolled out frame by frame
+#: (by the FNO anchor's network, when the run has one), so on the ns2d workflow 16 windows
+#: cost 66 s of its 10-minute budget and 136 had cost more CPU than training
+FIELD_PER_TRAJECTORY = 8
 SEED = 1_000_003  # seeds the validation paths' draws (evaluation seeds by window index)
 
 

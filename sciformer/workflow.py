@@ -22,6 +22,7 @@ printed again at the end.
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 from typing import Any
 
@@ -213,8 +214,10 @@ def run_workflow(path: str | Path, group: click.Group) -> list[dict[str, Any]]:
         target = args.get("out", args.get("out_dir"))
         click.echo(f"[{verb}] {' '.join(inputs)}" + (f" -> {target}" if target else ""))
         cmd = group.commands[verb]
+        began = time.perf_counter()
         with _parse(cmd, verb, argv, source) as ctx:
             result = cmd.invoke(ctx)
+        click.echo(f"[{verb}] done in {time.perf_counter() - began:.0f} s")
         if verb == "evaluate":
             reports.append(result)
     for metrics in reports:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,8 @@ def test_workflow_runs_every_verb_through_the_cli_commands(tmp_path: Path, fasta
         f"  - evaluate: {{run: run, data: {probe}, probe: sequence, out_dir: probe}}\n")
     res = invoke("run", wf)
     assert res.exit_code == 0, res.output
+    timed = re.findall(r"^\[(\w+)\] done in \d+ s$", res.output, flags=re.M)
+    assert timed == ["pretrain", "embed", "predict", "predict", "evaluate"]  # each stage's time
     assert len((tmp_path / "scores.csv").read_text().splitlines()) == 3
     assert (tmp_path / "ppl.tsv").read_text().startswith("record\tlength\tpseudo_perplexity")
     assert json.loads((tmp_path / "probe/metrics.json").read_text())["task"] == "probe"

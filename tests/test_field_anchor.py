@@ -244,3 +244,34 @@ def test_spectral_conv_by_truncated_dft_equals_the_fft_form(nx, ny, modes) -> No
     want = torch.fft.irfft2(out, s=(nx, ny))
     with torch.no_grad():
         torch.testing.assert_close(conv(x), want, rtol=1e-10, atol=1e-12)
+
+
+def test_spectral_conv_weights_kept_for_inference_follow_the_weights() -> None:
+    """Inference keeps the real form of the mode weights between calls; an update of the
+    weights (an optimizer step, a load) is seen by the next call, and with gradients on the
+    output is the same and the weights get a gradient."""
+    from sciformer.evaluation.fno import SpectralConv2d
+
+    torch.manual_seed(0)
+    conv = SpectralConv2d(4, 3)
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        before = conv(x)
+        conv.weight.mul_(2.0)  # in place, as an optimizer step is
+        after = conv(x)
+    torch.testing.assert_close(after, 2.0 * before)
+    out = conv(x)  # gradients on: built afresh from the weights
+    torch.testing.assert_close(out.detach(), after)
+    out.square().sum().backward()
+    assert conv.weight.grad is not None and float(conv.weight.grad.abs().sum()) > 0
+
+
+def test_pointwise_product_equals_the_1x1_convolution() -> None:
+    """The FNO's pointwise layers as batched matrix products give conv(x) (+ add)."""
+    from sciformer.evaluation.fno import pointwise
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(5, 7, 1)
+    x, add = torch.randn(3, 5, 6, 4), torch.randn(3, 7, 6, 4)
+    torch.testing.assert_close(pointwise(conv, x), conv(x))
+    torch.testing.assert_close(pointwise(conv, x, add=add), conv(x) + add)

@@ -291,3 +291,19 @@ def test_ns2d_file_opens_in_xarray_and_the_reader(tmp_path):
         np.testing.assert_allclose(m.coords["x"], m.coords["y"])
         np.testing.assert_allclose(tf.window(1, 2, 3), expected.states[1, 2:5], rtol=1e-6,
                                    atol=1e-6)
+
+
+def test_ns2d_batches_cover_every_trajectory_once_and_do_not_depend_on_cores():
+    """The simulator's batches tile 0..n in order, at most MAX_BATCH each, two or more from
+    two trajectories on; a trajectory is the same whichever batch it is simulated in."""
+    for n in (1, 2, 3, 6, 14, 17, 40):
+        parts = pdes2d.batches(n)
+        assert [i for b in parts for i in range(b.start, b.stop)] == list(range(n))
+        assert all(0 < b.stop - b.start <= pdes2d.MAX_BATCH for b in parts)
+        assert len(parts) >= min(n, 2)
+    params = {**pdes2d.NS2D_DEFAULTS, "nx": 16.0, "burn_in": 0.5}
+    both = pdes2d.run_ns2d(2, 3, np.random.default_rng(0), params)  # two batches of one
+    grid = pdes2d.SpectralGrid(16)
+    w0 = pdes2d.random_vorticity(np.random.default_rng(0), 2, grid, params["amp"])
+    alone = pdes2d.integrate(w0[1:], params, 3, 2)[..., None]
+    np.testing.assert_array_equal(both[1:], alone)

@@ -38,8 +38,9 @@ PREFIX = "anchor."
 MARKER = "net.lift.weight"  # the tensor that tells an FNO anchor from an NVAR one
 SCALE_FLOOR = 1e-6  # smallest offset unit (token units), as the NVAR anchor's
 SCALE_WINDOWS = 512  # (patch, next patch) pairs the offset scale is measured on, at most
-# rows per FNO call: at 64 x 64 one core computes a frame in 7.9 ms at 32 rows, 10.2 ms at
-# 16 and 15.0 ms at 128 (the activations of large batches leave the caches)
+# rows per FNO call: rolling out 64 x 64 frames on 2 threads costs 3.6-3.9 ms per frame at
+# 8, 16 or 32 rows and 3.8-4.3 ms at 4 (`python -m benchmarks.fno_forward`; per-call overheads
+# below, activations that leave the caches above)
 ROWS = 32
 CACHE_BYTES = 2**28  # training-mode cache of computed patches (256 MiB), dropped when full
 

@@ -25,6 +25,8 @@ x_i = 2 pi i / n_x (ij indexing); Fourier states are real FFTs over the last axi
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +51,7 @@ NS2D_DEFAULTS: dict[str, float] = {
 NS2D_LAMBDA_MAX: dict[tuple[float, float, float, float], float] = {
     (1.0 / 40.0, 0.0, 1.0, 4.0): 0.123,
 }
+MAX_BATCH = 8  # trajectories integrated together (one internal step size), at most
 
 
 @dataclass
@@ -169,14 +172,28 @@ def integrate(w0: np.ndarray, params: dict[str, float], n_save: int,
     return np.moveaxis(grid.to_grid(out), 0, 1)  # (n_save, b, n, n) -> (b, n_save, n, n)
 
 
+def batches(n_traj: int) -> list[slice]:
+    """How `run_ns2d` splits n_traj trajectories into batches integrated independently:
+    at least two when there are two (so two cores can share the work), of at most
+    `MAX_BATCH`, as even as possible; a function of n_traj only, so the trajectories do not
+    depend on the machine's core count."""
+    k = max(min(n_traj, 2), math.ceil(n_traj / MAX_BATCH))
+    edges = np.linspace(0, n_traj, k + 1).round().astype(int)
+    return [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
 def run_ns2d(n_traj: int, n_steps: int, rng: np.random.Generator,
              params: dict[str, float]) -> np.ndarray:
     """Kolmogorov-flow trajectories (n_traj, n_steps, n, n, 1) of the field `vorticity` from
-    random smooth initial vorticity, after the burn-in."""
+    random smooth initial vorticity, after the burn-in. The `batches` are integrated on up to
+    as many threads as there are cores (numpy's FFTs release the GIL)."""
     grid = SpectralGrid(int(params["nx"]))
     w0 = random_vorticity(rng, n_traj, grid, params["amp"])
     n_burn = int(round(params["burn_in"] / params["dt"]))
-    return integrate(w0, params, n_steps, n_burn)[..., None]
+    parts = batches(n_traj)
+    with ThreadPoolExecutor(max(1, min(len(parts), os.cpu_count() or 1))) as pool:
+        done = list(pool.map(lambda b: integrate(w0[b], params, n_steps, n_burn), parts))
+    return np.concatenate(done)[..., None]
 
 
 def ns2d_lyapunov_time(params: dict[str, float]) -> float | None:
