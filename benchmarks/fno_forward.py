@@ -6,8 +6,8 @@ spectral layers by a full `rfft2`, the kept modes times the complex weights (ein
     python -m benchmarks.fno_forward [--threads 2] [--grid 64] [--rows 1 2 8 16 32 64]
 
 Prints, per rows per call (frames forecast together, as the FNO anchor's `ROWS`), the
-milliseconds per frame of each (best of 5 repeats, interleaved, so a noisy machine hurts both
-alike), their ratio, the largest difference of the outputs, and then one training step
+milliseconds per frame of each (the best of six timings, taken in three interleaved rounds
+so that a noisy machine hurts both alike), their ratio, the largest difference of the outputs, and then one training step
 (forward + backward) at 16 rows. What it ran on (CPU, threads, load) is printed first.
 """
 
