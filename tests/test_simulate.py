@@ -307,3 +307,13 @@ def test_ns2d_batches_cover_every_trajectory_once_and_do_not_depend_on_cores():
     w0 = pdes2d.random_vorticity(np.random.default_rng(0), 2, grid, params["amp"])
     alone = pdes2d.integrate(w0[1:], params, 3, 2)[..., None]
     np.testing.assert_array_equal(both[1:], alone)
+
+
+def test_ns2d_threads_keep_the_callers_numpy_error_settings(monkeypatch):
+    """The batches run on worker threads with the caller's np.errstate (numpy keeps it per
+    thread), so `simulate`'s silenced blow-up warnings stay silenced."""
+    seen = []
+    monkeypatch.setattr(pdes2d, "integrate", lambda w0, *a: seen.append(np.geterr()) or w0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        pdes2d.run_ns2d(3, 1, np.random.default_rng(0), {**pdes2d.NS2D_DEFAULTS, "nx": 8.0})
+    assert len(seen) == 2 and all(e["over"] == e["invalid"] == "ignore" for e in seen)

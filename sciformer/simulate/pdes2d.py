@@ -190,10 +190,14 @@ def run_ns2d(n_traj: int, n_steps: int, rng: np.random.Generator,
     grid = SpectralGrid(int(params["nx"]))
     w0 = random_vorticity(rng, n_traj, grid, params["amp"])
     n_burn = int(round(params["burn_in"] / params["dt"]))
-    parts = batches(n_traj)
-    with ThreadPoolExecutor(max(1, min(len(parts), os.cpu_count() or 1))) as pool:
-        done = list(pool.map(lambda b: integrate(w0[b], params, n_steps, n_burn), parts))
-    return np.concatenate(done)[..., None]
+    parts, err = batches(n_traj), np.geterr()  # numpy's error settings are per thread
+
+    def one(b: slice) -> np.ndarray:
+        with np.errstate(**err):  # the caller's, e.g. `simulate`'s silenced overflow
+            return integrate(w0[b], params, n_steps, n_burn)
+
+    with ThreadPoolExecutor(min(len(parts), os.cpu_count() or 1)) as pool:
+        return np.concatenate(list(pool.map(one, parts)))[..., None]
 
 
 def ns2d_lyapunov_time(params: dict[str, float]) -> float | None:
