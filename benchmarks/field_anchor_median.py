@@ -17,16 +17,11 @@ import numpy as np
 import torch
 
 import sciformer
+from sciformer.evaluation.fno import AnchorFNOBaseline
 from sciformer.evaluation.forecast import read_windows, window_starts
+from sciformer.evaluation.metrics import vrmse_per_step
 from sciformer.io.trajectories import TrajectoryFile
-from sciformer.model.field_anchor import FNOAnchor
 from sciformer.pipelines.forecast import first_patch_median
-
-
-def vrmse_per_step(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """The Well's VRMSE per step, averaged over windows: pred, truth (N, L, F), one field."""
-    err = ((pred - truth) ** 2).mean(axis=-1)
-    return np.sqrt(err / (truth.var(axis=-1, ddof=1) + 1e-7)).mean(axis=0)
 
 
 def main() -> None:
@@ -36,29 +31,25 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=8)
     a = ap.parse_args()
     fc = sciformer.load(a.run)
-    anchor = fc.model.anchor
-    if not isinstance(anchor, FNOAnchor):
+    alone = AnchorFNOBaseline.of_run(fc)  # the run's FNO anchor rolled out alone
+    if alone is None:
         raise SystemExit(f"{a.run}: not an FNO-anchored run (data.anchor: fno)")
-    tok, c, L = fc.tokenizer, fc.context_length, fc.tokenizer.patch_len
+    c, L = fc.context_length, fc.tokenizer.patch_len
     f = TrajectoryFile(a.heldout)
     starts = window_starts(f.meta.n_time, c + L, a.windows)
     wins, _ = read_windows(f, list(range(f.meta.n_traj)), starts, c + L)
     wins = wins.astype(np.float32)
     truth = wins[:, c:].astype(np.float64)
-    reps = tok.n_features // len(tok.loc)
-    loc, scale = np.tile(tok.loc, reps), np.tile(tok.scale, reps)
     with torch.no_grad():
-        median = first_patch_median(fc.model, tok, torch.from_numpy(wins[:, :c]),
+        median = first_patch_median(fc.model, fc.tokenizer, torch.from_numpy(wins[:, :c]),
                                     fc.levels).double().numpy()
-        z = torch.from_numpy(((wins[:, :c] - loc) / scale).astype(np.float32))
-        alone = anchor.frames_forecast(z.view(len(z), c, *anchor.shape))
-        alone = alone.reshape(len(z), L, -1).double().numpy() * scale + loc
+    preds = {"model median": median, "FNO anchor alone": alone.predict(wins[:, :c], L)}
     print(f"{len(wins)} windows, steps 1-{L} after a {c}-step context (teacher-forced)\n")
     print("| predictor | " + " | ".join(f"step {i + 1}" for i in range(L)) + " |")
     print("|---|" + "---:|" * L)
-    for name, pred in (("model median", median), ("FNO anchor alone", alone)):
-        print(f"| {name} | " + " | ".join(f"{v:.4f}" for v in vrmse_per_step(pred, truth))
-              + " |")
+    for name, pred in preds.items():
+        per_step = vrmse_per_step(pred, truth, f.meta.state_shape).mean(axis=1)  # over fields
+        print(f"| {name} | " + " | ".join(f"{v:.4f}" for v in per_step) + " |")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,20 @@ import torch
 from torch import Tensor, nn
 
 from benchmarks import machine
-from sciformer.evaluation.fno import FNO2d
+from sciformer.evaluation.fno import FNO2d, SpectralConv2d
+
+
+def textbook_spectral(layer: SpectralConv2d, x: Tensor) -> Tensor:
+    """`layer`'s output the textbook way: a full rfft2 of x (B, W, X, Y), the lowest modes of
+    both signs along x times the complex weights, an irfft2 of the zero-padded spectrum (also
+    the reference the tests hold SpectralConv2d to)."""
+    m = layer.modes
+    spec = torch.fft.rfft2(x)
+    wgt = torch.view_as_complex(layer.weight)
+    out = torch.zeros_like(spec)
+    out[:, :, :m, :m] = torch.einsum("bixy,ioxy->boxy", spec[:, :, :m, :m], wgt[0])
+    out[:, :, -m:, :m] = torch.einsum("bixy,ioxy->boxy", spec[:, :, -m:, :m], wgt[1])
+    return torch.fft.irfft2(out, s=x.shape[-2:])
 
 
 class TextbookFNO(nn.Module):
@@ -31,15 +44,6 @@ class TextbookFNO(nn.Module):
         super().__init__()
         self.net = net
 
-    def spectral(self, layer: nn.Module, x: Tensor) -> Tensor:
-        m = layer.modes
-        spec = torch.fft.rfft2(x)
-        wgt = torch.view_as_complex(layer.weight)
-        out = torch.zeros_like(spec)
-        out[:, :, :m, :m] = torch.einsum("bixy,ioxy->boxy", spec[:, :, :m, :m], wgt[0])
-        out[:, :, -m:, :m] = torch.einsum("bixy,ioxy->boxy", spec[:, :, -m:, :m], wgt[1])
-        return torch.fft.irfft2(out, s=x.shape[-2:])
-
     def forward(self, x: Tensor) -> Tensor:
         net = self.net
         b, _, nx, ny = x.shape
@@ -47,7 +51,7 @@ class TextbookFNO(nn.Module):
         gy = torch.linspace(0, 1, ny).view(1, 1, 1, ny).expand(b, 1, nx, ny)
         h = net.lift(torch.cat([x, gx, gy], dim=1))
         for i, (spec, point) in enumerate(zip(net.spectral, net.pointwise)):
-            h = self.spectral(spec, h) + point(h)
+            h = textbook_spectral(spec, h) + point(h)
             if i < len(net.spectral) - 1:
                 h = nn.functional.gelu(h)
         return net.project(h)

@@ -230,19 +230,14 @@ def test_a_resumed_run_reads_its_anchor_instead_of_fitting_again(tmp_path: Path,
 def test_spectral_conv_by_truncated_dft_equals_the_fft_form(nx, ny, modes) -> None:
     """The truncated DFT products give what a full rfft2, the kept modes times the weights
     and an irfft2 of the zero-padded spectrum give (Nyquist bins included)."""
+    from benchmarks.fno_forward import textbook_spectral
     from sciformer.evaluation.fno import SpectralConv2d
 
     torch.manual_seed(0)
     conv = SpectralConv2d(5, modes).double()
     x = torch.randn(3, 5, nx, ny, dtype=torch.float64)
-    spec = torch.fft.rfft2(x)
-    wgt = torch.view_as_complex(conv.weight)
-    out = torch.zeros_like(spec)
-    m = modes
-    out[:, :, :m, :m] = torch.einsum("bixy,ioxy->boxy", spec[:, :, :m, :m], wgt[0])
-    out[:, :, -m:, :m] = torch.einsum("bixy,ioxy->boxy", spec[:, :, -m:, :m], wgt[1])
-    want = torch.fft.irfft2(out, s=(nx, ny))
     with torch.no_grad():
+        want = textbook_spectral(conv, x)
         torch.testing.assert_close(conv(x), want, rtol=1e-10, atol=1e-12)
 
 

@@ -87,17 +87,18 @@ class SpectralConv2d(nn.Module):
         [[Re, Im], [-Im, Re]], so that [re | im] @ block = [re' | im'] of the complex product.
         Kept between calls while no gradient is recorded and the weights are unchanged
         (inference), rebuilt otherwise."""
+        keep = not torch.is_grad_enabled()
         key = (self.weight._version, self.weight.data_ptr(), self.weight.device)
-        if torch.is_grad_enabled() or self._kept is None or self._kept[0] != key:
-            m, w = self.modes, self.weight.shape[1]
-            wgt = torch.view_as_complex(self.weight).permute(4, 0, 3, 1, 2)  # ky,s,kx,i,o
-            wr, wi = wgt.real, wgt.imag
-            blk = torch.cat([torch.cat([wr, wi], -1), torch.cat([-wi, wr], -1)], -2)
-            blk = blk.reshape(2 * m * m, 2 * w, 2 * w)
-            if torch.is_grad_enabled():
-                return blk
+        if keep and self._kept is not None and self._kept[0] == key:
+            return self._kept[1]
+        m, w = self.modes, self.weight.shape[1]
+        wgt = torch.view_as_complex(self.weight).permute(4, 0, 3, 1, 2)  # ky, s, kx, in, out
+        wr, wi = wgt.real, wgt.imag
+        blk = torch.cat([torch.cat([wr, wi], -1), torch.cat([-wi, wr], -1)], -2)
+        blk = blk.reshape(2 * m * m, 2 * w, 2 * w)
+        if keep:
             self._kept = (key, blk)
-        return self._kept[1]
+        return blk
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, W, X, Y) -> (B, W, X, Y)."""
@@ -113,9 +114,8 @@ class SpectralConv2d(nn.Module):
         # (contiguous: a strided batch would make bmm multiply one matrix at a time)
         z = z.view(2 * m * m, -1, 2 * w)
         out = (z @ self._block()).view(m, 2 * m, -1, 2 * w).permute(2, 3, 0, 1)
-        out_re, out_im = out[:, :w], out[:, w:]  # (B, W_out, ky, kx)
         # inverse along x: sum over the kept kx of (re + i im)(cos + i sin)
-        both = torch.cat([out_re, out_im], dim=-2)  # (B, W, 2m, 2m): rows [re ; im]
+        both = torch.cat(out.split(w, dim=1), dim=-2)  # (B, W, 2m, 2m): rows [re ; im]
         g = both @ fx.T[:2 * m]  # rows [re cos ; im cos]
         h = both @ fx.T[2 * m:]  # rows [-re sin ; -im sin]
         g_re = g[:, :, :m] + h[:, :, m:]  # re cos - im sin, (B, W, ky, X)
@@ -155,11 +155,8 @@ def pointwise(conv: nn.Conv2d, x: Tensor, add: Tensor | None = None) -> Tensor:
     b, c, nx, ny = x.shape
     w = conv.weight.view(conv.out_channels, c).expand(b, -1, -1)
     bias = conv.bias.view(1, -1, 1)
-    if add is None:
-        out = torch.baddbmm(bias.expand(b, -1, nx * ny), w, x.reshape(b, c, nx * ny))
-    else:
-        out = torch.baddbmm(add.reshape(b, -1, nx * ny), w, x.reshape(b, c, nx * ny)) + bias
-    return out.view(b, -1, nx, ny)
+    base = bias.expand(b, -1, nx * ny) if add is None else add.reshape(b, -1, nx * ny) + bias
+    return torch.baddbmm(base, w, x.reshape(b, c, nx * ny)).view(b, -1, nx, ny)
 
 
 class FNOBaseline(_ForecastBaseline):
