@@ -93,3 +93,21 @@ def test_planted_pickle_is_refused(masked_run: Path, capsys):
     with pytest.raises(CheckpointError, match="refused"):
         load_state(state)
     assert "pickle code ran" not in capsys.readouterr().out
+
+
+def test_a_run_records_its_provenance(masked_run: Path):
+    import subprocess
+
+    import sciformer
+
+    prov = json.loads((masked_run / "provenance.json").read_text())
+    assert prov["sciformer"] == sciformer.__version__ and prov["torch"] == torch.__version__
+    assert prov["command"] and prov["started"]
+    repo = Path(sciformer.__file__).resolve().parents[1]
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                          text=True)
+    if head.returncode == 0:  # tested from a checkout: the commit the run was made with
+        assert prov["source"]["commit"] == head.stdout.strip()
+        assert isinstance(prov["source"]["dirty"], bool)
+    else:
+        assert prov["source"] is None

@@ -38,6 +38,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from sciformer.config import RunConfig
+from sciformer.provenance import PROVENANCE
 from sciformer.errors import CheckpointError, first_line
 from sciformer.io.atomic import atomic_path
 from sciformer.runs import (
@@ -123,7 +124,7 @@ def clean_partial(run_dir: Path) -> None:
     if old_best.exists() and not (root / "best").exists():
         os.replace(old_best, root / "best")  # killed between the two renames of _replace_dir
     shutil.rmtree(old_best, ignore_errors=True)
-    for name in (WEIGHTS, STATE, CONFIG, "split.json", "metrics.jsonl"):  # the run's own
+    for name in (WEIGHTS, STATE, CONFIG, "split.json", PROVENANCE, "metrics.jsonl"):
         for tmp in Path(run_dir).glob(f".{name}.*.tmp"):  # atomic_path temp files, no others
             tmp.unlink(missing_ok=True)
 

@@ -43,6 +43,7 @@ from sciformer.io.lock import LOCK_NAME, RunLock
 from sciformer.model import SciFormer
 from sciformer.precision import autocast, native_cpu_bf16
 from sciformer.progress import progress_bar
+from sciformer.provenance import PROVENANCE, provenance
 from sciformer.runs import pick_device, state_to_dict
 from sciformer.tasks import Task, build_task, micro_seed
 from sciformer.train import checkpoint as ckpt
@@ -360,13 +361,14 @@ def build_trainer(data: list[str | Path], cfg: RunConfig, run_dir: str | Path,
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / ckpt.CONFIG, extra=state_to_dict(task.state()))
         write_json_atomic(run_dir / "split.json", task.split())
+        write_json_atomic(run_dir / PROVENANCE, provenance())
     dist.barrier()
     return trainer
 
 
 #: What a run writes at the top of its directory: all a failed new run has to remove.
-RUN_OUTPUTS = (ckpt.CONFIG, "split.json", "metrics.jsonl", ckpt.WEIGHTS, ckpt.STATE,
-               "checkpoints")
+RUN_OUTPUTS = (ckpt.CONFIG, "split.json", PROVENANCE, "metrics.jsonl", ckpt.WEIGHTS,
+               ckpt.STATE, "checkpoints")
 
 
 @contextlib.contextmanager
