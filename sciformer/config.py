@@ -64,6 +64,9 @@ class ModelConfig:
     # window at each patch index (no channel positions, any count; Panda, Lai et al. 2025);
     # on by default when pretraining on a zoo corpus
     channel_attention: bool = False
+    # set by the task: the decoder also reads the anchor of the patch it predicts (an anchor
+    # computed from the context, data.anchor=analog, that the inputs alone do not determine)
+    anchor_input: bool = False
 
     def validate(self) -> None:
         _check(self.d_model > 0, "model.d_model", "must be positive")
@@ -109,7 +112,7 @@ class ModelConfig:
 
 
 #: `data.anchor` values: what forecast quantiles are offsets on (docs/forecast-training.md).
-ANCHORS = ("persistence", "nvar", "fno", "auto")
+ANCHORS = ("persistence", "nvar", "fno", "analog", "auto")
 
 
 @dataclass
@@ -158,8 +161,10 @@ class DataConfig:
     # what the patch quantiles are offsets on: persistence (the last known state repeated) or
     # nvar (a closed-loop NVAR forecast fitted on the training split: a hybrid model; joint
     # patch tokens with dataset scaling only) or fno (2-D fields: an FNO fitted on the
-    # training split forecasts each next time patch); auto: nvar where it applies (ODE
-    # states, 1-D fields), else persistence
+    # training split forecasts each next time patch) or analog (the mean continuation of
+    # the context's closest analogues of its present state, from the context alone: for
+    # zero-shot models, ODE states); auto: nvar where it applies (ODE states, 1-D fields),
+    # else persistence
     anchor: str = "auto"
     # fno anchor: optimizer steps and CPU seconds of its fit, at most (the fno baseline's)
     anchor_steps: int = 2000
@@ -316,7 +321,7 @@ _SECTIONS = {f.name: f for f in dataclasses.fields(RunConfig)}
 #: Model fields computed from the task and its data (vocabulary, adapter and head widths, the
 #: <mask> id): only a run's own config.json holds them; a user setting would be overwritten.
 DERIVED_FIELDS = ("model.vocab_size", "model.input_dim", "model.output_dim", "model.mask_id",
-                  "model.space_tokens")
+                  "model.space_tokens", "model.anchor_input")
 
 
 def explicit_keys(cfg: RunConfig) -> set[str]:

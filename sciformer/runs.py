@@ -197,8 +197,9 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu"
 def attach_anchor(model: nn.Module, tensors: dict[str, torch.Tensor], cfg: RunConfig,
                   source: str) -> None:
     """Give `model` the anchor saved among its weights (``anchor.*``; a hybrid run,
-    `data.anchor: nvar` or `fno`). Runs without those tensors (persistence, or written before
-    the anchor existed) stay persistence-anchored; a config that disagrees is refused."""
+    `data.anchor: nvar` or `fno`), or the analogue anchor its config names (no tensors). Runs
+    without those tensors (persistence, or written before the anchor existed) stay
+    persistence-anchored; a config that disagrees is refused."""
     from sciformer.model.anchor import NVARAnchor
     from sciformer.model.field_anchor import FNOAnchor, is_fno
 
@@ -208,6 +209,11 @@ def attach_anchor(model: nn.Module, tensors: dict[str, torch.Tensor], cfg: RunCo
     except ValueError as exc:
         raise CheckpointError(f"{source}: {exc}") from None
     said = cfg.data.anchor
+    if said == "analog" and anchor is None:  # computed from the context: no tensors
+        from sciformer.model.analog import AnalogAnchor
+
+        model.anchor = AnalogAnchor()
+        return
     if (anchor is None and said in ("nvar", "fno")) or (
             anchor is not None and said not in (kind, "auto")):
         has = f"holds {kind.upper()}" if anchor is not None else f"has no {said.upper()}"

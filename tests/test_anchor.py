@@ -212,7 +212,7 @@ def test_nvar_anchor_refused_for_fields_and_zoo(tmp_path):
     with pytest.raises(ConfigError, match="this run has field_patch tokens"):
         task_for(field, "data.anchor=nvar", "data.space_patch=4")
     cfg = require_agnostic(load_config(None, ["data.anchor=auto"]), "zoo.h5")
-    assert cfg.data.anchor == "persistence"
+    assert cfg.data.anchor == "analog"  # a zoo model's default: computed from the context
     with pytest.raises(ConfigError, match="data.anchor='nvar' cannot be used"):
         require_agnostic(load_config(None, ["data.anchor=nvar"]), "zoo.h5")
 

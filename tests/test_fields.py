@@ -208,9 +208,8 @@ def test_field_pushforward_scores_the_truth_after_the_models_own_frame(tmp_path:
     x = task.batch(0)["window"]  # (3, 2 + 2, 256)
     seen: dict = {}
     forward = model.forward
-    monkeypatch.setattr(model, "forward", lambda src, dec_in, channels=None: (
-        seen.__setitem__("src", src.detach().clone()) or forward(src, dec_in,
-                                                                 channels=channels)))
+    monkeypatch.setattr(model, "forward", lambda src, dec_in, **kw: (
+        seen.__setitem__("src", src.detach().clone()) or forward(src, dec_in, **kw)))
     pinball = task_mod.pinball_loss
     monkeypatch.setattr(task_mod, "pinball_loss", lambda q, tgt, lv: (
         seen.__setitem__("target", tgt.clone()) or pinball(q, tgt, lv)))

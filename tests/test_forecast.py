@@ -116,10 +116,9 @@ def _loss_inputs(monkeypatch, model):
     """Record what the loss feeds the model (src, dec_in) and scores against (targets)."""
     seen = {"calls": []}
     forward = model.forward
-    monkeypatch.setattr(model, "forward", lambda src, dec_in, channels=None: (
+    monkeypatch.setattr(model, "forward", lambda src, dec_in, **kw: (
         seen["calls"].append((src.detach().clone(), dec_in.detach().clone(),
-                              torch.is_grad_enabled())) or forward(src, dec_in,
-                                                                   channels=channels)))
+                              torch.is_grad_enabled())) or forward(src, dec_in, **kw)))
     pinball = task_mod.pinball_loss
     monkeypatch.setattr(task_mod, "pinball_loss", lambda q, tgt, lv: (
         seen.__setitem__("target", tgt.clone()) or pinball(q, tgt, lv)))

@@ -159,8 +159,8 @@ def test_zero_shot_evaluate_scores_context_only_baselines_on_five_channels(agnos
     m = evaluate(agnostic_run["run"], l96, tmp_path / "eval", horizon=16, samples=4,
                  device="cpu")
     assert m["zero_shot"] is True
-    assert m["baselines_context_only"] == ["mean_ctx", "nvar_ctx", "parroting_ctx",
-                                           "persistence", "ridge_ctx"]
+    assert m["baselines_context_only"] == ["analog_ctx", "mean_ctx", "nvar_ctx",
+                                           "parroting_ctx", "persistence", "ridge_ctx"]
     assert set(m["baselines"]) == set(m["baselines_context_only"])
     assert len(m["channels"]) == 5 and np.isfinite(m["model"]["nrmse"])
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())

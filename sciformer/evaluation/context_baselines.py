@@ -10,6 +10,9 @@ here is fitted on each window's CONTEXT alone, then rolls out closed-loop:
   with the motif length and the smallest shift (a Theiler window) chosen per window by
   back-testing inside the context: forecast the context's last `h'` steps from the steps
   before them, h' = min(horizon, C // 4).
+- `analog_ctx`: the method of analogues on the context (`sciformer.model.analog`): the mean
+  continuation of the context's closest analogues of its present, standardised, state -- the
+  anchor of a zoo model with `data.anchor: analog`, scored alone.
 - `ridge_ctx`: ridge autoregression (`baselines.RidgeAR`) fitted on the context's lagged rows.
 - `nvar_ctx`: next-generation reservoir computing (Gauthier et al., Nat. Commun. 2021;
   `chaos_baselines.NVAR`) fitted on the context, delays and ridge strength chosen on its tail.
@@ -23,9 +26,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 from sciformer.evaluation.baselines import RidgeAR
 from sciformer.evaluation.chaos_baselines import NVAR, parrot
+from sciformer.model.analog import AnalogAnchor
 
 MOTIF_LENGTHS = (1, 2, 3, 5, 8, 13, 21)
 MIN_SHIFTS = (1, 2, 4, 8, 16, 32)
@@ -100,6 +105,17 @@ class ParrotingCtx:
                        "the context's tail)", "chosen": dict(sorted(self.chosen.items()))}
 
 
+class AnalogCtx:
+    """The analogue forecast of `sciformer.model.analog` with its default settings."""
+
+    def predict(self, contexts: np.ndarray, horizon: int) -> np.ndarray:
+        c = _as_contexts(contexts, horizon)
+        return AnalogAnchor().forecast(torch.from_numpy(c), horizon).numpy()
+
+    def describe(self) -> dict[str, Any]:
+        return {**AnalogAnchor().describe(), "fit": "context only (its own analogues)"}
+
+
 #: The context-only NVAR's grid: delays 1-3 and decade ridges, not NVAR's finer default.
 #: It is refitted on every window: on a 64-point field (KS, contexts of 256 steps) the default
 #: grid took 7.5 s of CPU a window, this one 3.3 s (1.5 s before NVAR's long-run check).
@@ -135,7 +151,7 @@ class PerWindow:
 def context_baselines() -> dict[str, Any]:
     """Every context-only baseline by its metrics.json name."""
     return {"persistence": PersistenceCtx(), "mean_ctx": MeanCtx(),
-            "parroting_ctx": ParrotingCtx(),
+            "parroting_ctx": ParrotingCtx(), "analog_ctx": AnalogCtx(),
             "ridge_ctx": PerWindow(lambda h: RidgeAR(), "ridge AR, lags 4"),
             "nvar_ctx": PerWindow(lambda h: NVAR(horizon=h, delays=CONTEXT_NVAR_DELAYS,
                                                  alphas=CONTEXT_NVAR_ALPHAS), "NVAR")}

@@ -40,6 +40,8 @@ class SciFormer(nn.Module):
         d = cfg.d_model
         self.embed = nn.Embedding(cfg.vocab_size, d) if cfg.vocab_size > 0 else None
         self.value_in = nn.Linear(cfg.input_dim, d) if cfg.input_dim > 0 else None
+        # the anchor of each predicted patch, embedded and added to the decoder's input
+        self.anchor_in = nn.Linear(cfg.input_dim, d) if cfg.anchor_input else None
         self.positions = build_positions(cfg.positions, d, cfg.max_len)
         # field patch tokens: a learned vector per spatial patch, added to the time position
         self.space_positions = (nn.Embedding(cfg.space_tokens, d) if cfg.space_tokens > 1
@@ -182,7 +184,8 @@ class SciFormer(nn.Module):
         return layers[-1] if select is None else layers[-1][select]
 
     def decode(self, tgt: Tensor, memory: Tensor, memory_pad: Tensor | None = None,
-               tgt_pad: Tensor | None = None, cache: dict | None = None) -> Tensor:
+               tgt_pad: Tensor | None = None, cache: dict | None = None,
+               anchor: Tensor | None = None) -> Tensor:
         """Decoder states (B, T, D) for targets `tgt`, attending causally to earlier targets
         (block-causally over time patches of `model.space_tokens` tokens: a token sees every
         token of its own and earlier time patches).
@@ -190,13 +193,23 @@ class SciFormer(nn.Module):
         With a `cache` from `new_cache`, `tgt` holds only the new positions; the cache keeps
         earlier keys/values and the position offset, so results equal uncached decoding;
         `tgt_pad` then covers the new positions only (the cache keeps the earlier padding).
+
+        `anchor` (B, T, input_dim): what each position's prediction is an offset on, for a
+        model that reads it (`model.anchor_input`, required there): embedded and added to
+        the input.
         """
         if not self.decoder:
             raise ValueError("this model has no decoder (model.n_decoder_layers = 0)")
+        if (anchor is None) != (self.anchor_in is None):
+            raise ValueError("decode: this model reads the anchor of each predicted patch "
+                             "(model.anchor_input); pass `anchor`" if anchor is None else
+                             "decode: this model takes no anchor input (model.anchor_input)")
         offset = cache["offset"] if cache is not None else 0
         if cache is not None:
             tgt_pad = _cached_pad(cache, tgt_pad, tgt.shape[0], tgt.shape[1])
         h = self.embed_inputs(tgt, offset)
+        if anchor is not None:
+            h = h + self.dropout(self.anchor_in(anchor.to(h.dtype)))
         self_mask = AttnMask(key_pad=tgt_pad, causal=True, q_offset=offset,
                              block=self.cfg.space_tokens)
         cross_mask = AttnMask(key_pad=memory_pad)
@@ -237,10 +250,12 @@ class SciFormer(nn.Module):
         return self.value_head(h)
 
     def forward(self, src: Tensor, tgt: Tensor, src_pad: Tensor | None = None,
-                tgt_pad: Tensor | None = None, channels: Groups | None = None) -> Tensor:
+                tgt_pad: Tensor | None = None, channels: Groups | None = None,
+                anchor: Tensor | None = None) -> Tensor:
         """Teacher-forced encoder-decoder pass: decoder states (B, T, D); `channels` as in
-        `encode`."""
-        return self.decode(tgt, self.encode(src, src_pad, channels=channels), src_pad, tgt_pad)
+        `encode`, `anchor` as in `decode`."""
+        return self.decode(tgt, self.encode(src, src_pad, channels=channels), src_pad, tgt_pad,
+                           anchor=anchor)
 
 
 @eager  # its output's shape depends on the data: outside the graph in a compiled step

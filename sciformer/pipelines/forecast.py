@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 from sciformer.config import RunConfig
 from sciformer.errors import InputError
+from sciformer.model.analog import AnalogAnchor
 from sciformer.pipelines.first_patch import FirstPatchCorrection
 from sciformer.pipelines.recalibrate import SpreadCalibration
 from sciformer.runs import ForecastState
@@ -84,6 +85,17 @@ def _anchor(model: nn.Module, dec_in: Tensor, tok: PatchTokenizer) -> Tensor:
     return dec_in[..., -width:].repeat(1, 1, tok.patch_len)
 
 
+def analog_tokens(model: nn.Module, tok: PatchTokenizer, ctx: Tensor, state: ScaleState,
+                  n_patches: int) -> Tensor | None:
+    """The analogue anchor of `n_patches` time patches after contexts `ctx` (R, C, F) as
+    tokens (R', n_patches, token_dim) in the context's token units (`state`), for a run with
+    `data.anchor: analog` (`sciformer.model.analog`); None for any other anchor."""
+    anchor = getattr(model, "anchor", None)
+    if not isinstance(anchor, AnalogAnchor):
+        return None
+    return tok.encode(anchor.forecast(ctx, n_patches * tok.patch_len), state)
+
+
 def offset_scale(model: nn.Module) -> Tensor | None:
     """The unit of the value head's offsets per token element (token_dim,): the NVAR anchor's
     typical error where the run measured it (`NVARAnchor.fit_scale`), else None (unit)."""
@@ -91,15 +103,17 @@ def offset_scale(model: nn.Module) -> Tensor | None:
 
 
 def patch_quantiles(model: nn.Module, tok: PatchTokenizer, h: Tensor, dec_in: Tensor,
-                    n_q: int) -> Tensor:
+                    n_q: int, anchor: Tensor | None = None) -> Tensor:
     """Decoder states -> quantiles (B', N, token_dim, n_q) as offsets on the anchor of each
-    patch (`_anchor`: persistence or NVAR, so the network learns the change or the
-    correction), in units of `offset_scale` where the run has one."""
+    patch: `anchor` (B', N, token_dim) where given (an analogue run's, `analog_tokens`), else
+    `_anchor` (persistence or NVAR), so the network learns the change or the correction; in
+    units of `offset_scale` where the run has one."""
     out = model.values(h).unflatten(-1, (tok.token_dim, n_q))  # (B', N, token_dim, n_q)
     scale = offset_scale(model)
     if scale is not None:
         out = out * scale.to(out.dtype)[:, None]
-    return out + _anchor(model, dec_in, tok)[..., None]
+    base = _anchor(model, dec_in, tok) if anchor is None else anchor.to(out.dtype)
+    return out + base[..., None]
 
 
 # ---- sampling --------------------------------------------------------------------------------
@@ -149,13 +163,14 @@ def _encode(model: nn.Module, src: Tensor, copies: int, channels: int | Tensor =
 def sample_patch_tokens(model: nn.Module, tok: PatchTokenizer, src: Tensor, n_patches: int,
                         levels: list[float], gen: torch.Generator | None,
                         draws: str = "element", copies: int = 1,
-                        channels: int | Tensor = 1) -> Tensor:
+                        channels: int | Tensor = 1, anchor: Tensor | None = None) -> Tensor:
     """`n_patches` time patches of tokens (R', n_patches * k, token_dim) sampled
     autoregressively after the encoded context `src` (R', N, token_dim), k tokens per time
     patch (`block_tokens`: 1, or the spatial patches of a field): each is the inverse CDF of
     the predicted quantiles at normal draws (`draws`: one per token element, or one per row
     and time patch) and is fed back as the next input. `channels`: rows per window
-    (`window_channels`), for models with channel attention.
+    (`window_channels`), for models with channel attention. `anchor` (R', >= n_patches * k,
+    token_dim): the analogue anchor of each patch (`analog_tokens`), for runs that have one.
 
     Shared by inference (`_patch_chunk`) and by training on the model's own rollouts
     (`sciformer.tasks.forecast`), so training sees exactly the paths inference draws.
@@ -164,9 +179,10 @@ def sample_patch_tokens(model: nn.Module, tok: PatchTokenizer, src: Tensor, n_pa
     k = block_tokens(tok)  # tokens of one time patch, decoded together
     cache, dec_in, outs = model.new_cache(), src[:, -k:], []
     z_levels = normal_scores(levels, src.device)
-    for _ in range(n_patches):
-        h = model.decode(dec_in, memory, cache=cache)  # (R', k, D): only the new positions
-        q = sort_levels(patch_quantiles(model, tok, h, dec_in, len(levels)))
+    for i in range(n_patches):
+        base = None if anchor is None else anchor[:, i * k:(i + 1) * k]
+        h = model.decode(dec_in, memory, cache=cache, anchor=base)  # (R', k, D): new positions
+        q = sort_levels(patch_quantiles(model, tok, h, dec_in, len(levels), base))
         shape = (q.shape[0], q.shape[1], q.shape[2]) if draws == "element" else (q.shape[0], 1, 1)
         u = torch.rand(*shape, generator=gen, device=q.device, dtype=torch.float64)
         z = math.sqrt(2.0) * torch.erfinv(2.0 * u.clamp(1e-9, 1 - 1e-9) - 1.0)  # (R', 1|k, 1|D)
@@ -183,8 +199,9 @@ def first_patch_median(model: nn.Module, tok: PatchTokenizer, context: Tensor,
     src, state = tok.encode_context(context)
     memory = model.encode(src, channels=window_channels(state))
     dec_in = src[:, -block_tokens(tok):]
-    h = model.decode(dec_in, memory, cache=model.new_cache())
-    q = sort_levels(patch_quantiles(model, tok, h, dec_in, len(levels)))
+    base = analog_tokens(model, tok, context, state, 1)
+    h = model.decode(dec_in, memory, cache=model.new_cache(), anchor=base)
+    q = sort_levels(patch_quantiles(model, tok, h, dec_in, len(levels), base))
     return tok.decode(q[..., levels.index(0.5)], state)[:, :tok.patch_len]
 
 
@@ -193,8 +210,10 @@ def _patch_chunk(model: nn.Module, tok: PatchTokenizer, ctx: Tensor, steps: int,
                  copies: int = 1) -> Tensor:
     """One chunk of sampled continuations (R, steps, F) of the R contexts `ctx` (R, C, F)."""
     src, state = tok.encode_context(ctx)  # (R', N, token_dim)
-    drawn = sample_patch_tokens(model, tok, src, -(-steps // tok.patch_len), levels, gen, draws,
-                                copies, window_channels(state))
+    n_patches = -(-steps // tok.patch_len)
+    drawn = sample_patch_tokens(model, tok, src, n_patches, levels, gen, draws, copies,
+                                window_channels(state),
+                                analog_tokens(model, tok, ctx, state, n_patches))
     return tok.decode(drawn, state)[:, :steps]  # (R, steps, F)
 
 

@@ -6,6 +6,9 @@ Transformer trains: what the patch quantiles are offsets on.
   whole-state patch tokens of at most `MAX_DENSE_FEATURES` values;
 - ``fno``: an FNO's forecast of the next time patch of a 2-D field
   (`sciformer.model.field_anchor`);
+- ``analog``: the mean continuation of the context's closest analogues of its present state
+  (`sciformer.model.analog`), from each window's context alone (nothing to fit), for patch
+  tokens of ODE states; what a zero-shot (zoo) model may use;
 - ``auto``: nvar where it applies, else persistence.
 
 `resolve_anchor` is what the forecasting task calls; a resumed FNO-anchored run reads its
@@ -29,6 +32,7 @@ from sciformer.evaluation.chaos_baselines import (
     NVAR_VALIDATION_STEPS,
 )
 from sciformer.evaluation.fno import FNOBaseline
+from sciformer.model.analog import AnalogAnchor
 from sciformer.model.anchor import NVARAnchor
 from sciformer.model.field_anchor import FNOAnchor
 from sciformer.tasks import spread_subset
@@ -63,6 +67,13 @@ def anchor_kind(cfg: RunConfig, tok: PatchTokenizer | BinTokenizer) -> str:
                               f"{tuple(getattr(tok, 'state_shape', (tok.n_features,)))} "
                               "(use data.anchor=persistence)")
         return want
+    if want == "analog":
+        if not isinstance(tok, PatchTokenizer) or isinstance(tok, FieldPatchTokenizer):
+            raise ConfigError(f"data.anchor=analog needs patch tokens of ODE states or 1-D "
+                              f"fields (data.tokenizer=patch); this run has {tok.name} tokens "
+                              "(use data.anchor=persistence)")
+        check_analog_context(cfg.data.context, "data.anchor=analog")
+        return want
     if want == "nvar" and not fits:
         raise ConfigError(f"data.anchor=nvar needs whole-state patch tokens "
                           f"(data.tokenizer=patch, channels=joint, scaling=dataset) of at most "
@@ -72,15 +83,27 @@ def anchor_kind(cfg: RunConfig, tok: PatchTokenizer | BinTokenizer) -> str:
     return want
 
 
+def check_analog_context(context: int, source: str) -> None:
+    """The analogue anchor needs a context holding at least one candidate analogue."""
+    need = AnalogAnchor().min_context
+    if context < need:
+        raise ConfigError(f"{source}: the analogue anchor needs data.context >= {need} steps "
+                          f"(a motif and a Theiler window); got {context}")
+
+
 def resolve_anchor(cfg: RunConfig, tok: PatchTokenizer | BinTokenizer,
                    data: TrajectoryCollection, train: list[int], source: Path,
                    restore_from: Path | None = None, progress: bool = False
-                   ) -> tuple[str, NVARAnchor | FNOAnchor | None, dict[str, Any] | None]:
+                   ) -> tuple[str, NVARAnchor | FNOAnchor | AnalogAnchor | None,
+                              dict[str, Any] | None]:
     """The anchor kind this run gets, its fitted anchor (None for persistence) and what the
     fit chose, for the training trajectories `train` of `data`. An NVAR fit that fails is an
     error naming `source` for `data.anchor: nvar` and a warning and persistence for auto."""
     d = cfg.data
     kind = anchor_kind(cfg, tok)
+    if kind == "analog":
+        anchor = AnalogAnchor()
+        return kind, anchor, anchor.describe()
     if kind == "fno" and restore_from is not None:  # resumed: the saved anchor
         return (kind, *restored_fno_anchor(restore_from))
     if kind == "fno":

@@ -37,6 +37,7 @@ from sciformer.errors import ConfigError, InputError
 from sciformer.fingerprints import RecordedPrints, duplicates, trajectory_fingerprints
 from sciformer.io.trajectories import TrajectoryFile
 from sciformer.pipelines.forecast import (
+    analog_tokens,
     block_tokens,
     offset_scale,
     patch_quantiles,
@@ -200,7 +201,7 @@ class ForecastTask:
         if isinstance(tok, PatchTokenizer):
             widths = dict(vocab_size=0, input_dim=tok.token_dim,
                           output_dim=tok.token_dim * len(d.quantiles),
-                          space_tokens=block_tokens(tok))
+                          space_tokens=block_tokens(tok), anchor_input=anchor == "analog")
         else:
             widths = dict(vocab_size=tok.vocab_size, input_dim=0, output_dim=0)
         self.cfg = for_task(cfg, self.name, **widths)
@@ -326,8 +327,10 @@ def rollout_loss(model: nn.Module, tok, d: Any, x: Tensor, pushed: int, sampled:
     with torch.no_grad():
         for k in range(pushed):  # the model's own closed-loop chunks, sampled
             src, state = tok.encode_context(ctx)
-            drawn = sample_patch_tokens(model, tok, src, h // tok.patch_len, d.quantiles, gen,
-                                        d.draws, channels=window_channels(state))
+            n = h // tok.patch_len
+            drawn = sample_patch_tokens(model, tok, src, n, d.quantiles, gen, d.draws,
+                                        channels=window_channels(state),
+                                        anchor=analog_tokens(model, tok, ctx, state, n))
             ctx = torch.cat([ctx, tok.decode(drawn, state)], dim=1)[:, -c:]  # (B, C, F)
     fut = x[:, c + pushed * h: c + (pushed + 1) * h]  # (B, H, F) the truth after the rollout
     sigma = d.input_noise if noise else 0.0
@@ -338,12 +341,16 @@ def rollout_loss(model: nn.Module, tok, d: Any, x: Tensor, pushed: int, sampled:
 def teacher_forced_loss(model: nn.Module, tok, ctx: Tensor, fut: Tensor, levels: list[float],
                         sampled: bool = False, noise: float = 0.0,
                         gen: torch.Generator | None = None, draws: str = "element",
-                        channels: Tensor | None = None) -> Tensor:
+                        channels: Tensor | None = None,
+                        anchor_future: Tensor | None = None) -> Tensor:
     """Training loss for context (B, C, F) and future (B, H, F) windows.
 
     `channels` (G,) groups the B windows into G windows of that many channels each, for a
     model with channel attention fed one-channel rows (zoo batches of systems of different
     dimensions); by default each window's F channels are one group (`window_channels`).
+    `anchor_future` (B, H, F): for a run with the analogue anchor, that anchor's forecast
+    when `ctx` holds only some of each window's channels (zoo batches compute it on whole
+    states); by default it is computed from `ctx`.
 
     Patch tokenizer: pinball loss of the quantiles of each future patch given the context and
     the previous patches, fed as the truth (teacher forcing) or, with `sampled`, as the
@@ -355,17 +362,19 @@ def teacher_forced_loss(model: nn.Module, tok, ctx: Tensor, fut: Tensor, levels:
     if isinstance(tok, PatchTokenizer):
         src, tgt = tok.encode(ctx, state), tok.encode(fut, state)  # (B', N, token_dim)
         k = block_tokens(tok)  # decoder input = the targets shifted by one time patch
+        anchor = (analog_tokens(model, tok, ctx, state, tgt.shape[1]) if anchor_future is None
+                  else tok.encode(anchor_future, state))
         prev = tgt[:, :-k]
         if sampled:
             with torch.no_grad():
                 prev = sample_patch_tokens(model, tok, src, tgt.shape[1] // k - 1, levels, gen,
-                                           draws, channels=groups)
+                                           draws, channels=groups, anchor=anchor)
         dec_in = torch.cat([src[:, -k:], prev], dim=1)  # (B', N, token_dim)
         if noise > 0:
             src = src + noise * _normal(src, gen)
             dec_in = dec_in + noise * _normal(dec_in, gen)
-        q = patch_quantiles(model, tok, model(src, dec_in, channels=groups), dec_in,
-                            len(levels)).float()
+        q = patch_quantiles(model, tok, model(src, dec_in, channels=groups, anchor=anchor),
+                            dec_in, len(levels), anchor).float()
         scale = offset_scale(model)  # the pinball loss is homogeneous: loss in offset units
         if scale is not None:
             return pinball_loss(q / scale[:, None], tgt.float() / scale, torch.tensor(levels))

@@ -15,6 +15,10 @@ pretrains on a zoo of perturbed and coupled chaotic flows the same way.
   gives each window's count, so the model groups rows by window and never mixes channels of
   different windows. `train.batch_size` counts windows either way.
 
+- **Own draws as decoder inputs.** `data.sampled_inputs` (a share of the batches, from
+  `data.sampled_inputs_from` of the steps on) feeds the decoder the model's own sampled
+  patches instead of the true ones, as for one system (scheduled sampling); pushforward is
+  refused (a window holds one horizon).
 - **Split by whole system.** `data.val_fraction` of the corpus GROUPS (seeded) are held out
   for validation; no window of a held-out group is ever in a training batch. The corpus never
   holds the library's held-out base systems (rossler, halvorsen, ...): those are for
@@ -41,11 +45,13 @@ from torch import Tensor, nn
 from sciformer.config import RunConfig, explicit_keys
 from sciformer.config_tasks import for_task
 from sciformer.errors import ConfigError, InputError
+from sciformer.model.analog import AnalogAnchor
 from sciformer.runs import ForecastState
 from sciformer.simulate.zoo_io import FORMAT, iter_zoo, read_zoo_attrs
 from sciformer.splits import split_indices
 from sciformer.tasks import micro_seed
-from sciformer.tasks.forecast import make_tokenizer, teacher_forced_loss
+from sciformer.tasks.anchors import check_analog_context
+from sciformer.tasks.forecast import make_tokenizer, rollout_plan, teacher_forced_loss
 
 VAL_WINDOWS = 256  # fixed validation windows of one channel each
 VAL_STATES = 64  # ... of whole states each (channel attention)
@@ -63,19 +69,25 @@ def is_zoo_corpus(path: str | Path) -> bool:
         return False
 
 
+#: What a zoo model's settings must be: the first value is what `auto` (or no setting) gives.
+AGNOSTIC = {"tokenizer": ("patch",), "channels": ("independent",), "scaling": ("instance",),
+            "anchor": ("analog", "persistence")}
+
+
 def require_agnostic(cfg: RunConfig, source: str) -> RunConfig:
     """`cfg` with channel-agnostic settings (patch tokens, independent channels, instance
-    scaling, persistence anchor); an explicit setting to the contrary is refused, naming it
-    (`data.anchor: auto` resolves to persistence)."""
-    want = {"tokenizer": "patch", "channels": "independent", "scaling": "instance",
-            "anchor": "persistence"}
+    scaling, an analogue or persistence anchor); an explicit setting to the contrary is
+    refused, naming it (`data.anchor: auto` resolves to analog: measured better zero-shot,
+    docs/zoo-model.md)."""
     user = explicit_keys(cfg)
-    for key, value in want.items():
+    for key, allowed in AGNOSTIC.items():
         have = getattr(cfg.data, key)
-        if have not in (value, "auto") and f"data.{key}" in user:
+        if have not in (*allowed, "auto") and f"data.{key}" in user:
+            need = " or ".join(repr(v) for v in allowed)
             raise ConfigError(f"{source}: a zoo corpus trains a channel-agnostic model; "
-                              f"data.{key}={have!r} cannot be used (needs {value!r})")
-        setattr(cfg.data, key, value)
+                              f"data.{key}={have!r} cannot be used (needs {need})")
+        if have not in allowed:
+            setattr(cfg.data, key, allowed[0])
     return cfg
 
 
@@ -92,6 +104,12 @@ class ZooTask:
         cfg = require_agnostic(cfg, str(self.path))
         d = cfg.data
         self.window_len = d.context + d.horizon
+        self.analog = AnalogAnchor() if d.anchor == "analog" else None
+        if self.analog:
+            check_analog_context(d.context, str(self.path))
+        if d.pushforward:
+            raise ConfigError(f"{self.path}: data.pushforward is not supported on a zoo corpus "
+                              "(its windows hold one horizon); use data.sampled_inputs")
         if d.context % d.patch_len or d.horizon % d.patch_len:
             raise InputError(f"data.context={d.context} and data.horizon={d.horizon} must be "
                              f"multiples of data.patch_len={d.patch_len}")
@@ -112,6 +130,7 @@ class ZooTask:
         self.tokenizer = make_tokenizer(cfg, 1)
         q = len(d.quantiles)
         self.cfg = for_task(cfg, self.name, vocab_size=0, input_dim=self.tokenizer.token_dim,
+                            anchor_input=self.analog is not None,
                             output_dim=self.tokenizer.token_dim * q)
 
     def _read(self, groups: list[int]) -> dict[int, np.ndarray]:
@@ -132,7 +151,13 @@ class ZooTask:
                              dt=float(np.median(dts)) if dts else 1.0, lyapunov_time=None,
                              system="zoo", field_names=None,
                              tokenizer=self.tokenizer.to_config(), channel_agnostic=True,
-                             base_systems=self.base_systems)
+                             base_systems=self.base_systems,
+                             anchor=self.analog.describe() if self.analog else None)
+
+    def init_model(self, model: nn.Module) -> None:
+        """Give a new (or fine-tuned) model the analogue anchor, if this run has one."""
+        if self.analog:
+            model.anchor = self.analog
 
     def split(self) -> dict[str, Any]:
         return {"unit": "system", "files": [str(self.path)],
@@ -155,18 +180,36 @@ class ZooTask:
             ch = None if whole else int(rng.integers(x.shape[2]))
             s = rng.integers(0, x.shape[1] - self.window_len + 1)
             cols = slice(None) if whole else slice(ch, ch + 1)
-            wins.append(x[t, s:s + self.window_len, cols])  # (C+H, n_fields | 1)
-        return pack_windows(wins)
+            wins.append((x[t, s:s + self.window_len], cols))  # whole state, channels used
+        _, sampled, seed = rollout_plan(self.cfg, index, rng)  # nothing pushed (checked)
+        return {**self._pack(wins), "plan": torch.tensor([sampled, seed], dtype=torch.int64)}
+
+    def _pack(self, wins: list[tuple[np.ndarray, slice]]) -> dict[str, Tensor]:
+        """Whole-state windows (C+H, n_fields) with the channels each example uses, packed
+        (`pack_windows`), with the analogue anchor's forecast of each window computed on its
+        whole state (`anchor`, rows as `window`) when the run has that anchor."""
+        batch = pack_windows([w[:, cols] for w, cols in wins])
+        if self.analog:
+            c, h = self.cfg.data.context, self.cfg.data.horizon
+            futures = [self.analog.forecast(torch.from_numpy(w[None, :c]), h)[0].numpy()
+                       for w, _ in wins]  # (H, n_fields) each
+            batch["anchor"] = pack_windows([f[:, cols] for f, (_, cols) in zip(futures, wins)]
+                                           )["window"]  # (R, H, 1)
+        return batch
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Any]]:
-        x, c = batch["window"], self.cfg.data.context
-        loss = teacher_forced_loss(model, self.tokenizer, x[:, :c], x[:, c:],
-                                   self.cfg.data.quantiles, channels=batch["channels"])
+        x, d = batch["window"], self.cfg.data
+        sampled, seed = (int(v) for v in batch.get("plan", (0, 0)))
+        gen = torch.Generator(device=x.device).manual_seed(seed) if sampled else None
+        loss = teacher_forced_loss(model, self.tokenizer, x[:, :d.context], x[:, d.context:],
+                                   d.quantiles, sampled=bool(sampled), gen=gen, draws=d.draws,
+                                   channels=batch["channels"], anchor_future=batch.get("anchor"))
         return loss, {"loss": loss.detach()}
 
-    def validation_windows(self) -> list[np.ndarray]:
-        """Fixed windows (C+H, n_fields), or one channel each (C+H, 1) without channel
-        attention, spread evenly over the validation systems."""
+    def validation_windows(self) -> list[tuple[np.ndarray, slice]]:
+        """Fixed whole-state windows (C+H, n_fields) spread evenly over the validation
+        systems, each with the channels it is scored on: all of them with channel attention,
+        else one."""
         whole, wins = self.cfg.model.channel_attention, []
         per = max(1, (VAL_STATES if whole else VAL_WINDOWS) // max(1, len(self.val_idx)))
         for g in self.val_idx:
@@ -175,7 +218,7 @@ class ZooTask:
             for k in range(per):
                 s = int(round(k * (n_t - self.window_len) / max(1, per - 1)))
                 cols = slice(None) if whole else slice(k % n_ch, k % n_ch + 1)
-                wins.append(x[k % n_tr, s:s + self.window_len, cols])
+                wins.append((x[k % n_tr, s:s + self.window_len], cols))
         return wins
 
     @torch.no_grad()
@@ -185,13 +228,16 @@ class ZooTask:
             return {}
         if not hasattr(self, "_val"):
             wins, size = self.validation_windows(), self.cfg.train.batch_size
-            self._val = [pack_windows(wins[i:i + size]) for i in range(0, len(wins), size)]
+            self._val = [self._pack(wins[i:i + size]) for i in range(0, len(wins), size)]
         device = next(model.parameters()).device
         c, total, n = self.cfg.data.context, 0.0, 0
         for chunk in self._val:
             x = chunk["window"].to(device)
+            anchor = chunk.get("anchor")
+            anchor = None if anchor is None else anchor.to(device)
             loss = teacher_forced_loss(model, self.tokenizer, x[:, :c], x[:, c:],
-                                       self.cfg.data.quantiles, channels=chunk["channels"])
+                                       self.cfg.data.quantiles, channels=chunk["channels"],
+                                       anchor_future=anchor)
             total, n = total + loss.item() * len(x), n + len(x)
         return {"val_loss": total / n}
 
