@@ -31,6 +31,12 @@ def source_commit(where: Path | None = None) -> dict[str, Any] | None:
     return {"commit": sha, "dirty": bool(dirty)} if sha else None
 
 
+def _program() -> str:
+    """How this process was started: `sciformer`, `python -m sciformer`, or the script."""
+    name = Path(sys.argv[0]).name
+    return "python -m sciformer" if name == "__main__.py" else name
+
+
 def provenance() -> dict[str, Any]:
     """The provenance record of a run started now by this process."""
     import numpy as np
@@ -39,6 +45,6 @@ def provenance() -> dict[str, Any]:
     from sciformer import __version__
 
     return {"sciformer": __version__, "source": source_commit(),
-            "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "command": shlex.join([_program(), *sys.argv[1:]]),
             "python": platform.python_version(), "torch": torch.__version__,
             "numpy": np.__version__, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

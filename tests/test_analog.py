@@ -55,16 +55,20 @@ def test_a_context_too_short_for_one_candidate_is_refused():
 
 
 def test_zoo_batches_carry_the_anchor_computed_on_the_whole_state(tmp_path):
-    corpus = fake_corpus(tmp_path / "zoo.h5", [3, 4, 6, 3], n_time=64)
-    task = build_task(load_config(None, [*TINY, *ANALOG]), [corpus])
+    corpus = fake_corpus(tmp_path / "zoo.h5", [3, 4, 6, 3], n_time=100)
+    task = build_task(load_config(None, [*TINY, *ANALOG, "data.context=64"]), [corpus])
     c, h = task.cfg.data.context, task.cfg.data.horizon
     b = task.batch(0)
     assert b["anchor"].shape == (len(b["window"]), h, 1) and torch.isfinite(b["anchor"]).all()
-    wins = task.validation_windows()
-    whole, cols = wins[0]
-    packed = task._pack([wins[0]])
-    expect = analog_forecast(torch.from_numpy(whole[None, :c]), h)[0, :, cols]
-    torch.testing.assert_close(packed["anchor"][:, :, 0], expect.T)
+    # one channel of a 3-channel window: its anchor comes from the whole state's analogues,
+    # which here differ from those of the channel alone
+    gen = np.random.default_rng(0)
+    whole = gen.normal(size=(c + h, 3)).cumsum(axis=0).astype(np.float32)
+    packed = task._pack([(whole, slice(1, 2))])
+    full = analog_forecast(torch.from_numpy(whole[None, :c]), h)[0, :, 1]
+    alone = analog_forecast(torch.from_numpy(whole[None, :c, 1:2]), h)[0, :, 0]
+    torch.testing.assert_close(packed["anchor"][0, :, 0], full)
+    assert not torch.allclose(full, alone)
 
 
 def test_zoo_refuses_an_anchor_fitted_on_training_data(tmp_path):

@@ -38,9 +38,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from sciformer.config import RunConfig
-from sciformer.provenance import PROVENANCE
 from sciformer.errors import CheckpointError, first_line
 from sciformer.io.atomic import atomic_path
+from sciformer.provenance import PROVENANCE
 from sciformer.runs import (
     CONFIG,
     STATE,
