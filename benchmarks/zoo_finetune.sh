@@ -3,8 +3,9 @@
 #   benchmarks/zoo_finetune.sh SRC_RUN FT_STEPS SCRATCH_STEPS OUT SYSTEM...
 # Expects in the current directory train_SYSTEM.h5 (the user's file; e.g. `sciformer simulate
 # rossler --out train_rossler.h5 --n-traj 8 --n-steps 1500 --seed 0`), SYSTEM.h5 (the scored
-# file, seed 1) and cfg/scratch.yaml (the source run's architecture with
-# data.channels=independent, data.scaling=instance). Both runs are scored with
+# file, seed 1) and cfg/scratch.yaml (the source run's model and data sections: its
+# architecture, token format and anchor, e.g. the workflow's for data/pretrained/dynamics-zoo).
+# Both runs are scored with
 # benchmarks/zoo_zero_shot.py (context-only baselines).
 SRC=$1; FT=$2; SC=$3; OUT=$4; shift 4
 PY="python"
