@@ -169,3 +169,36 @@ def test_a_context_too_short_for_the_anchor_is_a_config_error(tmp_path):
     train = simulate_to_file("lorenz63", tmp_path / "l63.h5", 4, 100, seed=0)
     with pytest.raises(ConfigError, match="needs data.context >= 12 steps"):
         build_task(load_config(None, [*TINY, *ANALOG, "data.context=8"]), [train])
+
+
+def test_fine_tuning_an_analog_zoo_run_on_a_trajectory_file_keeps_its_anchor(analog_run,
+                                                                          tmp_path):
+    """`--init-from` a zoo run onto one system's file (a per-dataset task, whole-state
+    windows): the new run keeps the analogue anchor and the decoder's anchor input, its
+    first loss is the source model's, and it forecasts."""
+    from click.testing import CliRunner
+
+    from sciformer.cli import main
+    from sciformer.runs import load_model
+
+    data = simulate_to_file("lorenz63", tmp_path / "l63.h5", 4, 120, seed=2)
+    run = tmp_path / "ft"
+    sets = [a for s in ["train.max_steps=2", "train.log_every=1", "train.batch_size=8",
+                        "train.warmup_steps=1", "data.val_fraction=0.25"] for a in ("--set", s)]
+    res = CliRunner().invoke(main, ["pretrain", str(data), "--out-dir", str(run),
+                                    "--init-from", str(analog_run), *sets])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["data"]["anchor"] == "analog" and cfg["model"]["anchor_input"] is True
+    first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    source = load_model(analog_run, device="cpu")[0].eval()
+    task = build_task(load_config(None, [*TINY, *ANALOG, "data.channels=independent",
+                                         "data.scaling=instance", "train.max_steps=2",
+                                         "data.val_fraction=0.25"]), [data])
+    with torch.no_grad():
+        expected = task.loss(source, task.batch(0))[0].item()
+    assert first["loss"] == pytest.approx(expected, rel=1e-5)
+    fc = load(run, device="cpu")
+    assert isinstance(fc.model.anchor, AnalogAnchor)
+    ds = fc.forecast(np.random.default_rng(0).normal(size=(1, 40, 3)), horizon=12, samples=2)
+    assert np.isfinite(ds["median"].values).all()
