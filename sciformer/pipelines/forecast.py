@@ -86,14 +86,16 @@ def _anchor(model: nn.Module, dec_in: Tensor, tok: PatchTokenizer) -> Tensor:
 
 
 def analog_tokens(model: nn.Module, tok: PatchTokenizer, ctx: Tensor, state: ScaleState,
-                  n_patches: int) -> Tensor | None:
+                  n_patches: int, copies: int = 1) -> Tensor | None:
     """The analogue anchor of `n_patches` time patches after contexts `ctx` (R, C, F) as
     tokens (R', n_patches, token_dim) in the context's token units (`state`), for a run with
-    `data.anchor: analog` (`sciformer.model.analog`); None for any other anchor."""
+    `data.anchor: analog` (`sciformer.model.analog`); None for any other anchor. With
+    `copies` > 1 the rows are that many identical blocks (as in `_encode`): one is computed."""
     anchor = getattr(model, "anchor", None)
     if not isinstance(anchor, AnalogAnchor):
         return None
-    return tok.encode(anchor.forecast(ctx, n_patches * tok.patch_len), state)
+    future = anchor.forecast(ctx[:len(ctx) // copies], n_patches * tok.patch_len)
+    return tok.encode(future.repeat(copies, 1, 1), state)
 
 
 def offset_scale(model: nn.Module) -> Tensor | None:
@@ -213,7 +215,7 @@ def _patch_chunk(model: nn.Module, tok: PatchTokenizer, ctx: Tensor, steps: int,
     n_patches = -(-steps // tok.patch_len)
     drawn = sample_patch_tokens(model, tok, src, n_patches, levels, gen, draws, copies,
                                 window_channels(state),
-                                analog_tokens(model, tok, ctx, state, n_patches))
+                                analog_tokens(model, tok, ctx, state, n_patches, copies))
     return tok.decode(drawn, state)[:, :steps]  # (R, steps, F)
 
 
