@@ -202,3 +202,12 @@ def test_fine_tuning_an_analog_zoo_run_on_a_trajectory_file_keeps_its_anchor(ana
     assert isinstance(fc.model.anchor, AnalogAnchor)
     ds = fc.forecast(np.random.default_rng(0).normal(size=(1, 40, 3)), horizon=12, samples=2)
     assert np.isfinite(ds["median"].values).all()
+
+
+def test_a_window_s_forecast_does_not_depend_on_the_rest_of_the_batch():
+    gen = torch.Generator().manual_seed(3)
+    quiet = torch.randn(1, 64, 2, generator=gen, dtype=torch.float64).cumsum(1)
+    quiet[..., 1] = 1e-6 * quiet[..., 1]  # a channel of tiny, not negligible, spread
+    loud = 1e6 * torch.randn(1, 64, 2, generator=gen, dtype=torch.float64).cumsum(1)
+    alone = analog_forecast(quiet, 10)
+    torch.testing.assert_close(analog_forecast(torch.cat([quiet, loud]), 10)[:1], alone)

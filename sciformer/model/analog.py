@@ -29,7 +29,9 @@ from torch import Tensor, nn
 MOTIF = 4  # steps of the present compared with each candidate
 THEILER = 8  # candidates must end at least this many steps before the present
 NEIGHBOURS = 8  # analogues averaged
-STD_FLOOR = 1e-8  # relative: a constant channel weighs nothing instead of dividing by zero
+# relative to the window's largest channel std: a constant channel weighs nothing instead of
+# dividing by zero, whatever the other windows of the batch hold
+STD_FLOOR = 1e-8
 
 
 def analog_forecast(context: Tensor, horizon: int, motif: int = MOTIF, theiler: int = THEILER,
@@ -44,7 +46,8 @@ def analog_forecast(context: Tensor, horizon: int, motif: int = MOTIF, theiler: 
                          f"Theiler window {theiler} steps; got {c}")
     x = context.double()
     sd = x.std(dim=1, keepdim=True)
-    z = (x - x.mean(dim=1, keepdim=True)) / sd.clamp_min(STD_FLOOR * sd.amax().clamp_min(1.0))
+    floor = STD_FLOOR * sd.amax(dim=2, keepdim=True).clamp_min(1.0)  # (N, 1, 1)
+    z = (x - x.mean(dim=1, keepdim=True)) / sd.clamp_min(floor)
     stretches = z.unfold(1, motif, 1)[:, :n_cand]  # (N, n_cand, F, motif)
     present = z[:, c - motif:].transpose(1, 2)[:, None]  # (N, 1, F, motif)
     dist = (stretches - present).pow(2).sum(dim=(2, 3))  # (N, n_cand)
