@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from benchmarks import fasta_speed, machine, matmul_peak, setup_threads, table
 from benchmarks import decode as decode_bench
+from benchmarks import fasta_speed, machine, matmul_peak, setup_threads, table
 from benchmarks import sample_paths as samples_bench
 from benchmarks import train_throughput as train_bench
 from sciformer.io.atomic import write_json_atomic

@@ -23,12 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sciformer.pipelines.residues import embed_sequences
 from sciformer.esm2 import import_esm2
 from sciformer.io.fasta import read_fasta
-from sciformer.tokenizers.protein import TOKENIZER, frame
-from sciformer.tokenizers.protein import token_budget_batches
+from sciformer.pipelines.residues import embed_sequences
 from sciformer.runs import load_model as load_run
+from sciformer.tokenizers.protein import TOKENIZER, frame, token_budget_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 #: ESM-2 sizes (Lin et al. 2023, table S1): width, layers, heads.

@@ -44,8 +44,7 @@ from benchmarks import PeakMemory, matmul_peak, median, setup_threads, table
 from benchmarks.embed_throughput import SIZES, build_pair, proteins, run_hf
 from sciformer.pipelines.residues import each_masked_alone, embed_sequences, inference_batches
 from sciformer.precision import native_cpu_bf16
-from sciformer.tokenizers.protein import TOKENIZER, frame
-from sciformer.tokenizers.protein import token_budget_batches
+from sciformer.tokenizers.protein import TOKENIZER, frame, token_budget_batches
 
 CPU = torch.device("cpu")
 

@@ -15,8 +15,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0"
-__all__ = ["load", "pretrain", "evaluate", "ProteinLM", "Forecaster", "RunConfig",
-           "SciformerError"]
+__all__ = [
+    "Forecaster",
+    "ProteinLM",
+    "RunConfig",
+    "SciformerError",
+    "evaluate",
+    "load",
+    "pretrain",
+]
 
 _LAZY = {
     "load": "sciformer.pipelines", "ProteinLM": "sciformer.pipelines.protein",

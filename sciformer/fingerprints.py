@@ -234,8 +234,22 @@ def count_statuses(statuses: Iterable[Status]) -> dict[Status, int]:
     return counts
 
 
-__all__ = ["DIGEST_BYTES", "Fingerprint", "RecordedPrints", "SCHEME", "bytes_fingerprint",
-           "combined_fingerprint", "count_statuses", "duplicates", "fasta_fingerprints", "file_fingerprints",
-           "iter_trajectory_fingerprints", "match_records", "record_fingerprint",
-           "sampled_steps", "sequence_fingerprint", "trajectory_fingerprint",
-           "trajectory_fingerprints"]
+__all__ = [
+    "DIGEST_BYTES",
+    "SCHEME",
+    "Fingerprint",
+    "RecordedPrints",
+    "bytes_fingerprint",
+    "combined_fingerprint",
+    "count_statuses",
+    "duplicates",
+    "fasta_fingerprints",
+    "file_fingerprints",
+    "iter_trajectory_fingerprints",
+    "match_records",
+    "record_fingerprint",
+    "sampled_steps",
+    "sequence_fingerprint",
+    "trajectory_fingerprint",
+    "trajectory_fingerprints",
+]

@@ -25,8 +25,8 @@ from click.testing import CliRunner
 from sciformer.cli import main
 from sciformer.errors import SciformerError
 from sciformer.io.atomic import write_json_atomic
-from tests.test_bad_input import FORECAST, fail_in_one_line, runs, sets, states_file  # noqa: F401
 from tests.conftest import TINY_MASKED
+from tests.test_bad_input import FORECAST, fail_in_one_line, runs, sets, states_file  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from sciformer.cli import main
 from sciformer.config import ModelConfig, load_config
 from sciformer.errors import ConfigError
+from sciformer.io.trajectory_writer import write_trajectories
 from sciformer.model.channels import group_layout
 from sciformer.model.transformer import SciFormer
 from sciformer.pipelines import load
-from sciformer.io.trajectory_writer import write_trajectories
 from sciformer.simulate import simulate, simulate_to_file
 from sciformer.train.loop import pretrain
 

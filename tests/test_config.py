@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sciformer.cli import main
 from sciformer.config import RunConfig, apply_overrides, load_config, read_run_config, save_config
 from sciformer.errors import ConfigError
-from sciformer.cli import main
 from sciformer.workflow import load_workflow
 
 ROOT = Path(__file__).resolve().parents[1]

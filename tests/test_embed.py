@@ -15,9 +15,9 @@ import sciformer.embed as embed_mod
 from sciformer.cli import main
 from sciformer.config import DataConfig, ModelConfig, RunConfig, save_config
 from sciformer.embed import embed, read_pooled, safe_key
-from sciformer.pipelines.residues import blend_weights, embed_sequences
 from sciformer.errors import ConfigError, InputError
 from sciformer.model import SciFormer
+from sciformer.pipelines.residues import blend_weights, embed_sequences
 from sciformer.train.checkpoint import save_weights
 
 CPU = torch.device("cpu")

@@ -155,11 +155,10 @@ def test_the_optimizer_leaves_a_frozen_anchor_alone() -> None:
 
 
 def test_tiny_fno_anchored_pretrain_and_evaluate(tmp_path: Path, monkeypatch) -> None:
+    import sciformer.calibrate as cal_mod
     from sciformer.cli import main
     from sciformer.io.trajectory_writer import write_trajectories
     from sciformer.pipelines import load
-
-    import sciformer.calibrate as cal_mod
 
     monkeypatch.setattr(fe, "FNO_STEPS", 3)
     monkeypatch.setattr(cal_mod, "FIELD_PER_TRAJECTORY", 1)  # fields: few calibration windows

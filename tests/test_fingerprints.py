@@ -12,13 +12,24 @@ import numpy as np
 import pytest
 
 from sciformer.errors import InputError
-from sciformer.fingerprints import (SCHEME, Fingerprint, RecordedPrints, bytes_fingerprint,
-                                    combined_fingerprint, count_statuses, duplicates,
-                                    fasta_fingerprints,
-                                    file_fingerprints, iter_trajectory_fingerprints,
-                                    match_records, record_fingerprint, sampled_steps,
-                                    sequence_fingerprint, trajectory_fingerprint,
-                                    trajectory_fingerprints)
+from sciformer.fingerprints import (
+    SCHEME,
+    Fingerprint,
+    RecordedPrints,
+    bytes_fingerprint,
+    combined_fingerprint,
+    count_statuses,
+    duplicates,
+    fasta_fingerprints,
+    file_fingerprints,
+    iter_trajectory_fingerprints,
+    match_records,
+    record_fingerprint,
+    sampled_steps,
+    sequence_fingerprint,
+    trajectory_fingerprint,
+    trajectory_fingerprints,
+)
 from sciformer.io.trajectories import write_trajectories
 
 

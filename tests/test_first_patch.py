@@ -93,13 +93,13 @@ def test_mismatched_correction_is_refused(biased):
 def test_sampler_shifts_the_first_patch_of_every_path_only():
     """With the same seed, the first P steps of every path move by the shift exactly; later
     steps continue from the shifted states (so they differ, but stay finite)."""
+    import tempfile
+
     from sciformer.config import load_config
     from sciformer.io.trajectories import write_trajectories
     from sciformer.model import SciFormer
     from sciformer.pipelines.forecast import sample_paths
     from sciformer.tasks.forecast import ForecastTask
-
-    import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "l63.h5"
@@ -124,8 +124,8 @@ def test_sampler_shifts_the_first_patch_of_every_path_only():
 def test_a_correction_file_in_a_run_without_nvar_anchor_is_refused(tmp_path):
     """first_patch.safetensors beside a persistence-anchored run: one-line error on load."""
     from sciformer.config import load_config
-    from sciformer.io.trajectories import write_trajectories
     from sciformer.errors import ConfigError
+    from sciformer.io.trajectories import write_trajectories
     from sciformer.pipelines import load
     from sciformer.train.loop import pretrain
 

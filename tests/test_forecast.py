@@ -18,12 +18,18 @@ from sciformer.errors import ConfigError, InputError
 from sciformer.evaluation.run import evaluate
 from sciformer.io.trajectories import TrajectoryFile, write_trajectories
 from sciformer.model import SciFormer
-from sciformer.simulate import simulate_to_file
 from sciformer.pipelines import load
-from sciformer.pipelines.forecast import (_patch_chunk, inverse_cdf, normal_scores,
-                                          patch_quantiles, sample_paths, summarise)
+from sciformer.pipelines.forecast import (
+    _patch_chunk,
+    inverse_cdf,
+    normal_scores,
+    patch_quantiles,
+    sample_patch_tokens,
+    sample_paths,
+    summarise,
+)
 from sciformer.runs import load_model as load_run
-from sciformer.pipelines.forecast import sample_patch_tokens
+from sciformer.simulate import simulate_to_file
 from sciformer.tasks import forecast as task_mod
 from sciformer.tasks.forecast import ForecastTask, rollout_loss, rollout_plan, teacher_forced_loss
 from sciformer.train.loop import pretrain

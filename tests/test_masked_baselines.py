@@ -13,8 +13,14 @@ import numpy as np
 import pytest
 
 from sciformer.evaluation.baselines import unigram_baseline
-from sciformer.evaluation.masked_baselines import (GRID, CompositionBaseline, MaskedScorer,
-                                                 NeighbourBaseline, prior, triple_counts)
+from sciformer.evaluation.masked_baselines import (
+    GRID,
+    CompositionBaseline,
+    MaskedScorer,
+    NeighbourBaseline,
+    prior,
+    triple_counts,
+)
 from sciformer.tokenizers.protein import ProteinTokenizer
 
 TOK = ProteinTokenizer()

@@ -24,9 +24,9 @@ from click.testing import CliRunner
 import sciformer
 import sciformer.precision as precision
 from sciformer.cli import main
+from sciformer.config import ModelConfig
 from sciformer.errors import ConfigError
 from sciformer.model import SciFormer
-from sciformer.config import ModelConfig
 from sciformer.pipelines.residues import INFERENCE_PADDING, embed_sequences, inference_batches
 from sciformer.tokenizers.protein import TOKENIZER, frame, token_budget_batches
 from tests.test_embed import tiny_protein_run

@@ -16,8 +16,8 @@ from sciformer.cli import main
 from sciformer.errors import InputError
 from sciformer.evaluation.forecast import default_horizon
 from sciformer.evaluation.metrics import coverage_per_step
-from sciformer.io.trajectories import TrajectoryFile
 from sciformer.evaluation.run import evaluate
+from sciformer.io.trajectories import TrajectoryFile
 from sciformer.pipelines import load
 from sciformer.pipelines.recalibrate import (
     CALIBRATION_FILE,

@@ -10,8 +10,15 @@ from scipy.integrate import solve_ivp
 
 from sciformer.errors import ConfigError
 from sciformer.io.trajectories import TrajectoryFile
-from sciformer.simulate import SYSTEMS, resolve_params, simulate, simulate_to_file
-from sciformer.simulate import odes, pdes, pdes2d
+from sciformer.simulate import (
+    SYSTEMS,
+    odes,
+    pdes,
+    pdes2d,
+    resolve_params,
+    simulate,
+    simulate_to_file,
+)
 
 
 def _scipy_endpoint(rhs, x0: np.ndarray, t_end: float) -> np.ndarray:

@@ -11,8 +11,13 @@ import pytest
 
 from sciformer.config import DataConfig, RunConfig
 from sciformer.errors import ConfigError
-from sciformer.splits import (identity_split, kmer_incidence, max_shared_fraction,
-                              record_split, split_indices)
+from sciformer.splits import (
+    identity_split,
+    kmer_incidence,
+    max_shared_fraction,
+    record_split,
+    split_indices,
+)
 from sciformer.tokenizers.protein import ProteinTokenizer
 
 TOK = ProteinTokenizer()

@@ -19,6 +19,7 @@ from sciformer.tokenizers.protein import TOKENIZER
 from sciformer.variants import Mutation, parse_mutant, score_variants_file
 from tests.test_embed import tiny_protein_run
 
+
 def score_variants(run: Path, wt: Path, variants: Path, out: Path) -> Path:
     return score_variants_file(load(run, "cpu"), wt, variants, out)
 

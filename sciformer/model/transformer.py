@@ -23,8 +23,8 @@ from torch.utils.checkpoint import checkpoint
 from sciformer.compiling import eager
 from sciformer.config import ModelConfig
 from sciformer.model.attention import AttnMask
-from sciformer.model.composition import CompositionPrior
 from sciformer.model.channels import ChannelAttention, Groups, mix_channels
+from sciformer.model.composition import CompositionPrior
 from sciformer.model.heads import TokenHead, ValueHead
 from sciformer.model.layers import DecoderLayer, EncoderLayer
 from sciformer.model.positions import Rotary, build_positions

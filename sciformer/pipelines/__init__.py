@@ -49,4 +49,4 @@ def load(run_dir: str | Path, device: str | torch.device = "auto", precision: st
     return fc
 
 
-__all__ = ["load", "ProteinLM", "Forecaster", "Pipeline"]
+__all__ = ["Forecaster", "Pipeline", "ProteinLM", "load"]

@@ -23,7 +23,6 @@ from torch import nn
 
 from sciformer.config import RunConfig
 from sciformer.errors import InputError
-from sciformer.precision import resolve_precision
 from sciformer.pipelines.residues import (
     each_masked_alone,
     embed_sequences,
@@ -31,6 +30,7 @@ from sciformer.pipelines.residues import (
     pool,
     resolve_layers,
 )
+from sciformer.precision import resolve_precision
 from sciformer.runs import MaskedState
 from sciformer.tokenizers.protein import ALPHABET, RESIDUE_IDS, TOKENIZER
 

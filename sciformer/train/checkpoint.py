@@ -206,5 +206,17 @@ def check_state(state: Any, path: Path) -> None:
                               "no 'state' and 'param_groups')")
 
 
-__all__ = ["RunConfig", "save_checkpoint", "latest_checkpoint", "load_weights", "read_weights",
-           "load_state", "load_train_state", "check_state", "read_split", "save_weights", "save_state", "clean_partial"]
+__all__ = [
+    "RunConfig",
+    "check_state",
+    "clean_partial",
+    "latest_checkpoint",
+    "load_state",
+    "load_train_state",
+    "load_weights",
+    "read_split",
+    "read_weights",
+    "save_checkpoint",
+    "save_state",
+    "save_weights",
+]
