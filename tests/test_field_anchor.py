@@ -93,6 +93,25 @@ def test_training_mode_reuses_the_patches_it_computed() -> None:
     assert calls and len(anchor._cache) == 16
 
 
+def test_a_full_training_cache_still_returns_the_whole_batch(monkeypatch) -> None:
+    """When new patches overflow the cache it is dropped, but a batch mixing patches cached
+    before and new ones still gets every value (training on own rollouts brings new inputs in
+    every batch: this was a KeyError)."""
+    import sciformer.model.field_anchor as fa
+
+    anchor, L = small_anchor(patch_len=2, n_in=1), 2
+    tok = anchor.tok
+    x = torch.randn(4, 2 * L, 8 * 12 * 2)
+    dec_in = tok.encode(x, anchor._unit(4, x))
+    want = anchor.eval()(dec_in, L)
+    anchor.train()
+    anchor(dec_in[:2], L)  # 2 windows x 2 patches cached
+    per = 2 * 8 * 12 * 2 * 4  # bytes of one patch (float32)
+    monkeypatch.setattr(fa, "CACHE_BYTES", 6 * per)  # room for 6 patches, 8 asked
+    torch.testing.assert_close(anchor(dec_in, L), want)
+    assert len(anchor._cache) == 4  # dropped, then the 4 new patches kept
+
+
 def test_an_fno_anchored_runs_fno_baseline_is_its_anchor_alone() -> None:
     from sciformer.evaluation.fno import AnchorFNOBaseline
 

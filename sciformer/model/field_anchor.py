@@ -135,14 +135,17 @@ class FNOAnchor(nn.Module):
             return self.frames_forecast(frames)
         inp = frames[:, -self.n_in:].detach().float().cpu().contiguous().numpy()
         keys = [row.tobytes() for row in inp]
-        todo = [i for i, k in enumerate(keys) if k not in self._cache]
+        got = {k: self._cache[k] for k in keys if k in self._cache}
+        todo = [i for i, k in enumerate(keys) if k not in got]
         if todo:
-            new = self.frames_forecast(frames[todo])
-            per = new[0].numel() * new.element_size()
-            if (len(self._cache) + len(todo)) * per > CACHE_BYTES:
-                self._cache.clear()
-            self._cache.update({keys[i]: v for i, v in zip(todo, new)})
-        return torch.stack([self._cache[k] for k in keys]).to(frames.device)
+            new = {keys[i]: v for i, v in zip(todo, self.frames_forecast(frames[todo]))}
+            one = next(iter(new.values()))
+            per = one.numel() * one.element_size()
+            if (len(self._cache) + len(new)) * per > CACHE_BYTES:
+                self._cache.clear()  # (this batch's entries are in `got` and `new`)
+            self._cache.update(new)
+            got.update(new)
+        return torch.stack([got[k] for k in keys]).to(frames.device)
 
     def _unit(self, b: int, like: Tensor) -> ScaleState:
         n = self.tok.n_features
