@@ -138,9 +138,9 @@ class FNOAnchor(nn.Module):
         got = {k: self._cache[k] for k in keys if k in self._cache}
         todo = [i for i, k in enumerate(keys) if k not in got]
         if todo:
-            new = {keys[i]: v for i, v in zip(todo, self.frames_forecast(frames[todo]))}
-            one = next(iter(new.values()))
-            per = one.numel() * one.element_size()
+            out = self.frames_forecast(frames[todo])
+            new = {keys[i]: v for i, v in zip(todo, out)}
+            per = out[0].numel() * out.element_size()  # bytes of one patch
             if (len(self._cache) + len(new)) * per > CACHE_BYTES:
                 self._cache.clear()  # (this batch's entries are in `got` and `new`)
             self._cache.update(new)
