@@ -175,6 +175,16 @@ def max_shared_fraction(tokens: list[np.ndarray], heldout: list[int], k: int = 8
                      where=sizes[is_val] > 0)
 
 
+def cross_shared_fraction(a: list[np.ndarray], b: list[np.ndarray], k: int = 8) -> np.ndarray:
+    """(len(a), len(b)) dense: for records a_i and b_j, the larger of the fractions of a_i's
+    and of b_j's distinct k-mers that the two share (0 where a record has no k-mers)."""
+    inc = kmer_incidence(list(a) + list(b), k).astype(np.int64)
+    sizes = np.maximum(np.asarray(inc.sum(axis=1)).ravel(), 1)
+    n = len(a)
+    shared = (inc[:n] @ inc[n:].T).toarray()
+    return np.maximum(shared / sizes[:n, None], shared / sizes[None, n:])
+
+
 def record_split(tokens: list[np.ndarray], split_by: str, val_fraction: float, val_max: int,
                  seed: int, threshold: float, k: int) -> tuple[list[int], list[int], dict[str, Any]]:
     """The split `data.split_by` asks for: (train, held-out, info for split.json)."""

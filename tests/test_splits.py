@@ -12,6 +12,7 @@ import pytest
 from sciformer.config import DataConfig, RunConfig
 from sciformer.errors import ConfigError
 from sciformer.splits import (
+    cross_shared_fraction,
     identity_split,
     kmer_incidence,
     max_shared_fraction,
@@ -115,3 +116,14 @@ def test_masked_task_records_the_split(tmp_path: Path) -> None:
     cfg.data.split_by = "random"
     split = MaskedTask(cfg, [fasta]).split()
     assert split["method"] == "random" and a in split["heldout"] and b not in split["heldout"]
+
+
+def test_cross_shared_fraction_takes_the_larger_of_the_two_records_fractions() -> None:
+    short = _ids("ACDEFGHIK")  # 2 distinct 8-mers
+    long = _ids("ACDEFGHIKLMNPQRS")  # 9 distinct 8-mers, holding both of `short`'s
+    other = _ids("WWWWWWWWWY")
+    frac = cross_shared_fraction([short, other], [long], 8)
+    assert frac.shape == (2, 1)
+    assert frac[0, 0] == 1.0  # all of short's 8-mers (2 of long's 9: the larger fraction)
+    assert frac[1, 0] == 0.0
+    np.testing.assert_allclose(cross_shared_fraction([long], [short], 8), [[1.0]])

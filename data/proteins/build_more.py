@@ -34,7 +34,7 @@ from build import Entry, summarize, uniprot_fasta, write_fasta  # data/proteins/
 
 from sciformer.io.atomic import atomic_path
 from sciformer.io.fasta import read_fasta
-from sciformer.splits import kmer_incidence
+from sciformer.splits import cross_shared_fraction
 from sciformer.tokenizers.protein import ProteinTokenizer
 
 HERE = Path(__file__).resolve().parent
@@ -82,14 +82,12 @@ def called_genes(fasta_gz: bytes, source: str) -> Iterator[Entry]:
 def shares_kmers(seqs: list[str], others: list[str]) -> np.ndarray:
     """Which of `seqs` share more than MAX_SHARED of their k-mers with any of `others`
     (as a fraction of either protein's distinct k-mers)."""
+    if not others:
+        return np.zeros(len(seqs), dtype=bool)
     tok = ProteinTokenizer()
-    a = kmer_incidence([tok.encode(s, add_special=False) for s in others + seqs], KMER)
-    a = a.astype(np.int64)
-    sizes = np.maximum(np.asarray(a.sum(axis=1)).ravel(), 1)
-    n = len(others)
-    shared = (a[n:] @ a[:n].T).toarray()  # (seqs, others)
-    frac = np.maximum(shared / sizes[n:, None], shared / sizes[None, :n])
-    return (frac > MAX_SHARED).any(axis=1) if n else np.zeros(len(seqs), bool)
+    frac = cross_shared_fraction(tok.encode_many(seqs, add_special=False),
+                                 tok.encode_many(others, add_special=False), KMER)
+    return (frac > MAX_SHARED).any(axis=1)
 
 
 def collect(folder: Path) -> tuple[list[Entry], dict]:
