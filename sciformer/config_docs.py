@@ -22,6 +22,7 @@ _FIELD = re.compile(r"^    (\w+): ([^=]+?) = (.+?)(?:\s+#\s*(.*))?$")
 def _choices() -> dict[str, str]:
     """Valid values of the fields chosen by name, from the registries."""
     from sciformer.model.attention import KERNELS
+    from sciformer.model.composition import SCOPES
     from sciformer.model.heads import LM_HEADS
     from sciformer.model.layers import ACTIVATIONS, NORMS
     from sciformer.model.positions import POSITIONS
@@ -29,7 +30,8 @@ def _choices() -> dict[str, str]:
 
     return {"model.attention": ", ".join(KERNELS), "model.positions": ", ".join(POSITIONS),
             "model.norm": ", ".join(NORMS), "model.activation": ", ".join(ACTIVATIONS),
-            "model.lm_head": ", ".join(LM_HEADS), "data.tokenizer": ", ".join(TOKENIZER_NAMES),
+            "model.lm_head": ", ".join(LM_HEADS), "model.composition_scope": ", ".join(SCOPES),
+            "data.tokenizer": ", ".join(TOKENIZER_NAMES),
             "data.channels": ", ".join(CHANNEL_MODES), "data.task": "auto, masked, forecast",
             "data.split_by": "identity, random"}
 

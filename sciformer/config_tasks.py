@@ -17,8 +17,9 @@ from sciformer.errors import ConfigError
 #: Settings that only one task reads; setting one for the other task is an error naming it.
 TASK_ONLY = {
     "masked": ("data.split_identity", "data.split_kmer", "data.crop_length", "data.mask_rate",
+               "data.eval_mask_rate",
                "data.mask_token_rate", "data.random_token_rate", "data.tokens_per_batch",
-               "model.token_dropout", "model.composition_prior"),
+               "model.token_dropout", "model.composition_prior", "model.composition_scope"),
     "forecast": ("data.tokenizer", "data.channels", "data.scaling", "data.context",
                  "data.horizon", "data.patch_len", "data.space_patch", "data.n_bins",
                  "data.bin_limit", "data.quantiles", "data.stride", "data.samples", "data.draws",

@@ -93,7 +93,7 @@ def score_records(model: torch.nn.Module, cfg: RunConfig, data: Path, keep: list
     total = len(keep) if keep is not None else (count_records(data) if progress else None)
     bar = progress_bar(total, "evaluate", "seq", progress)
     for group in _record_groups(data, keep):
-        positions = choose_eval_positions(group, cfg.data.mask_rate, copy.deepcopy(rng))
+        positions = choose_eval_positions(group, cfg.data.scored_mask_rate, copy.deepcopy(rng))
         res = evaluate_masked(model, group, cfg, device, seed=rng)
         _feed_baselines(baselines, group, positions, res["true"])
         parts["log_prob"].append(res["log_prob"].astype(np.float64))
@@ -156,7 +156,7 @@ def evaluate_masked_run(lm: ProteinLM, run_dir: Path, data: Path, out_dir: Path,
     """Score `data`, write metrics.json inputs, the PNG and the summary; return metrics."""
     cfg, state = lm.cfg, lm.state
     keep, scope = select_unseen(run_dir, data, state.train_files, "record")
-    fitted, reason = _fitted_baselines(run_dir, state, cfg.data.mask_rate)
+    fitted, reason = _fitted_baselines(run_dir, state, cfg.data.scored_mask_rate)
     res, n_records = score_records(lm.model, cfg, data, keep, lm.device, progress, fitted)
     counts = np.asarray(state.residue_counts, dtype=np.float64)
     conf, letters = confusion_matrix(res["true"], res["pred"])
@@ -179,7 +179,7 @@ def evaluate_masked_run(lm: ProteinLM, run_dir: Path, data: Path, out_dir: Path,
         "model": model_scores,
         "baselines": baselines,
         "per_residue_accuracy": per_res,
-        "mask_rate": cfg.data.mask_rate,
+        "mask_rate": cfg.data.scored_mask_rate,
         "eval_seed": EVAL_SEED,
     }
     if reason:

@@ -229,13 +229,14 @@ class SciFormer(nn.Module):
 
     # ---- outputs ------------------------------------------------------------------------
     def token_logits(self, h: Tensor, tokens: Tensor | None = None,
-                     select: Tensor | None = None) -> Tensor:
+                     select: Tensor | None = None, outside: Tensor | None = None) -> Tensor:
         """Logits (B, T, V) from hidden states, through the (tied) token head.
 
         With `model.composition_prior`, the input token ids `tokens` (B, S) the states were
         encoded from are needed, and `select` when `h` holds only the selected positions
         (``encode(..., select=...)``): the composition term of each row is added
-        (`sciformer.model.composition`).
+        (`sciformer.model.composition`); with ``model.composition_scope: protein``, `outside`
+        (B, V) are the counts of each row's protein outside its piece (None: nothing outside).
         """
         logits = self.token_head(h, self.embed.weight if self.embed is not None else None)
         if self.composition is None:
@@ -243,7 +244,7 @@ class SciFormer(nn.Module):
         if tokens is None:
             raise ValueError("this model adds a composition prior (model.composition_prior): "
                              "token_logits needs the input tokens")
-        return logits + self.composition(tokens, select).to(logits.dtype)
+        return logits + self.composition(tokens, select, outside).to(logits.dtype)
 
     def values(self, h: Tensor) -> Tensor:
         """Continuous outputs (B, T, output_dim) from hidden states."""

@@ -22,6 +22,7 @@ from torch import nn
 
 from sciformer.config import RunConfig
 from sciformer.errors import ConfigError
+from sciformer.model.composition import counts_outside, outside_counts
 from sciformer.precision import autocast
 from sciformer.tokenizers.protein import TOKENIZER, frame, iter_windows, token_budget_batches
 
@@ -66,18 +67,29 @@ def window_plan(length: int, window: int) -> list[tuple[int, int, np.ndarray]]:
 @torch.no_grad()  # not inference_mode: training's validation calls this (FSDP, compile)
 def masked_log_probs(model: nn.Module, inputs: list[np.ndarray], queries: list[np.ndarray],
                      window: int, tokens_per_batch: int, device: torch.device,
-                     precision: str = "fp32") -> Iterator[tuple[int, np.ndarray]]:
+                     precision: str = "fp32", outside: list[np.ndarray] | None = None
+                     ) -> Iterator[tuple[int, np.ndarray]]:
     """Log-probabilities (n_queries, V) at the query positions of each residue-id sequence.
 
     `inputs[i]` are residue ids (already masked where wanted, no <cls>/<eos>); `queries[i]`
-    residue positions to read. Yields (i, log_probs) in input order.
+    residue positions to read. Yields (i, log_probs) in input order. For a composition prior
+    that counts the whole protein (``model.composition_scope: protein``), each window also
+    counts the rest of its input, plus `outside[i]` (V,): the counts of the protein beyond
+    `inputs[i]` when that is itself a piece of a longer protein.
     """
-    pieces = []  # (seq index, window tokens, query positions within the window, order)
+    whole = counts_outside(model.cfg)
+    vocab = TOKENIZER.vocab_size
+    pieces = []  # (seq index, window tokens, query positions within the window, order, counts)
     for i, (seq, q) in enumerate(zip(inputs, queries)):
         for s, e, owned in window_plan(len(seq), window):
             keep = np.intersect1d(owned, q)
-            if len(keep):
-                pieces.append((i, frame(seq[s:e]), keep - s + 1, keep))
+            if not len(keep):
+                continue
+            counts = None
+            if whole:
+                counts = outside_counts(seq, s, e, vocab)
+                counts += 0 if outside is None else outside[i]
+            pieces.append((i, frame(seq[s:e]), keep - s + 1, keep, counts))
     results: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {i: [] for i in range(len(inputs))}
     for members in inference_batches([len(p[1]) for p in pieces], tokens_per_batch):
         tokens = TOKENIZER.pad_batch([pieces[m][1] for m in members]).to(device)
@@ -85,9 +97,11 @@ def masked_log_probs(model: nn.Module, inputs: list[np.ndarray], queries: list[n
         for row, m in enumerate(members):
             select[row, pieces[m][2]] = True
         select = select.to(device)
+        rest = torch.as_tensor(np.stack([pieces[m][4] for m in members])).to(device) \
+            if whole else None
         with autocast(device, precision):
             h = model.encode(tokens, padding(tokens), select=select)  # (N, D)
-            logits = model.token_logits(h, tokens, select)  # tokens: for a composition prior
+            logits = model.token_logits(h, tokens, select, rest)  # for a composition prior
         logp = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
         bounds = np.cumsum([0] + [len(pieces[m][2]) for m in members])  # rows in select order
         for row, m in enumerate(members):
@@ -120,6 +134,8 @@ def each_masked_alone(model: nn.Module, seq: np.ndarray, positions: np.ndarray, 
     for w, (_, _, owned) in enumerate(plan):
         owner[owned] = w
     out = np.empty((len(positions), TOKENIZER.vocab_size))
+    rest = [outside_counts(seq, s, e, TOKENIZER.vocab_size) for s, e, _ in plan] \
+        if counts_outside(model.cfg) else None  # the protein beyond each window: all visible
     for first in range(0, len(positions), MASKED_COPIES_PER_CALL):
         chunk = positions[first:first + MASKED_COPIES_PER_CALL]
         copies, queries = [], []
@@ -130,7 +146,8 @@ def each_masked_alone(model: nn.Module, seq: np.ndarray, positions: np.ndarray, 
             copies.append(c)
             queries.append(np.array([pos - s]))
         for i, logp in masked_log_probs(model, copies, queries, window, tokens_per_batch,
-                                        device, precision):
+                                        device, precision,
+                                        None if rest is None else [rest[owner[p]] for p in chunk]):
             out[first + i] = logp[0]
     return out
 
@@ -149,11 +166,11 @@ def choose_eval_positions(tokens: list[np.ndarray], rate: float, seed: int) -> l
 
 def evaluate_masked(model: nn.Module, tokens: list[np.ndarray], cfg: RunConfig,
                     device: torch.device, seed: int) -> dict[str, np.ndarray]:
-    """Mask a fixed-seed `mask_rate` of residues with <mask> and score them all at once.
+    """Mask a fixed-seed `data.scored_mask_rate` of residues with <mask> and score them all.
 
     Returns per masked position: log p(true residue), argmax prediction, true id, record index.
     """
-    positions = choose_eval_positions(tokens, cfg.data.mask_rate, seed)
+    positions = choose_eval_positions(tokens, cfg.data.scored_mask_rate, seed)
     masked = []
     for t, pos in zip(tokens, positions):
         m = t.astype(np.int64).copy()

@@ -23,6 +23,7 @@ from sciformer.errors import InputError
 from sciformer.evaluation.masked_baselines import prior
 from sciformer.fingerprints import RecordedPrints, fasta_fingerprints
 from sciformer.io.proteins import load_proteins
+from sciformer.model.composition import counts_outside, outside_counts
 from sciformer.pipelines.residues import evaluate_masked
 from sciformer.runs import MaskedState
 from sciformer.splits import record_split
@@ -112,21 +113,25 @@ class MaskedTask:
         members = self._batches_of_epoch(g // self.n_batches)[g % self.n_batches]
         rng = np.random.default_rng(micro_seed(self.cfg.train.seed, g, salt=2))
         crop = self.cfg.data.crop_length
-        seqs = []
+        seqs, outside = [], []
         for i in members:
             t = self.train.tokens[i]
             start = int(rng.integers(0, len(t) - crop + 1)) if len(t) > crop else 0
             seqs.append(frame(t[start:start + crop]))
+            outside.append(outside_counts(t, start, start + crop, TOKENIZER.vocab_size))
         tokens = TOKENIZER.pad_batch(seqs)
         gen = torch.Generator().manual_seed(micro_seed(self.cfg.train.seed, g, salt=3))
         d = self.cfg.data
         inputs, targets = mask_tokens(tokens, d.mask_rate, d.mask_token_rate, d.random_token_rate, gen)
-        return {"inputs": inputs, "targets": targets, "pad": tokens == TOKENIZER.pad_id}
+        batch = {"inputs": inputs, "targets": targets, "pad": tokens == TOKENIZER.pad_id}
+        if counts_outside(self.cfg.model):  # the rest of each cropped protein, all visible
+            batch["outside"] = torch.as_tensor(np.stack(outside))
+        return batch
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         chosen = batch["targets"] != -100
         h = model.encode(batch["inputs"], batch["pad"], select=chosen)  # (N, D): chosen only
-        logits = model.token_logits(h, batch["inputs"], chosen)  # (N, V)
+        logits = model.token_logits(h, batch["inputs"], chosen, batch.get("outside"))  # (N, V)
         loss = F.cross_entropy(logits.float(), batch["targets"][chosen])
         return loss, {"loss": loss.detach(), "n_masked": chosen.sum()}
 
