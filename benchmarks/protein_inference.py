@@ -221,6 +221,42 @@ def pseudo_perplexity_memory(lengths: list[int], window: int = 126) -> list[dict
     return rows
 
 
+@torch.no_grad()
+def roofline(size: str, n_proteins: int = 3, budget: int = 4096) -> list[dict[str, Any]]:
+    """Where pseudo-perplexity's time goes on each side (`torch.profiler` op self times):
+    matmuls, attention and everything else, and the matmuls' FLOP rate against this core's
+    sgemm peak. Matmul FLOPs are counted analytically: 12 d^2 multiply-adds per token and
+    layer (QKV, output, a 4x feed-forward); sciformer's sparse last layer computes only keys
+    and values for every token (11/6 of a layer fewer)."""
+    from torch.profiler import profile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        hf, ours, cfg = build_pair(size, CPU, Path(tmp))
+    d, layers, _ = SIZES[size]
+    seqs = proteins(n_proteins, 256)
+    tokens = sum(len(s) * (len(s) + 2) for s in seqs)  # L masked copies of L + 2 tokens
+    peak = max(matmul_peak(torch.float32, 1024, 5) for _ in range(3))
+    window = cfg.data.crop_length
+    rows = []
+    for peer, fn, depth in (
+            ("sciformer", lambda s: ours_pseudo_log_probs(ours, s, window, budget),
+             layers - 5 / 6),
+            ("HF EsmForMaskedLM", lambda s: hf_pseudo_log_probs(hf, s, budget), layers)):
+        fn(seqs[0][:40])  # warm-up
+        with profile() as prof:
+            for s in seqs:
+                fn(s)
+        self_s = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
+        matmul = sum(self_s.get(k, 0.0) for k in ("aten::addmm", "aten::mm", "aten::bmm"))
+        attention = sum(v for k, v in self_s.items() if "attention" in k)
+        flops = 2 * tokens * 12 * d * d * depth
+        rows.append({"size": size, "peer": peer, "matmul_s": matmul, "attention_s": attention,
+                     "other_s": sum(self_s.values()) - matmul - attention,
+                     "matmul_gflops": flops / matmul / 1e9,
+                     "of_sgemm_peak": flops / matmul / peak, "peak_gflops": peak / 1e9})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", choices=SIZES, nargs="+", default=["8M"])
@@ -231,8 +267,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--memory-lengths", type=int, nargs="*", default=[],
                     help="also measure pseudo-perplexity peak memory at these lengths")
     ap.add_argument("--json", type=Path, default=None, help="write the result here")
+    ap.add_argument("--roofline", action="store_true",
+                    help="only profile pseudo-perplexity (matmul share and FLOP rate)")
     args = ap.parse_args(argv)
     setup_threads(args.threads)
+    if args.roofline:
+        rows = [r for size in args.size for r in roofline(size)]
+        print(table(rows, list(rows[0]), "\nPseudo-perplexity: op self time (s) by kind, "
+                    "matmul FLOP rate vs this core's sgemm peak"))
+        return
     results = [run(size, 8 if args.quick else 32, 1 if args.quick else 3,
                    args.repeats or (1 if args.quick else 3), args.tokens_per_batch)
                for size in args.size]
