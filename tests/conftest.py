@@ -18,6 +18,22 @@ settings.load_profile("reproducible")  # tiny models: threads only add overhead 
 
 RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 
+
+def composition_only(net, alpha: float, pi=None):
+    """`net` (a SciFormer with model.composition_prior) turned into the composition term
+    alone: zero embeddings and head bias make every transformer logit 0; gate 1, the given
+    alpha, and the prior frequencies `pi` when given. Returns `net`, in eval mode."""
+    import math
+
+    with torch.no_grad():
+        net.embed.weight.zero_()
+        net.token_head.bias.zero_()
+        if pi is not None:
+            net.composition.set_prior(torch.as_tensor(pi))
+        net.composition.log_alpha.fill_(math.log(alpha))
+        net.composition.gate.fill_(1.0)
+    return net.eval()
+
 TINY_MASKED = [
     "model.d_model=32", "model.n_heads=4", "model.n_encoder_layers=1", "model.d_ff=64",
     "model.dropout=0.0", "data.crop_length=32", "data.tokens_per_batch=256",

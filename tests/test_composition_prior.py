@@ -23,7 +23,7 @@ from sciformer.model import SciFormer
 from sciformer.model.composition import OTHER_P
 from sciformer.tokenizers.protein import RESIDUE_IDS, TOKENIZER, frame
 from sciformer.train.checkpoint import save_weights
-from tests.conftest import TINY_MASKED, write_fasta
+from tests.conftest import TINY_MASKED, composition_only, write_fasta
 
 TOK = TOKENIZER
 COUNTS = np.zeros(33)
@@ -40,14 +40,7 @@ def _composition_only(alpha: float, **model: object) -> SciFormer:
     logit 0, so its prediction is the composition term alone (gate 1, the given alpha)."""
     cfg = ModelConfig(d_model=16, n_heads=2, n_encoder_layers=1, n_decoder_layers=0, d_ff=32,
                       dropout=0.0, composition_prior=True, **model)
-    net = SciFormer(cfg).eval()
-    with torch.no_grad():
-        net.embed.weight.zero_()
-        net.token_head.bias.zero_()
-        net.composition.set_prior(torch.as_tensor(PI))
-        net.composition.log_alpha.fill_(math.log(alpha))
-        net.composition.gate.fill_(1.0)
-    return net
+    return composition_only(SciFormer(cfg), alpha, PI)
 
 
 def _log_probs(net: SciFormer, tokens: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
@@ -178,13 +171,7 @@ def test_every_inference_path_is_the_composition_baseline_when_the_transformer_a
     assert invoke("evaluate", run, fasta, "--out-dir", first).exit_code == 0
     alpha = json.loads((first / "metrics.json").read_text())["baselines"]["composition"]["fit"][
         "alpha"]
-    lm = sciformer.load(run)
-    net = lm.model
-    with torch.no_grad():
-        net.embed.weight.zero_()
-        net.token_head.bias.zero_()
-        net.composition.log_alpha.fill_(math.log(alpha))
-        net.composition.gate.fill_(1.0)
+    net = composition_only(sciformer.load(run).model, alpha)
     save_weights(net, run / "model.safetensors")
     second = tmp_path / "eval2"
     assert invoke("evaluate", run, fasta, "--out-dir", second).exit_code == 0

@@ -12,7 +12,6 @@ without it score at their training rate as before."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ from sciformer.pipelines.residues import each_masked_alone, masked_log_probs
 from sciformer.tasks.masked import MaskedTask
 from sciformer.tokenizers.protein import RESIDUE_IDS, TOKENIZER
 from sciformer.train.checkpoint import save_weights
-from tests.conftest import TINY_MASKED, write_fasta
+from tests.conftest import TINY_MASKED, composition_only, write_fasta
 
 TOK = TOKENIZER
 CPU = torch.device("cpu")
@@ -52,18 +51,10 @@ def _protein(n: int, seed: int) -> np.ndarray:
 
 
 def _composition_only(alpha: float, scope: str) -> SciFormer:
-    """Zero embeddings and head bias: every transformer logit is 0, the prediction is the
-    composition term alone (gate 1, the given alpha)."""
-    net = SciFormer(ModelConfig(d_model=16, n_heads=2, n_encoder_layers=1, n_decoder_layers=0,
-                                d_ff=32, dropout=0.0, composition_prior=True,
-                                composition_scope=scope)).eval()
-    with torch.no_grad():
-        net.embed.weight.zero_()
-        net.token_head.bias.zero_()
-        net.composition.set_prior(torch.as_tensor(PI))
-        net.composition.log_alpha.fill_(math.log(alpha))
-        net.composition.gate.fill_(1.0)
-    return net
+    """A model whose prediction is the composition term alone (gate 1, the given alpha)."""
+    return composition_only(SciFormer(ModelConfig(
+        d_model=16, n_heads=2, n_encoder_layers=1, n_decoder_layers=0, d_ff=32, dropout=0.0,
+        composition_prior=True, composition_scope=scope)), alpha, PI)
 
 
 @pytest.mark.parametrize("scope", ["protein", "window"])
@@ -155,13 +146,7 @@ def test_cli_trains_records_and_scores_like_the_baseline(tmp_path: Path) -> None
                                      str(first)]).exit_code == 0
     alpha = json.loads((first / "metrics.json").read_text())["baselines"]["composition"][
         "fit"]["alpha"]
-    net = sciformer.load(run).model
-    with torch.no_grad():
-        net.embed.weight.zero_()
-        net.token_head.bias.zero_()
-        net.composition.log_alpha.fill_(math.log(alpha))
-        net.composition.gate.fill_(1.0)
-    save_weights(net, run / "model.safetensors")
+    save_weights(composition_only(sciformer.load(run).model, alpha), run / "model.safetensors")
     second = tmp_path / "e2"
     assert CliRunner().invoke(main, ["evaluate", str(run), str(fasta), "--out-dir",
                                      str(second)]).exit_code == 0
