@@ -7,15 +7,16 @@ With ``model.composition_prior`` the token logits at a position are
 over the residue ids (pi_a > 0; the other ids, never a residue, get p = `OTHER_P`), where c
 are the counts of the residues *visible in the input* the model reads (a ``<mask>``, special
 or padding token is not a residue, so masked positions are left out, as the `composition`
-baseline of `sciformer.evaluation.masked_baselines` leaves them out), n their sum, and pi the training
-residue frequencies (add-one, as that baseline's prior). ``gate`` and ``alpha`` are learned
-(alpha as its log); pi is a buffer set from the training counts before the first step and
-stored with the weights. ``model.composition_scope`` says which input: ``window``, the piece
-the transformer reads (at most ``data.crop_length`` residues); ``protein``, the whole
-protein's visible residues: the piece's plus the counts of the rest of the protein, which
-the caller passes as `outside` (`outside_counts`). With ``gate = 1`` and logits equal for every
-residue, the model's prediction is exactly that baseline's on the same visible residues; the
-transformer only has to learn what goes beyond the protein's composition.
+baseline of `sciformer.evaluation.masked_baselines` leaves them out), n their sum, and pi
+the training residue frequencies (add-one, as that baseline's prior). ``gate`` and
+``alpha`` are learned (alpha as its log); pi is a buffer set from the training counts before
+the first step and stored with the weights. ``model.composition_scope`` says which input:
+``window``, the piece the transformer reads (at most ``data.crop_length`` residues);
+``protein``, the whole protein's visible residues: the piece's plus the counts of the rest
+of the protein, which the caller passes as `outside` (`outside_counts`). With ``gate = 1``
+and logits equal for every residue, the model's prediction is exactly that baseline's on
+the same visible residues; the transformer only has to learn what goes beyond the protein's
+composition.
 
 The term is a function of the input tokens alone, so it is the same in training, `evaluate`,
 pseudo-perplexity, fill-masks and variant scoring (all call `SciFormer.token_logits` with the
