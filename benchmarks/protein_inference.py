@@ -227,7 +227,7 @@ def roofline(size: str, n_proteins: int = 3, budget: int = 4096) -> list[dict[st
     matmuls, attention and everything else, and the matmuls' FLOP rate against this core's
     sgemm peak. Matmul FLOPs are counted analytically: 12 d^2 multiply-adds per token and
     layer (QKV, output, a 4x feed-forward); sciformer's sparse last layer computes only keys
-    and values for every token (11/6 of a layer fewer)."""
+    and values for every token (5/6 of a layer fewer)."""
     from torch.profiler import profile
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -26,13 +26,16 @@ input tokens). Embeddings are the transformer's states and do not include it.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from sciformer.compiling import eager
+
+if TYPE_CHECKING:
+    from sciformer.config import ModelConfig
 
 ALPHA_INIT = 100.0  # a protein's counts weigh as much as 100 residues of the prior at the start
 OTHER_P = 1e-8  # p of the ids that are no residue (<cls>, <pad>, <eos>, <mask>, ...): finite
@@ -83,8 +86,8 @@ class CompositionPrior(nn.Module):
         return term[:, None, :] if select is None else term[_rows(select)]
 
 
-def counts_outside(cfg: Any) -> bool:
-    """Whether a model of this ModelConfig counts the rest of the protein (`outside`)."""
+def counts_whole_protein(cfg: ModelConfig) -> bool:
+    """Whether a model of this config also counts the rest of the protein (`outside`)."""
     return bool(cfg.composition_prior) and cfg.composition_scope == "protein"
 
 

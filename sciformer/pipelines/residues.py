@@ -22,7 +22,7 @@ from torch import nn
 
 from sciformer.config import RunConfig
 from sciformer.errors import ConfigError
-from sciformer.model.composition import counts_outside, outside_counts
+from sciformer.model.composition import counts_whole_protein, outside_counts
 from sciformer.precision import autocast
 from sciformer.tokenizers.protein import TOKENIZER, frame, iter_windows, token_budget_batches
 
@@ -77,7 +77,7 @@ def masked_log_probs(model: nn.Module, inputs: list[np.ndarray], queries: list[n
     counts the rest of its input, plus `outside[i]` (V,): the counts of the protein beyond
     `inputs[i]` when that is itself a piece of a longer protein.
     """
-    whole = counts_outside(model.cfg)
+    whole = counts_whole_protein(model.cfg)
     vocab = TOKENIZER.vocab_size
     pieces = []  # (seq index, window tokens, query positions within the window, order, counts)
     for i, (seq, q) in enumerate(zip(inputs, queries)):
@@ -85,10 +85,9 @@ def masked_log_probs(model: nn.Module, inputs: list[np.ndarray], queries: list[n
             keep = np.intersect1d(owned, q)
             if not len(keep):
                 continue
-            counts = None
-            if whole:
-                counts = outside_counts(seq, s, e, vocab)
-                counts += 0 if outside is None else outside[i]
+            counts = outside_counts(seq, s, e, vocab) if whole else None
+            if whole and outside is not None:
+                counts += outside[i]
             pieces.append((i, frame(seq[s:e]), keep - s + 1, keep, counts))
     results: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {i: [] for i in range(len(inputs))}
     for members in inference_batches([len(p[1]) for p in pieces], tokens_per_batch):
@@ -135,7 +134,7 @@ def each_masked_alone(model: nn.Module, seq: np.ndarray, positions: np.ndarray, 
         owner[owned] = w
     out = np.empty((len(positions), TOKENIZER.vocab_size))
     rest = [outside_counts(seq, s, e, TOKENIZER.vocab_size) for s, e, _ in plan] \
-        if counts_outside(model.cfg) else None  # the protein beyond each window: all visible
+        if counts_whole_protein(model.cfg) else None  # the protein beyond each window: all visible
     for first in range(0, len(positions), MASKED_COPIES_PER_CALL):
         chunk = positions[first:first + MASKED_COPIES_PER_CALL]
         copies, queries = [], []

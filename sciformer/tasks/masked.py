@@ -23,7 +23,7 @@ from sciformer.errors import InputError
 from sciformer.evaluation.masked_baselines import prior
 from sciformer.fingerprints import RecordedPrints, fasta_fingerprints
 from sciformer.io.proteins import load_proteins
-from sciformer.model.composition import counts_outside, outside_counts
+from sciformer.model.composition import counts_whole_protein, outside_counts
 from sciformer.pipelines.residues import evaluate_masked
 from sciformer.runs import MaskedState
 from sciformer.splits import record_split
@@ -113,18 +113,20 @@ class MaskedTask:
         members = self._batches_of_epoch(g // self.n_batches)[g % self.n_batches]
         rng = np.random.default_rng(micro_seed(self.cfg.train.seed, g, salt=2))
         crop = self.cfg.data.crop_length
+        whole = counts_whole_protein(self.cfg.model)
         seqs, outside = [], []
         for i in members:
             t = self.train.tokens[i]
             start = int(rng.integers(0, len(t) - crop + 1)) if len(t) > crop else 0
             seqs.append(frame(t[start:start + crop]))
-            outside.append(outside_counts(t, start, start + crop, TOKENIZER.vocab_size))
+            if whole:  # the rest of the cropped protein, all visible
+                outside.append(outside_counts(t, start, start + crop, TOKENIZER.vocab_size))
         tokens = TOKENIZER.pad_batch(seqs)
         gen = torch.Generator().manual_seed(micro_seed(self.cfg.train.seed, g, salt=3))
         d = self.cfg.data
         inputs, targets = mask_tokens(tokens, d.mask_rate, d.mask_token_rate, d.random_token_rate, gen)
         batch = {"inputs": inputs, "targets": targets, "pad": tokens == TOKENIZER.pad_id}
-        if counts_outside(self.cfg.model):  # the rest of each cropped protein, all visible
+        if whole:
             batch["outside"] = torch.as_tensor(np.stack(outside))
         return batch
 
